@@ -1,0 +1,140 @@
+"""The engine contract: one process, one base model, K named LoRA voters.
+
+An engine answers two kinds of batched requests. Each request names the voter
+(``adapter``: a registered adapter name, or ``None`` for the plain base model):
+
+* ``generate(requests) -> list[GenOutput]``: text completion of a prompt string or
+  chat messages, ``n`` samples per request, with per-token logprobs.
+* ``score_choices(requests) -> list[ChoiceOutput]``: no generation. ``mode="cloze"``
+  scores each option's text as a continuation of the prompt (summed or
+  length-normalised log-likelihood); ``mode="letter"`` reads the next-token
+  probabilities of the option letters after the prompt. Both softmax over the
+  item's own options.
+
+Engines are plain classes satisfying the ``Engine`` protocol (no base class);
+they are registered by name in ``ENGINES`` and built with ``build_engine``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal, Protocol, Sequence, runtime_checkable
+
+from ..registry import Registry
+
+Message = dict[str, str]  # {"role": "system"|"user"|"assistant", "content": str}
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """Decoding settings. ``temperature == 0`` means greedy (then ``n`` must be 1... or
+    identical samples). ``seed`` makes sampled outputs reproducible per request."""
+
+    n: int = 1
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_new_tokens: int = 64
+    seed: int | None = 0
+    stop: tuple[str, ...] = ()
+    logprobs: bool = True
+
+
+@dataclass(frozen=True)
+class GenRequest:
+    """One prompt for one voter. Exactly one of ``prompt`` / ``messages`` is set.
+    ``messages`` are rendered with the model's chat template by the engine."""
+
+    adapter: str | None
+    prompt: str | None = None
+    messages: tuple[Message, ...] | None = None
+    sampling: SamplingSettings = SamplingSettings()
+    key: Any = None  # caller's bookkeeping (e.g. (item, voter)); engines pass it through
+
+
+@dataclass(frozen=True)
+class Sample:
+    text: str
+    token_logprobs: tuple[float, ...] = ()  # logprob of each generated token (chosen token)
+    n_tokens: int = 0
+    finish_reason: str = "length"  # "stop" | "length"
+
+
+@dataclass(frozen=True)
+class GenOutput:
+    request: GenRequest
+    samples: tuple[Sample, ...]
+    latency_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class ChoiceRequest:
+    """Score ``options`` after ``prompt`` (or chat ``messages``) for one voter.
+
+    cloze: options are the continuation texts (e.g. " 42", " Paris").
+    letter: options are the letters ("A", "B", ...); the engine compares the
+            next-token probability of each letter after the prompt.
+    """
+
+    adapter: str | None
+    options: tuple[str, ...]
+    prompt: str | None = None
+    messages: tuple[Message, ...] | None = None
+    mode: Literal["cloze", "letter"] = "cloze"
+    normalize: Literal["sum", "mean"] = "mean"  # cloze: summed or per-token log-likelihood
+    key: Any = None
+
+
+@dataclass(frozen=True)
+class ChoiceOutput:
+    request: ChoiceRequest
+    logliks: tuple[float, ...]  # one per option: summed/mean log-likelihood (cloze) or logprob (letter)
+    probs: tuple[float, ...]  # softmax over this item's options
+    latency_s: float = 0.0
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """What every engine provides."""
+
+    name: str
+
+    @property
+    def adapters(self) -> list[str]:
+        """Names of the loaded voters (adapters), in load order."""
+        ...
+
+    def generate(self, requests: Sequence[GenRequest]) -> list[GenOutput]: ...
+
+    def score_choices(self, requests: Sequence[ChoiceRequest]) -> list[ChoiceOutput]: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """How to build an engine: which one, the base model, the voters, options."""
+
+    engine: str = "hf"
+    model: str = ""  # local HF folder, GGUF file, hub id, or the name of a bundled default
+    adapters: dict[str, str] = field(default_factory=dict)  # voter name -> PEFT folder
+    options: dict[str, Any] = field(default_factory=dict)  # engine-specific (dtype, batch_size, base_url...)
+
+
+EngineFactory = Callable[[EngineSpec], Engine]
+ENGINES: Registry[EngineFactory] = Registry("engine")
+
+
+def build_engine(spec: EngineSpec) -> Engine:
+    """Build the named engine. Engine modules import heavy libraries lazily."""
+    from . import hf, openai_engine, vllm_engine  # noqa: F401  (register factories)
+
+    return ENGINES.get(spec.engine)(spec)
+
+
+def softmax(values: Sequence[float]) -> tuple[float, ...]:
+    """Numerically stable softmax of a short list (per-item option scores)."""
+    import math
+
+    top = max(values)
+    exps = [math.exp(v - top) for v in values]
+    total = sum(exps)
+    return tuple(e / total for e in exps)

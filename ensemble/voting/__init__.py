@@ -1,0 +1,37 @@
+"""Voting methods: pure functions over one VoteMatrix.
+
+Every method has the signature::
+
+    fn(m: VoteMatrix, *, dev: np.ndarray | None = None, **options) -> Decision
+
+``dev`` is an (I,) bool mask of items whose gold answers the method may *fit* on
+(weighted with fitted weights, select, stack). Methods that need it raise
+EnsembleError when it is missing; methods that do not, ignore it. Metrics are then
+reported on the items outside ``dev`` only (see ensemble.metrics).
+
+Every method returns ``Decision(labels (I,), scores (I, C), info)`` and breaks ties
+with ``ensemble.matrix.argmax_with_ties`` (the class that sorts first wins).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from ..matrix import Decision, VoteMatrix
+from ..registry import Registry
+
+MethodFn = Callable[..., Decision]
+METHODS: Registry[MethodFn] = Registry("voting method")
+
+
+def vote(m: VoteMatrix, method: str = "majority", *, dev: np.ndarray | None = None,
+         **options: Any) -> Decision:
+    """Combine the votes in ``m`` with the registered ``method``."""
+    return METHODS.get(method)(m, dev=dev, **options)
+
+
+# Importing the modules registers the methods (order = order shown in reports).
+from . import majority, weighted, confidence, select, stack, dawid_skene  # noqa: E402,F401
+
+__all__ = ["METHODS", "vote", "MethodFn"]
