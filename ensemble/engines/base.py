@@ -80,6 +80,10 @@ class ChoiceRequest:
     messages: tuple[Message, ...] | None = None
     mode: Literal["cloze", "letter"] = "cloze"
     normalize: Literal["sum", "mean"] = "mean"  # cloze: summed or per-token log-likelihood
+    # Text the assistant's reply starts with, appended after the rendered prompt (after the
+    # chat template's generation prompt for ``messages``), e.g. "Answer:" -- the options are
+    # scored as continuations of prompt + assistant_prefix.
+    assistant_prefix: str = ""
     key: Any = None
 
 

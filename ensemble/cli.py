@@ -1,0 +1,240 @@
+"""`vote`: a thin click shell over the library. Errors print one line and exit 2.
+
+Offline commands (no model): eval, ablate, submit. Model commands (run, train, serve,
+models, adapters, data, quickstart) live in ensemble.cli_jobs and are added below.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import click
+import numpy as np
+
+from .errors import EnsembleError
+
+
+def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """EnsembleError -> 'error: ...' on stderr and exit code 2, no traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except EnsembleError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted: finished work is saved; rerun the same command to resume", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="ensemble")
+def main() -> None:
+    """Many fine-tuned LoRA voters from one base LLM, combined by voting."""
+
+
+# -- shared option parsing ----------------------------------------------------
+def parse_weights(spec: str | None) -> dict[str, float] | None:
+    """'a=1,b=0.5' or a JSON/YAML file of voter -> weight."""
+    if not spec:
+        return None
+    path = Path(spec)
+    if path.is_file():
+        import yaml
+
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise EnsembleError(f"{path}: weights file must map voter names to numbers")
+        pairs = data.items()
+    else:
+        pairs = []
+        for part in filter(None, (p.strip() for p in spec.split(","))):
+            name, sep, value = part.partition("=")
+            if not sep:
+                raise EnsembleError(f"--weights: '{part}' is not VOTER=WEIGHT (e.g. --weights a=1,b=0.5), "
+                                    "nor an existing file")
+            pairs.append((name.strip(), value))
+    try:
+        return {str(k): float(v) for k, v in pairs}
+    except (TypeError, ValueError):
+        raise EnsembleError(f"--weights: every weight must be a number (got {spec!r})") from None
+
+
+def parse_options(specs: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """--option confidence.top_fraction=0.5 -> {"confidence": {"top_fraction": 0.5}}."""
+    import yaml
+
+    out: dict[str, dict[str, Any]] = {}
+    for spec in specs:
+        key, sep, value = spec.partition("=")
+        method, dot, name = key.partition(".")
+        if not sep or not dot:
+            raise EnsembleError(f"--option '{spec}': expected METHOD.KEY=VALUE, e.g. confidence.top_fraction=0.5")
+        out.setdefault(method, {})[name] = yaml.safe_load(value)
+    return out
+
+
+def dev_mask(m: Any, fit_on: str, dev_fraction: float, dev_items: str | None, seed: int) -> np.ndarray | None:
+    """Which gold items the fitted methods may fit on (the rest are scored)."""
+    if fit_on == "none":
+        return None
+    has_gold = m.has_gold()
+    if not has_gold.any():
+        raise EnsembleError("--fit-on dev needs gold answers: pass --gold FILE or a 'gold' column")
+    if dev_items:
+        from .data import read_gold
+
+        path = Path(dev_items)
+        ids = set(read_gold(path)) if path.suffix in (".jsonl", ".json", ".csv") else \
+            {x.strip() for x in path.read_text(encoding="utf-8").splitlines() if x.strip()}
+        mask = np.array([i in ids for i in m.items]) & has_gold
+        if not mask.any():
+            raise EnsembleError(f"{dev_items}: none of its ids are items with gold in the predictions")
+        return mask
+    if not 0 < dev_fraction < 1:
+        raise EnsembleError(f"--dev-fraction {dev_fraction}: use a value in (0, 1), e.g. 0.3")
+    gold_ix = np.flatnonzero(has_gold)
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(gold_ix, size=max(1, int(round(dev_fraction * len(gold_ix)))), replace=False)
+    mask = np.zeros(m.n_items, dtype=bool)
+    mask[chosen] = True
+    return mask
+
+
+def default_methods(m: Any, dev: np.ndarray | None, weights: dict[str, float] | None) -> list[str]:
+    methods = ["majority"]
+    if weights is not None or dev is not None:
+        methods.append("weighted")
+    if dev is not None:
+        methods += ["select", "stack"]
+    if m.confidence is not None or m.probs is not None:
+        methods.append("confidence")
+    return methods + ["dawid_skene"]
+
+
+def fit_options(method: Sequence[str], weights: dict[str, float] | None,
+                options: Sequence[str]) -> dict[str, dict[str, Any]]:
+    method_options = parse_options(options)
+    if weights is not None:
+        method_options.setdefault("weighted", {})["weights"] = weights
+    return method_options
+
+
+fit_flags = [
+    click.option("--gold", "gold", type=click.Path(dir_okay=False), help="Gold answers: rows item,answer (JSONL/CSV) or a dataset file."),
+    click.option("--method", "-m", "methods", multiple=True, help="Voting method (repeatable). Default: every method the data allows."),
+    click.option("--weights", help="Voter weights for `weighted`: a=1,b=0.5 or a JSON/YAML file."),
+    click.option("--fit-on", type=click.Choice(["none", "dev"]), default="none", show_default=True,
+                 help="Fit weighted/select/stack on dev items; metrics then cover only the other items."),
+    click.option("--dev-fraction", type=float, default=0.3, show_default=True, help="Share of gold items used as dev."),
+    click.option("--dev-items", type=click.Path(dir_okay=False), help="File of dev item ids (one per line, or a dataset)."),
+    click.option("--seed", type=int, default=0, show_default=True, help="Seed for the dev split and bootstrap."),
+    click.option("--option", "options", multiple=True, help="Method option METHOD.KEY=VALUE (repeatable)."),
+]
+
+
+def with_fit_flags(fn: Callable[..., Any]) -> Callable[..., Any]:
+    for flag in reversed(fit_flags):
+        fn = flag(fn)
+    return fn
+
+
+def prepare(pred: str, gold: str | None, methods: Sequence[str], weights: str | None, fit_on: str,
+            dev_fraction: float, dev_items: str | None, seed: int, options: Sequence[str]):
+    from .predictions import load_predictions
+    from .voting import METHODS
+
+    m = load_predictions(pred, gold=gold)
+    for name in methods:
+        METHODS.get(name)  # unknown names fail before any work
+    w = parse_weights(weights)
+    dev = dev_mask(m, fit_on, dev_fraction, dev_items, seed)
+    chosen = list(methods) or default_methods(m, dev, w)
+    return m, dev, chosen, fit_options(chosen, w, options)
+
+
+@main.command("eval")
+@click.argument("pred", type=click.Path(dir_okay=False))
+@with_fit_flags
+@click.option("--n-boot", type=int, default=1000, show_default=True, help="Bootstrap resamples for intervals.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object to stdout instead of tables.")
+@handle_errors
+def eval_cmd(pred: str, gold: str | None, methods: tuple[str, ...], weights: str | None, fit_on: str,
+             dev_fraction: float, dev_items: str | None, seed: int, options: tuple[str, ...], n_boot: int,
+             as_json: bool) -> None:
+    """Combine the votes in PRED with each method and evaluate against gold."""
+    from .metrics import evaluate
+
+    m, dev, chosen, method_options = prepare(pred, gold, methods, weights, fit_on, dev_fraction, dev_items,
+                                             seed, options)
+    report = evaluate(m, chosen, dev=dev, method_options=method_options, n_boot=n_boot, seed=seed).to_dict()
+    if as_json:
+        click.echo(json.dumps(report, ensure_ascii=False))
+        return
+    from .console import console, report_tables
+
+    if m.meta.get("n_gold_without_votes"):
+        console.print(f"[yellow]{m.meta['n_gold_without_votes']} gold items have no votes in {pred}; not evaluated[/]")
+    for table in report_tables(report):
+        console.print(table)
+
+
+@main.command("ablate")
+@click.argument("pred", type=click.Path(dir_okay=False))
+@with_fit_flags
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output directory.")
+@click.option("--cap", type=int, default=2000, show_default=True, help="Most voter subsets per k (sampled above).")
+@handle_errors
+def ablate_cmd(pred: str, gold: str | None, methods: tuple[str, ...], weights: str | None, fit_on: str,
+               dev_fraction: float, dev_items: str | None, seed: int, options: tuple[str, ...], out_dir: str,
+               cap: int) -> None:
+    """Accuracy against the number of voters: every subset (or a seeded sample), leave-one-out."""
+    from .ablation import ablate
+    from .console import ablation_table, console
+
+    m, dev, chosen, method_options = prepare(pred, gold, methods, weights, fit_on, dev_fraction, dev_items,
+                                             seed, options)
+    if not m.has_gold().any():
+        raise EnsembleError("vote ablate needs gold answers: pass --gold FILE")
+    result = ablate(m, chosen, dev=dev, method_options=method_options, cap=cap, seed=seed)
+    paths = result.write(Path(out_dir))
+    console.print(ablation_table(result.to_rows()))
+    for kind, path in paths.items():
+        console.print(f"{kind}: {path}")
+
+
+@main.command("submit")
+@click.argument("pred", type=click.Path(dir_okay=False))
+@with_fit_flags
+@click.option("--template", type=click.Path(dir_okay=False), help="Competition test file (nested format) to fill in.")
+@click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False), help="Output file (.csv/.jsonl).")
+@click.option("--fallback", type=click.Choice(["none", "first", "random", "prior"]), default="none", show_default=True,
+              help="How to fill items every voter abstained on (none = refuse and list them).")
+@handle_errors
+def submit_cmd(pred: str, gold: str | None, methods: tuple[str, ...], weights: str | None, fit_on: str,
+               dev_fraction: float, dev_items: str | None, seed: int, options: tuple[str, ...],
+               template: str | None, out_file: str, fallback: str) -> None:
+    """Final answers for every item, as id,answer or filled into a competition template."""
+    from .metrics import evaluate
+    from .submission import write_answers
+
+    if len(methods) > 1:
+        raise EnsembleError("vote submit takes one --method (the one whose answers are submitted)")
+    m, dev, chosen, method_options = prepare(pred, gold, methods or ("majority",), weights, fit_on,
+                                             dev_fraction, dev_items, seed, options)
+    report = evaluate(m, chosen[:1], dev=dev, method_options=method_options, n_boot=0)
+    answers = report.answers(chosen[0])
+    result = write_answers(answers, Path(out_file), template=Path(template) if template else None,
+                           fallback=fallback, seed=seed)
+    click.echo(f"wrote {result.n_items} answers to {result.out_path}"
+               + (f" ({result.n_filled} filled by fallback '{fallback}')" if result.n_filled else ""))
+
+
+from . import cli_jobs  # noqa: E402,F401  (registers run/train/serve/models/adapters/data/quickstart)

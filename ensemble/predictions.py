@@ -1,0 +1,231 @@
+"""The predictions long table: read, validate, store (append + resume), build the vote matrix.
+
+One row per vote::
+
+    item (str)  voter (str)  sample (int, default 0)  answer (str; "" / null = abstain)
+    confidence (float in [0, 1], optional)  probs ({label: p}, optional)  gold (optional)
+    + anything else (raw text, n_tokens, latency_s...) kept on disk, ignored by voting
+
+Files are JSONL (the store's own format), CSV, or Parquet (when pyarrow is installed).
+``build_matrix`` encodes the labels once (sorted classes, see ensemble.matrix).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from .errors import EnsembleError
+from .matrix import ABSTAIN, LabelEncoder, VoteMatrix
+
+Row = dict[str, Any]
+Key = tuple[str, str, int]  # (item, voter, sample)
+
+
+# -- reading -----------------------------------------------------------------
+def read_rows(path: str | Path) -> list[Row]:
+    """Read and validate prediction rows; errors name the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise EnsembleError(f"{path}: predictions file not found")
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        raw = _read_csv(path)
+    elif suffix == ".parquet":
+        raw = _read_parquet(path)
+    else:
+        raw = _read_jsonl(path)
+    if not raw:
+        raise EnsembleError(f"{path}: no prediction rows (the file is empty); expected one row per vote "
+                            "with item, voter, answer")
+    rows = [_validate(row, path, line) for line, row in raw]
+    _check_duplicates(rows, [line for line, _ in raw], path)
+    return rows
+
+
+def _read_jsonl(path: Path) -> list[tuple[int, Row]]:
+    out = []
+    with path.open(encoding="utf-8-sig") as fh:
+        for line_no, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise EnsembleError(f"{path}:{line_no}: invalid JSON ({exc.msg}); each line must be one "
+                                    "JSON object with item, voter, answer") from None
+            if not isinstance(row, dict):
+                raise EnsembleError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
+            out.append((line_no, row))
+    return out
+
+
+def _read_csv(path: Path) -> list[tuple[int, Row]]:
+    with path.open(encoding="utf-8-sig", newline="") as fh:
+        reader = csv.DictReader(fh)
+        out = []
+        for row in reader:
+            clean = {k: v for k, v in row.items() if k is not None and v not in ("", None)}
+            if "probs" in clean:
+                try:
+                    clean["probs"] = json.loads(clean["probs"])
+                except json.JSONDecodeError:
+                    raise EnsembleError(f"{path}:{reader.line_num}: field 'probs' is not a JSON object "
+                                        '(write it like {"A": 0.7, "B": 0.3})') from None
+            out.append((reader.line_num, clean))
+    return out
+
+
+def _read_parquet(path: Path) -> list[tuple[int, Row]]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise EnsembleError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow), "
+                            "or save the predictions as JSONL/CSV") from None
+    table = pq.read_table(path).to_pylist()
+    return [(i + 1, {k: v for k, v in row.items() if v is not None}) for i, row in enumerate(table)]
+
+
+def _validate(row: Row, path: Path, line: int) -> Row:
+    """Normalise one row: types checked, answer '' -> None, sample default 0."""
+    def fail(field: str, msg: str) -> EnsembleError:
+        return EnsembleError(f"{path}:{line}: field '{field}' {msg}")
+
+    for field in ("item", "voter"):
+        value = row.get(field)
+        if value is None or str(value).strip() == "":
+            raise fail(field, "is missing; every row needs item, voter and answer")
+        row[field] = str(value)
+    answer = row.get("answer")
+    row["answer"] = None if answer is None or str(answer).strip() == "" else str(answer).strip()
+    try:
+        sample = int(row.get("sample", 0))
+    except (TypeError, ValueError):
+        raise fail("sample", f"is {row.get('sample')!r}; use a whole number (0 for the first sample)") from None
+    if sample < 0:
+        raise fail("sample", f"is {sample}; use 0 or more")
+    row["sample"] = sample
+    if row.get("confidence") is not None:
+        try:
+            conf = float(row["confidence"])
+        except (TypeError, ValueError):
+            raise fail("confidence", f"is {row['confidence']!r}; use a number in [0, 1]") from None
+        if not 0.0 <= conf <= 1.0 or math.isnan(conf):
+            raise fail("confidence", f"is {conf}; use a number in [0, 1]")
+        row["confidence"] = conf
+    if row.get("probs") is not None:
+        row["probs"] = _validate_probs(row["probs"], fail)
+    if row.get("gold") is not None:
+        row["gold"] = str(row["gold"]).strip() or None
+    return row
+
+
+def _validate_probs(probs: Any, fail: Any) -> dict[str, float]:
+    if not isinstance(probs, Mapping):
+        raise fail("probs", 'must be an object of label -> probability, like {"A": 0.7, "B": 0.3}')
+    out = {str(k): float(v) for k, v in probs.items()}
+    if any(v < 0 or math.isnan(v) for v in out.values()):
+        raise fail("probs", "has a negative or NaN probability")
+    total = sum(out.values())
+    if abs(total - 1.0) > 1e-3:
+        raise fail("probs", f"sums to {total:.4f}; probabilities must sum to 1")
+    return out
+
+
+def _check_duplicates(rows: Sequence[Row], lines: Sequence[int], path: Path) -> None:
+    seen: dict[Key, int] = {}
+    for row, line in zip(rows, lines):
+        key = (row["item"], row["voter"], row["sample"])
+        if key in seen:
+            raise EnsembleError(
+                f"{path}:{line}: duplicate vote for item '{key[0]}', voter '{key[1]}', sample {key[2]} "
+                f"(first at line {seen[key]}); keep one row per (item, voter, sample)")
+        seen[key] = line
+
+
+# -- the vote matrix ---------------------------------------------------------
+def build_matrix(rows: Sequence[Row], *, gold: Mapping[str, str] | None = None,
+                 options: Mapping[str, Sequence[str]] | None = None) -> VoteMatrix:
+    """Encode rows into a VoteMatrix (items and voters in order of first appearance).
+
+    gold     item -> gold label (overrides a ``gold`` column); items with gold but no
+             votes are not added, their count is kept in ``meta["n_gold_without_votes"]``.
+    options  item -> its valid labels (e.g. the option letters), for ``valid``.
+    """
+    items = list(dict.fromkeys(r["item"] for r in rows))
+    voters = list(dict.fromkeys(r["voter"] for r in rows))
+    gold_map = {r["item"]: r["gold"] for r in rows if r.get("gold")}
+    if gold is not None:
+        gold_map.update({str(k): str(v) for k, v in gold.items() if v not in (None, "")})
+    values: list[str] = [r["answer"] for r in rows if r["answer"]]
+    values += [g for i, g in gold_map.items()]
+    values += [k for r in rows if r.get("probs") for k in r["probs"]]
+    if options:
+        values += [o for opts in options.values() for o in opts]
+    enc = LabelEncoder.fit(values)
+    code = {c: i for i, c in enumerate(enc.classes)}
+
+    I, V, S, C = len(items), len(voters), 1 + max(r["sample"] for r in rows), len(enc)
+    item_ix = {x: i for i, x in enumerate(items)}
+    voter_ix = {v: j for j, v in enumerate(voters)}
+    ii = np.array([item_ix[r["item"]] for r in rows])
+    jj = np.array([voter_ix[r["voter"]] for r in rows])
+    ss = np.array([r["sample"] for r in rows])
+    labels = np.full((I, V, S), ABSTAIN, dtype=np.int32)
+    labels[ii, jj, ss] = [code[r["answer"]] if r["answer"] else ABSTAIN for r in rows]
+
+    confidence = probs = None
+    if any(r.get("confidence") is not None for r in rows):
+        confidence = np.full((I, V, S), np.nan)
+        confidence[ii, jj, ss] = [r.get("confidence", np.nan) for r in rows]
+    if any(r.get("probs") for r in rows):
+        probs = np.full((I, V, S, C), np.nan)
+        for i, j, s, r in zip(ii, jj, ss, rows):
+            if r.get("probs"):
+                probs[i, j, s] = 0.0
+                for label, p in r["probs"].items():
+                    probs[i, j, s, code[label]] = p
+    gold_arr = None
+    if gold_map:
+        gold_arr = np.array([code.get(gold_map.get(x, ""), ABSTAIN) for x in items], dtype=np.int32)
+    valid = None
+    if options:
+        valid = np.zeros((I, C), dtype=bool)
+        for x, opts in options.items():
+            if x in item_ix:
+                valid[item_ix[x], [code[o] for o in opts]] = True
+        valid[~valid.any(axis=1)] = True  # items without known options: every class allowed
+    n_missing = len(set(gold_map) - set(items))
+    return VoteMatrix(labels=labels, items=tuple(items), voters=tuple(voters), encoder=enc,
+                      confidence=confidence, probs=probs, gold=gold_arr, valid=valid,
+                      meta={"n_gold_without_votes": n_missing})
+
+
+def load_predictions(path: str | Path, gold: str | Path | Mapping[str, str] | None = None) -> VoteMatrix:
+    """Read a predictions file (JSONL / CSV / Parquet) into a VoteMatrix.
+
+    ``gold``: a file (rows with item/id and answer, or any dataset file), or a mapping.
+    """
+    rows = read_rows(path)
+    if gold is not None and not isinstance(gold, Mapping):
+        from .data import read_gold
+
+        gold = read_gold(gold)
+    return build_matrix(rows, gold=gold)
+
+
+def rows_from_matrix(m: VoteMatrix) -> Iterable[Row]:
+    """The inverse of build_matrix for labels/confidence (used by tests and tools)."""
+    for i, item in enumerate(m.items):
+        for j, voter in enumerate(m.voters):
+            for s in range(m.n_samples):
+                code = int(m.labels[i, j, s])
+                row: Row = {"item": item, "voter": voter, "sample": s,
+                            "answer": m.classes[code] if code >= 0 else None}
+                if m.confidence is not None and not np.isnan(m.confidence[i, j, s]):
+                    row["confidence"] = float(m.confidence[i, j, s])
+                yield row

@@ -1,0 +1,301 @@
+"""`vote run`: dataset -> K voters x n samples through one engine -> stored predictions -> votes.
+
+The pipeline reads top to bottom:
+
+    items      the config's data splits (dev items let fitted methods fit; test items are scored)
+    voters     adapters of a trained run (<out>/manifest.json), registered extras, config voters
+    engine     one process: the base model once + every adapter (ensemble.engines)
+    answers    each (item, voter) asked once per missing sample; rows appended to
+               <out>/predictions.jsonl as they arrive (the unit of resume)
+    votes      the stored rows -> VoteMatrix -> every configured method -> Report
+
+Killed at any point and rerun, it recomputes only (item, voter, sample) keys missing
+from the store, so the final table equals an uninterrupted run's.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .config import to_dict
+from .data import Item
+from .engines.base import ChoiceRequest, Engine, EngineSpec, GenRequest, SamplingSettings, build_engine
+from .errors import EnsembleError
+from .schema import Config
+from .store import PredictionStore
+
+Progress = Callable[..., None]  # progress(event, **info); the CLI renders it with rich
+BASE_VOTER = "base"
+
+
+@dataclass
+class RunResult:
+    out: Path
+    matrix: Any  # VoteMatrix
+    report: Any  # ensemble.metrics.Report
+    n_new_rows: int
+    abstain_counts: dict[str, int]
+    dev: np.ndarray | None = None  # (I,) bool: items the fitted methods fitted on (not scored)
+    warnings: list[str] = field(default_factory=list)
+    submission: Any = None
+
+
+# -- items -------------------------------------------------------------------
+def load_split_items(cfg: Config, splits: Sequence[str]) -> dict[str, list[Item]]:
+    """Items of each requested split; generates the bundled benchmark when configured."""
+    from .data import read_items
+
+    paths = data_paths(cfg)
+    out: dict[str, list[Item]] = {}
+    for split in splits:
+        path = paths.get(split)
+        if path is None:
+            continue
+        items = read_items(path, format=cfg.data.format)
+        if cfg.data.limit:
+            keep = list(dict.fromkeys(_problem_id(it) for it in items))[: cfg.data.limit]
+            items = [it for it in items if _problem_id(it) in set(keep)]
+        out[split] = items
+    if not out:
+        raise EnsembleError(f"{cfg.source or 'config'}: no data for splits {', '.join(splits)}; "
+                            "set data.test (and data.dev) or data.benchmark")
+    return out
+
+
+def data_paths(cfg: Config) -> dict[str, Path]:
+    paths = {k: Path(v) for k in ("train", "dev", "test") if (v := getattr(cfg.data, k))}
+    if cfg.data.benchmark is not None:
+        from .benchmark_data import write_benchmark
+
+        bench_dir = Path(cfg.out) / "data"
+        b = cfg.data.benchmark
+        if not (bench_dir / "test.jsonl").exists():
+            write_benchmark(bench_dir, n_train=b.n_train, n_dev=b.n_dev, n_test=b.n_test, seed=b.seed)
+        for split in ("train", "dev", "test"):
+            paths.setdefault(split, bench_dir / f"{split}.jsonl")
+    return paths
+
+
+def _problem_id(item: Item) -> str:
+    return str(item.meta.get("problem_id", item.id))
+
+
+# -- voters ------------------------------------------------------------------
+def resolve_voters(cfg: Config) -> dict[str, str | None]:
+    """Voter name -> adapter folder (None = the plain base model)."""
+    out_dir = Path(cfg.out)
+    voters: dict[str, str | None] = {}
+    manifest = out_dir / "manifest.json"
+    if manifest.exists():
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+        for name, v in data.get("variants", {}).items():
+            if v.get("status") == "done":
+                voters[name] = str(out_dir / v["adapter"])
+    extra = out_dir / "voters.json"
+    if extra.exists():
+        voters.update(json.loads(extra.read_text(encoding="utf-8")))
+    voters.update(cfg.voters)
+    if cfg.run.include_base:
+        voters[BASE_VOTER] = None
+    if not voters:
+        raise EnsembleError(f"{cfg.source or 'config'}: no voters: train some with `vote train`, add one with "
+                            "`vote adapters add PATH`, list them under `voters:`, or set run.include_base: true")
+    if cfg.run.engine == "openai":  # voters are model names on the server, not folders
+        return voters
+    for name, path in voters.items():
+        if path is not None and not (Path(path) / "adapter_config.json").exists():
+            raise EnsembleError(f"voter '{name}': {path} is not a PEFT adapter folder (no adapter_config.json)")
+    return voters
+
+
+# -- asking the voters --------------------------------------------------------
+def run_settings(cfg: Config, model: str) -> dict[str, Any]:
+    """What the stored rows depend on: changing any of these invalidates the store."""
+    r = cfg.run
+    return {"model": model, "prompt": to_dict(cfg.prompt), "mode": r.mode, "samples": r.samples,
+            "temperature": r.temperature, "top_p": r.top_p, "max_new_tokens": r.max_new_tokens,
+            "seed": r.seed, "stop": list(r.stop), "extractor": to_dict(r.extractor), "dtype": r.dtype}
+
+
+def request_seed(seed: int, item_id: str, voter: str) -> int:
+    """A per-(item, voter) sampling seed that does not depend on batch composition or order."""
+    digest = hashlib.sha256(f"{seed}\0{item_id}\0{voter}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def pending(store: PredictionStore, items: Sequence[Item], voters: Sequence[str], n: int) -> list[tuple[Item, str]]:
+    """(item, voter) pairs with at least one of their n samples missing from the store."""
+    return [(it, v) for it in items for v in voters if not all(store.has(it.id, v, s) for s in range(n))]
+
+
+def ask(engine: Engine, cfg: Config, work: Sequence[tuple[Item, str]], voters: dict[str, str | None],
+        template: Any, extractor: Any) -> list[dict[str, Any]]:
+    """Ask one chunk of (item, voter) pairs; return prediction rows (all samples)."""
+    from .prompts import choice_continuations, render_messages, scoring_prefix
+
+    r = cfg.run
+    adapter = {name: (None if path is None else name) for name, path in voters.items()}
+    if r.mode == "generate":
+        reqs = [GenRequest(adapter=adapter[v], messages=render_messages(template, it), key=(it, v),
+                           sampling=SamplingSettings(n=r.samples, temperature=r.temperature, top_p=r.top_p,
+                                                     max_new_tokens=r.max_new_tokens, stop=tuple(r.stop),
+                                                     seed=request_seed(r.seed, it.id, v)))
+                for it, v in work]
+        return [row for out in engine.generate(reqs) for row in _gen_rows(out, extractor)]
+    reqs_c = [ChoiceRequest(adapter=adapter[v], options=choice_continuations(it, r.mode),
+                            messages=render_messages(template, it), mode=r.mode,
+                            assistant_prefix=scoring_prefix(template, it), key=(it, v))
+              for it, v in work]
+    return [_choice_row(out) for out in engine.score_choices(reqs_c)]
+
+
+def _gen_rows(out: Any, extractor: Any) -> list[dict[str, Any]]:
+    item, voter = out.request.key
+    rows = []
+    for s, sample in enumerate(out.samples):
+        lp = sample.token_logprobs
+        # Confidence of a generated answer: the geometric-mean token probability (DeepConf-style).
+        conf = math.exp(sum(lp) / len(lp)) if lp else None
+        rows.append({"item": item.id, "voter": voter, "sample": s, "answer": extractor.extract(sample.text, item),
+                     "confidence": conf, "text": sample.text, "n_tokens": sample.n_tokens,
+                     "latency_s": round(out.latency_s, 4)})
+    return rows
+
+
+def _choice_row(out: Any) -> dict[str, Any]:
+    item, voter = out.request.key
+    probs = {letter: round(float(p), 6) for letter, p in zip(item.letters, out.probs)}
+    best = max(item.letters, key=lambda letter: (probs[letter], -item.letters.index(letter)))
+    return {"item": item.id, "voter": voter, "sample": 0, "answer": best, "confidence": probs[best],
+            "probs": _renormalise(probs), "logliks": [round(x, 6) for x in out.logliks],
+            "latency_s": round(out.latency_s, 4)}
+
+
+def _renormalise(probs: dict[str, float]) -> dict[str, float]:
+    total = sum(probs.values())
+    return {k: v / total for k, v in probs.items()}
+
+
+def probe_adapters(engine: Engine, items: Sequence[Item], voters: dict[str, str | None], template: Any,
+                   mode: str) -> list[str]:
+    """Warn about adapters whose outputs equal the base model's (an adapter silently ignored)."""
+    from .prompts import choice_continuations, render_messages, scoring_prefix
+
+    probe_items = [it for it in items if it.options][:2] or list(items[:2])
+    named = [v for v, p in voters.items() if p is not None]
+    if not probe_items or not named:
+        return []
+    m = "letter" if mode == "letter" else "cloze"
+    reqs = [ChoiceRequest(adapter=a, options=choice_continuations(it, m) or (" yes", " no"),
+                          messages=render_messages(template, it), mode=m,
+                          assistant_prefix=scoring_prefix(template, it))
+            for a in [None, *named] for it in probe_items]
+    outs = engine.score_choices(reqs)
+    n = len(probe_items)
+    base = np.array([o.logliks for o in outs[:n]], dtype=object)
+    warnings = []
+    for k, name in enumerate(named):
+        mine = outs[(k + 1) * n:(k + 2) * n]
+        if all(np.allclose(a.logliks, b, atol=1e-6) for a, b in zip(mine, base)):
+            warnings.append(f"voter '{name}': its scores equal the base model's on {n} probe items — "
+                            "the adapter seems to be ignored (zero weights, or target modules not applied)")
+    return warnings
+
+
+# -- the whole run ------------------------------------------------------------
+def run(cfg: Config, *, restart: bool = False, progress: Progress | None = None,
+        engine: Engine | None = None) -> RunResult:
+    """Answer every split item with every voter (resuming), then vote and evaluate."""
+    from .extraction import build_extractor
+    from .models import resolve_model
+    from .prompts import get_template
+
+    emit = progress or (lambda event, **info: None)
+    out = Path(cfg.out)
+    splits = load_split_items(cfg, cfg.run.splits)
+    items = [it for split_items in splits.values() for it in split_items]
+    voters = resolve_voters(cfg)
+    template, extractor = get_template(cfg.prompt), build_extractor(cfg.run.extractor)
+    model_path = str(resolve_model(cfg.model))
+    store = PredictionStore.open(out / "predictions.jsonl", run_settings(cfg, model_path), restart=restart)
+    todo = pending(store, items, list(voters), cfg.run.samples)
+    warnings: list[str] = []
+    n_new = 0
+    if todo:
+        if engine is None:
+            emit("status", message=f"loading {model_path} with {len(voters)} voters")
+            options = {"batch_size": cfg.run.batch_size, "dtype": cfg.run.dtype, **cfg.run.engine_options}
+            engine = build_engine(EngineSpec(engine=cfg.run.engine, model=model_path, options=options,
+                                             adapters={k: v for k, v in voters.items() if v is not None}))
+        if cfg.run.probe:
+            warnings += probe_adapters(engine, items, voters, template, cfg.run.mode)
+            for w in warnings:
+                emit("warning", message=w)
+        chunk = max(cfg.run.batch_size, 1) * 2
+        emit("start", total=len(todo), done=len(items) * len(voters) - len(todo))
+        for start in range(0, len(todo), chunk):
+            rows = ask(engine, cfg, todo[start:start + chunk], voters, template, extractor)
+            n_new += store.append(rows)
+            emit("advance", n=len(todo[start:start + chunk]))
+        emit("finish")
+    return finish(cfg, store, splits, voters, n_new, warnings)
+
+
+def finish(cfg: Config, store: PredictionStore, splits: dict[str, list[Item]], voters: dict[str, str | None],
+           n_new: int, warnings: list[str]) -> RunResult:
+    """Stored rows -> vote matrix -> every method -> report (+ submission)."""
+    from .metrics import evaluate
+    from .predictions import build_matrix
+
+    items = {it.id: it for split_items in splits.values() for it in split_items}
+    rows = [r for r in store.rows if r["item"] in items and r["voter"] in voters]
+    gold = {i: it.answer for i, it in items.items() if it.answer is not None}
+    options = {i: it.letters for i, it in items.items() if it.options}
+    m = build_matrix(rows, gold=gold, options=options or None)
+    dev_ids = {it.id for it in splits.get("dev", [])}
+    dev = np.array([i in dev_ids for i in m.items]) if dev_ids and "test" in splits else None
+    method_options = {k: dict(v) for k, v in cfg.run.method_options.items()}
+    if "weighted" in cfg.run.methods and cfg.run.weights_from == "manifest":
+        method_options.setdefault("weighted", {})["weights"] = manifest_weights(cfg, m)
+    methods = [x for x in cfg.run.methods if dev is not None or x not in ("select", "stack", "weighted")
+               or "weights" in method_options.get(x, {})]
+    report = evaluate(m, methods, dev=dev, method_options=method_options)
+    abstain = {v: int((m.labels[:, j] < 0).sum()) for j, v in enumerate(m.voters)}
+    out = Path(cfg.out)
+    _write_json(out / "report.json", report.to_dict())
+    result = RunResult(out=out, matrix=m, report=report, n_new_rows=n_new, abstain_counts=abstain,
+                       dev=dev, warnings=warnings)
+    if cfg.run.submission:
+        from .submission import write_answers
+
+        test_ids = {it.id for it in splits.get("test", [])}
+        answers = {k: v for k, v in report.answers(cfg.run.submission_method).items() if k in test_ids}
+        result.submission = write_answers(answers, Path(cfg.run.submission), items=splits.get("test"),
+                                          fallback=cfg.run.fallback)
+    return result
+
+
+def manifest_weights(cfg: Config, m: Any) -> dict[str, float]:
+    """`weighted` weights from the training manifest's held-out accuracies (log-odds)."""
+    from .voting.weighted import log_odds_weights
+
+    data = json.loads((Path(cfg.out) / "manifest.json").read_text(encoding="utf-8"))
+    acc = {n: v.get("heldout_accuracy") for n, v in data.get("variants", {}).items()}
+    missing = [v for v in m.voters if acc.get(v) is None]
+    if missing:
+        raise EnsembleError(f"run.weights_from: manifest has no held-out accuracy for voter(s) "
+                            f"{', '.join(missing)}; use weights_from: dev")
+    w = log_odds_weights([acc[v] for v in m.voters], m.n_classes)
+    return {v: float(x) for v, x in zip(m.voters, w)}
+
+
+def _write_json(path: Path, data: Any) -> None:
+    from .store import _atomic_write
+
+    _atomic_write(path, json.dumps(data, indent=2, ensure_ascii=False))

@@ -1,0 +1,178 @@
+"""The config schema: what a YAML file in configs/ may say.
+
+One file describes a whole experiment; each command reads the sections it needs:
+
+    model   base model: bundled name ("smollm2"), local HF folder, or .gguf file
+    out     run directory (adapters/, manifest.json, predictions.jsonl, reports)
+    prompt  prompt template name (see ensemble.prompts) or a custom template mapping
+    data    where items come from (files, or the generated bundled benchmark)
+    voters  extra adapters trained elsewhere: name -> PEFT folder
+    train   `vote train`: training settings and the variant grid
+    run     `vote run`: engine, scoring mode, samples, voting methods, submission
+
+Relative paths are relative to the current directory (like LLaMA-Factory and torchtune).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .config import check
+
+SPLIT_KINDS = ("full", "kfold", "bootstrap", "shard", "subsample")
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    """Generate the bundled benchmark (ensemble.benchmark_data) into ``<out>/data``."""
+
+    n_train: int = 1200
+    n_dev: int = 300
+    n_test: int = 300
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("n_train", "n_dev", "n_test"):
+            check(getattr(self, name) >= 0, f"data.benchmark.{name}", getattr(self, name), "use 0 or more")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    train: str | None = None
+    dev: str | None = None
+    test: str | None = None
+    format: str = "auto"
+    benchmark: BenchmarkConfig | None = None
+    limit: int | None = None  # use only the first N problems of each split (quick trials)
+
+    def __post_init__(self) -> None:
+        check(self.limit is None or self.limit > 0, "data.limit", self.limit, "use a positive number or remove it")
+
+
+@dataclass(frozen=True)
+class VariantConfig:
+    """One LoRA variant, given explicitly (instead of, or on top of, the grid product)."""
+
+    name: str | None = None
+    seed: int = 0
+    rank: int = 8
+    alpha: float | None = None
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    split: str = "full"
+    flavour: Literal["lora", "rslora", "dora"] = "lora"
+    prompt: str | None = None  # template name; None = the config's prompt
+
+    def __post_init__(self) -> None:
+        check(self.rank > 0, "variant.rank", self.rank, "use a positive LoRA rank such as 8")
+        check(split_kind(self.split) in SPLIT_KINDS, "variant.split", self.split,
+              "use full, kfold:K, bootstrap, shard:K or subsample:F")
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    """The variant grid: the product seeds x ranks x target_modules x splits x flavours x prompts.
+
+    ``splits``: ``full`` (all training data), ``kfold:K`` (variant i trains without
+    fold i; K variants), ``bootstrap`` (a seeded resample with replacement: bagging),
+    ``shard:K`` (K disjoint shards, variant i trains on shard i), ``subsample:F``
+    (a seeded fraction F without replacement). A k-fold / shard split contributes K
+    variants (one per fold) to the product.
+    """
+
+    seeds: tuple[int, ...] = (0,)
+    ranks: tuple[int, ...] = (8,)
+    alpha: float | None = None  # None: alpha = alpha_ratio * rank
+    alpha_ratio: float = 2.0
+    target_modules: tuple[tuple[str, ...], ...] = (("q_proj", "k_proj", "v_proj", "o_proj"),)
+    splits: tuple[str, ...] = ("full",)
+    flavours: tuple[Literal["lora", "rslora", "dora"], ...] = ("lora",)
+    prompts: tuple[str, ...] = ()  # template names; () = the config's prompt
+    variants: tuple[VariantConfig, ...] = ()  # explicit variants, added after the product
+    max_variants: int | None = None  # keep only the first N variants of the expansion
+
+    def __post_init__(self) -> None:
+        check(all(r > 0 for r in self.ranks), "train.grid.ranks", self.ranks, "use positive ranks")
+        for s in self.splits:
+            check(split_kind(s) in SPLIT_KINDS, "train.grid.splits", s,
+                  "use full, kfold:K, bootstrap, shard:K or subsample:F")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    mode: Literal["cloze", "letter"] = "cloze"  # target: the option text (cloze) or its letter
+    epochs: float = 1.0
+    max_steps: int | None = None  # overrides epochs when set
+    batch_size: int = 8
+    grad_accum: int = 1
+    learning_rate: float = 2e-4
+    scheduler: Literal["linear", "cosine", "constant"] = "cosine"
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.0
+    lora_dropout: float = 0.05
+    max_length: int = 256
+    heldout_fraction: float = 0.1  # for splits without a natural held-out part
+    eval_every: int | None = None  # steps between held-out evaluations; None = at the end only
+    dtype: Literal["float32", "bfloat16"] = "bfloat16"
+    trainer: Literal["loop", "hf"] = "loop"
+    grid: GridConfig = field(default_factory=GridConfig)
+
+    def __post_init__(self) -> None:
+        check(self.epochs > 0, "train.epochs", self.epochs, "use a positive number of epochs")
+        check(self.max_steps is None or self.max_steps > 0, "train.max_steps", self.max_steps, "use a positive step count")
+        check(self.batch_size > 0, "train.batch_size", self.batch_size, "use 1 or more")
+        check(self.grad_accum > 0, "train.grad_accum", self.grad_accum, "use 1 or more")
+        check(0 < self.learning_rate < 1, "train.learning_rate", self.learning_rate, "use a value like 2e-4")
+        check(0 <= self.warmup_ratio < 1, "train.warmup_ratio", self.warmup_ratio, "use a value in [0, 1)")
+        check(0 < self.heldout_fraction < 1, "train.heldout_fraction", self.heldout_fraction, "use a value in (0, 1)")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    engine: str = "hf"
+    mode: Literal["generate", "cloze", "letter"] = "cloze"
+    samples: int = 1  # samples per voter per item (self-consistency when > 1, generate mode)
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_new_tokens: int = 32
+    seed: int = 0
+    stop: tuple[str, ...] = ()
+    extractor: str | tuple[str, ...] = "mc"
+    batch_size: int = 32
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    engine_options: dict[str, Any] = field(default_factory=dict)
+    include_base: bool = False  # also ask the plain base model, as voter "base"
+    splits: tuple[str, ...] = ("dev", "test")  # which data splits to answer
+    methods: tuple[str, ...] = ("majority", "weighted", "select", "stack", "confidence", "dawid_skene")
+    method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    weights_from: Literal["dev", "manifest"] = "dev"  # where `weighted` gets its weights
+    submission: str | None = None  # write the chosen method's answers for the test split here
+    submission_method: str = "majority"
+    fallback: str = "none"
+    probe: bool = True  # warn when an adapter's outputs equal the base model's
+
+    def __post_init__(self) -> None:
+        check(self.samples >= 1, "run.samples", self.samples, "use 1 or more")
+        check(self.temperature >= 0, "run.temperature", self.temperature, "use 0 (greedy) or more")
+        check(0 < self.top_p <= 1, "run.top_p", self.top_p, "use a value in (0, 1]")
+        check(self.batch_size >= 1, "run.batch_size", self.batch_size, "use 1 or more")
+        check(self.samples == 1 or self.mode == "generate", "run.samples", self.samples,
+              "several samples need mode: generate (choice scoring is deterministic)")
+        check(self.samples == 1 or self.temperature > 0, "run.samples", self.samples,
+              "several samples need temperature > 0, or they are identical")
+
+
+@dataclass(frozen=True)
+class Config:
+    model: str = "smollm2"
+    out: str = "runs/default"
+    prompt: str | dict[str, Any] = "mc_auto"
+    data: DataConfig = field(default_factory=DataConfig)
+    voters: dict[str, str] = field(default_factory=dict)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    source: str = ""  # set by load_config: the file this came from
+
+
+def split_kind(split: str) -> str:
+    """'kfold:5' -> 'kfold'."""
+    return split.partition(":")[0]

@@ -1,0 +1,98 @@
+"""The resumable predictions store: an append-only JSONL file plus a settings header.
+
+Crash safety without a database: every row is one JSON line, appended and fsync'ed
+per batch. A process killed mid-write (even ``kill -9``) leaves at most one partial
+last line; ``PredictionStore.open`` cuts it off, so a rerun sees exactly the rows
+that were fully written, recomputes only what is missing, and never duplicates a
+(item, voter, sample) key. ``<file>.meta.json`` records the settings the rows were
+made with: resuming with different settings is refused instead of mixing results.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from .errors import EnsembleError
+from .predictions import Key, Row
+
+
+class PredictionStore:
+    def __init__(self, path: Path, rows: list[Row], n_dropped: int) -> None:
+        self.path = path
+        self.rows = rows
+        self.keys: set[Key] = {(r["item"], r["voter"], int(r.get("sample", 0))) for r in rows}
+        self.n_dropped_partial = n_dropped  # partial lines cut off at open (a killed writer)
+
+    @classmethod
+    def open(cls, path: str | Path, settings: Mapping[str, Any], *, restart: bool = False) -> "PredictionStore":
+        """Open (or create) the store; refuse if it was made with other settings."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta_path = path.with_name(path.name + ".meta.json")
+        if restart:
+            path.unlink(missing_ok=True)
+            meta_path.unlink(missing_ok=True)
+        settings = json.loads(json.dumps(settings, sort_keys=True, default=str))
+        if meta_path.exists() and path.exists():
+            old = json.loads(meta_path.read_text(encoding="utf-8"))
+            diff = [k for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k)]
+            if diff:
+                k = diff[0]
+                raise EnsembleError(
+                    f"{path}: these predictions were made with other settings ({k}: {old.get(k)!r} -> "
+                    f"{settings.get(k)!r}); use another `out` directory, or pass --restart to discard them")
+        _atomic_write(meta_path, json.dumps(settings, indent=2, sort_keys=True))
+        rows, dropped = _read_and_repair(path)
+        return cls(path, rows, dropped)
+
+    def has(self, item: str, voter: str, sample: int = 0) -> bool:
+        return (item, voter, sample) in self.keys
+
+    def append(self, rows: Iterable[Row]) -> int:
+        """Append rows whose key is new; flush + fsync before returning. Returns rows written."""
+        fresh = []
+        for row in rows:
+            key = (row["item"], row["voter"], int(row.get("sample", 0)))
+            if key not in self.keys:
+                self.keys.add(key)
+                fresh.append(row)
+        if not fresh:
+            return 0
+        data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in fresh)
+        with self.path.open("a", encoding="utf-8") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        self.rows.extend(fresh)
+        return len(fresh)
+
+
+def _read_and_repair(path: Path) -> tuple[list[Row], int]:
+    """Read complete lines; truncate a trailing partial line left by a killed writer."""
+    if not path.exists():
+        path.touch()
+        return [], 0
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1  # everything after the last newline is a partial line
+    rows: list[Row] = []
+    for line_no, line in enumerate(data[:end].splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            raise EnsembleError(f"{path}:{line_no}: corrupt line in the predictions store (not JSON); "
+                                "delete that line, or pass --restart to recompute everything") from None
+    dropped = 1 if data[end:].strip() else 0
+    if end < len(data):
+        with path.open("r+b") as fh:
+            fh.truncate(end)
+    return rows, dropped
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)

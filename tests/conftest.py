@@ -1,0 +1,30 @@
+"""Shared fixtures. Tests never touch the network: hub access is switched off here."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "ensemble" / "examples"
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A 2-layer random Llama with a local tokenizer (built once per session)."""
+    from ensemble.testing import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "base")
+
+
+@pytest.fixture(scope="session")
+def tiny_adapters(tiny_model, tmp_path_factory) -> dict[str, Path]:
+    """Three random LoRA adapters over the tiny model."""
+    from ensemble.testing import make_tiny_adapters
+
+    return make_tiny_adapters(tiny_model, tmp_path_factory.mktemp("adapters"), ["v1", "v2", "v3"])
