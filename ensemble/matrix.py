@@ -156,13 +156,13 @@ def support(labels: np.ndarray, n_classes: int, weights: np.ndarray | None = Non
     no Python loop, about 0.1 s for 16M votes.
     """
     I = labels.shape[0]
-    flat = labels.reshape(I, -1)
+    flat = labels.reshape(I, int(np.prod(labels.shape[1:])))  # -1 fails when I == 0
     keep = flat != ABSTAIN
     rows = np.broadcast_to(np.arange(I, dtype=np.int64)[:, None], flat.shape)[keep]
     idx = rows * n_classes + flat[keep]
     w = None
     if weights is not None:
-        w = np.broadcast_to(weights, labels.shape).reshape(I, -1)[keep].astype(np.float64)
+        w = np.broadcast_to(weights, labels.shape).reshape(flat.shape)[keep].astype(np.float64)
     out = np.bincount(idx, weights=w, minlength=I * n_classes)
     return out.reshape(I, n_classes).astype(np.float64, copy=False)
 

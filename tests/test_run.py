@@ -1,0 +1,138 @@
+"""`vote run` end to end on the tiny model: results, resume after kill -9, probe, CLI."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from ensemble.cli import main
+from ensemble.config import load_config
+from ensemble.run import run
+
+QUESTIONS = [
+    ("Which number is larger?", ["3", "7"], "B"),
+    ("Which number is smaller?", ["9", "2", "5"], "B"),
+    ("Can Tom fly?", ["yes", "no"], "A"),
+    ("2 + 2 = ?", ["3", "4", "5", "6"], "B"),
+]
+
+
+def write_data(tmp_path: Path, n: int) -> tuple[Path, Path]:
+    def rows(prefix: str, count: int):
+        for i in range(count):
+            q, opts, ans = QUESTIONS[i % len(QUESTIONS)]
+            yield {"id": f"{prefix}{i}", "question": f"{q} ({i})", "options": opts, "answer": ans}
+
+    dev, test = tmp_path / "dev.jsonl", tmp_path / "test.jsonl"
+    dev.write_text("".join(json.dumps(r) + "\n" for r in rows("d", n // 2)))
+    test.write_text("".join(json.dumps(r) + "\n" for r in rows("t", n)))
+    return dev, test
+
+
+def write_config(tmp_path: Path, tiny_model: Path, adapters: dict[str, Path], out: Path, *, n: int = 8,
+                 run_extra: str = "") -> Path:
+    dev, test = write_data(tmp_path, n)
+    voters = "\n".join(f"  {k}: {v}" for k, v in adapters.items())
+    cfg = tmp_path / f"{out.name}.yaml"
+    cfg.write_text(f"""model: {tiny_model}
+out: {out}
+prompt: mc
+data: {{dev: {dev}, test: {test}}}
+voters:
+{voters}
+run:
+  batch_size: 4
+  methods: [majority, weighted, dawid_skene]
+{run_extra}""")
+    return cfg
+
+
+def test_run_cloze_end_to_end(tmp_path, tiny_model, tiny_adapters):
+    cfg = load_config(write_config(tmp_path, tiny_model, tiny_adapters, tmp_path / "out"))
+    result = run(cfg)
+    m = result.matrix
+    assert m.voters == ("v1", "v2", "v3") and m.n_items == 12
+    report = result.report.to_dict()
+    assert report["n_dev_items"] == 4 and report["n_eval_items"] == 8
+    assert set(report["methods"]) == {"majority", "weighted", "dawid_skene"}
+    rows = [json.loads(x) for x in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 36 and all(set(r["probs"]) == set("ABCD"[:len(r["probs"])]) for r in rows)
+    assert all(abs(sum(r["probs"].values()) - 1) < 1e-6 for r in rows)
+    assert result.n_new_rows == 36
+    # A rerun recomputes nothing.
+    again = run(cfg)
+    assert again.n_new_rows == 0
+    assert again.report.to_dict()["methods"] == report["methods"]
+
+
+def test_probe_warns_about_an_adapter_that_changes_nothing(tmp_path, tiny_model):
+    from ensemble.testing import make_tiny_adapters
+
+    dead = make_tiny_adapters(tiny_model, tmp_path / "ad", ["dead"], scale=0.0)
+    cfg = load_config(write_config(tmp_path, tiny_model, dead, tmp_path / "out", n=4))
+    result = run(cfg)
+    assert any("voter 'dead'" in w and "equal the base model" in w for w in result.warnings)
+
+
+DRIVER = """
+import sys, time
+from ensemble.config import load_config
+from ensemble.run import run
+def slow(event, **info):
+    if event == "advance":
+        time.sleep(0.3)  # give the test time to kill us between appends
+run(load_config(sys.argv[1]), progress=slow)
+"""
+
+
+@pytest.mark.parametrize("mode", ["cloze", "generate"])
+def test_kill_9_and_resume_equals_uninterrupted(tmp_path, tiny_model, tiny_adapters, mode):
+    extra = "  mode: generate\n  samples: 2\n  temperature: 0.8\n  max_new_tokens: 6\n" if mode == "generate" else ""
+    killed = write_config(tmp_path, tiny_model, tiny_adapters, tmp_path / "killed", n=16, run_extra=extra)
+    clean = write_config(tmp_path, tiny_model, tiny_adapters, tmp_path / "clean", n=16, run_extra=extra)
+    store = tmp_path / "killed" / "predictions.jsonl"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, "-c", DRIVER, str(killed)], env=env)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if store.exists() and store.read_text().count("\n") >= 8:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    n_before = store.read_text().count("\n")
+    total = 24 * 3 * (2 if mode == "generate" else 1)
+    assert 0 < n_before < total
+    resumed = run(load_config(killed))
+    assert resumed.n_new_rows == total - n_before
+    reference = run(load_config(clean))
+
+    def table(path: Path):
+        rows = [json.loads(x) for x in path.read_text().splitlines()]
+        keys = [(r["item"], r["voter"], r["sample"]) for r in rows]
+        assert len(keys) == len(set(keys)) == total  # nothing lost, nothing duplicated
+        return {k: (r["answer"], r.get("text")) for k, r in zip(keys, rows)}
+
+    assert table(store) == table(tmp_path / "clean" / "predictions.jsonl")
+    assert resumed.report.to_dict()["methods"] == reference.report.to_dict()["methods"]
+
+
+def test_cli_run_prints_tables_and_errors(tmp_path, tiny_model, tiny_adapters):
+    cfg = write_config(tmp_path, tiny_model, tiny_adapters, tmp_path / "out", n=4)
+    res = CliRunner().invoke(main, ["run", str(cfg)], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert "Voting methods" in res.output and "predictions.jsonl" in res.output
+    res = CliRunner().invoke(main, ["run", str(cfg), "--set", "run.mode=letter"], catch_exceptions=False)
+    assert res.exit_code == 2 and "made with other settings (mode: 'cloze' -> 'letter')" in res.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(cfg.read_text().replace("v1: ", "v1: /nowhere/"))
+    res = CliRunner().invoke(main, ["run", str(bad)], catch_exceptions=False)
+    assert res.exit_code == 2 and "voter 'v1'" in res.output and "is not a PEFT adapter folder" in res.output
