@@ -276,7 +276,11 @@ def finish(cfg: Config, store: PredictionStore, splits: dict[str, list[Item]], v
 
         test_ids = {it.id for it in splits.get("test", [])}
         answers = {k: v for k, v in report.answers(cfg.run.submission_method).items() if k in test_ids}
-        result.submission = write_answers(answers, Path(cfg.run.submission), items=splits.get("test"),
+        test_items = splits.get("test", [])
+        # Competition (nested) test files are filled in place; flat ones give an id,answer table.
+        nested = bool(test_items) and "problem_id" in test_items[0].meta
+        result.submission = write_answers(answers, Path(cfg.run.submission), items=test_items,
+                                          template=data_paths(cfg)["test"] if nested else None,
                                           fallback=cfg.run.fallback)
     return result
 

@@ -1,0 +1,160 @@
+"""``evaluate``: run voting methods over a VoteMatrix and score them against gold.
+
+Protocol. ``dev`` (I,) bool marks the items fitted methods may fit on; every
+metric is computed on the *eval items*: outside dev and with a known gold answer.
+Items without gold are counted (``n_items_without_gold``), never scored. The best
+single voter, the baseline every method is tested against, is chosen on dev when
+dev has gold items (an honest choice), else on the eval items themselves (an
+optimistic baseline); ``best_voter_selected_on`` says which.
+
+Without any eval item (no gold at all, or all gold items in dev) the report still
+holds every method's decisions and its coverage over the items outside dev;
+accuracy, F1, calibration and the paired test are then absent.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from .errors import EnsembleError
+from .matrix import ABSTAIN, Decision, VoteMatrix
+from .metrics import (error_correlation, jsonable, mean_pairwise_disagreement, oracle, paired_test,
+                      score_decision, voter_decisions)
+from .registry import unknown_name
+from .voting import METHODS, vote
+
+
+@dataclass(frozen=True, eq=False)
+class Report:
+    """The numbers of one evaluation, plus every method's raw decisions."""
+
+    n_items: int
+    n_eval_items: int
+    n_dev_items: int
+    n_items_without_gold: int
+    classes: tuple[str, ...]
+    methods: dict[str, dict[str, Any]]
+    voters: dict[str, dict[str, Any]]
+    diagnostics: dict[str, Any]
+    items: tuple[str, ...] = ()
+    decisions: dict[str, Decision] = field(default_factory=dict)
+    eval_mask: np.ndarray | None = None  # (I,) bool: the items the metrics are computed on
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``vote eval --json`` contract (keys may be added, never renamed)."""
+        return jsonable({
+            "n_items": self.n_items, "n_eval_items": self.n_eval_items,
+            "n_dev_items": self.n_dev_items, "n_items_without_gold": self.n_items_without_gold,
+            "classes": list(self.classes), "methods": self.methods, "voters": self.voters,
+            "diagnostics": self.diagnostics,
+        })
+
+    def answers(self, method: str) -> dict[str, str | None]:
+        """{item id: answer} for every item (dev ones too); None where the method abstained."""
+        if method not in self.decisions:
+            raise EnsembleError(unknown_name("evaluated method", method, self.decisions)
+                                + ". Add it to the methods evaluated.")
+        labels = self.decisions[method].labels
+        return {i: (self.classes[c] if c != ABSTAIN else None)
+                for i, c in zip(self.items, labels.tolist())}
+
+
+def evaluate(m: VoteMatrix, methods: Sequence[str] = ("majority",), *,
+             dev: np.ndarray | None = None, method_options: dict[str, dict[str, Any]] | None = None,
+             n_boot: int = 1000, seed: int = 0) -> Report:
+    """Run each registered method in ``methods`` on ``m`` and score it on the eval items."""
+    methods = list(methods)
+    options = check_methods(methods, method_options)
+    dev = check_dev(m, dev)
+    has_gold = m.has_gold()
+    eval_mask = has_gold & ~dev
+    scored = eval_mask if eval_mask.any() else ~dev  # without gold: coverage over non-dev items
+    gold = m.gold[eval_mask] if eval_mask.any() else None
+
+    def score(d: Decision) -> dict[str, Any]:
+        return _score(d, scored, gold, m.classes, n_boot, seed)
+
+    singles = voter_decisions(m)
+    best, selected_on = best_voter(m, singles, dev, eval_mask)
+    decisions = {name: vote(m, name, dev=dev, **options.get(name, {})) for name in methods}
+    method_rows: dict[str, dict[str, Any]] = {}
+    for name, d in decisions.items():
+        row = score(d)
+        row["info"] = jsonable(d.info)
+        if gold is not None and best is not None:
+            test = paired_test(gold, d.labels[eval_mask], singles[best].labels[eval_mask],
+                               n_boot=n_boot, seed=seed)
+            row["vs_best_voter"] = {**test, "voter": best, "selected_on": selected_on}
+        method_rows[name] = row
+
+    sub = m.select_items(scored)
+    diagnostics = {
+        "oracle": float(oracle(sub).mean()) if gold is not None else None,
+        "mean_pairwise_disagreement": mean_pairwise_disagreement(sub),
+        "error_correlation": error_correlation(sub) if gold is not None else None,
+        "best_voter": best, "best_voter_selected_on": selected_on,
+    }
+    return Report(
+        n_items=m.n_items, n_eval_items=int(eval_mask.sum()), n_dev_items=int(dev.sum()),
+        n_items_without_gold=int((~has_gold).sum()), classes=m.classes, methods=method_rows,
+        voters={v: score(d) for v, d in singles.items()}, diagnostics=jsonable(diagnostics),
+        items=m.items, decisions=decisions, eval_mask=eval_mask,
+    )
+
+
+def _score(d: Decision, scored: np.ndarray, gold: np.ndarray | None, classes: tuple[str, ...],
+           n_boot: int, seed: int) -> dict[str, Any]:
+    """score_decision on the scored items; coverage only when there is no gold."""
+    pred = d.labels[scored]
+    if gold is None:
+        coverage = float(np.mean(pred != ABSTAIN)) if pred.size else None
+        return {"n": int(scored.sum()), "coverage": coverage}
+    return jsonable(score_decision(gold, pred, len(classes), scores=d.scores[scored],
+                                   class_names=classes, n_boot=n_boot, seed=seed))
+
+
+def best_voter(m: VoteMatrix, singles: dict[str, Decision], dev: np.ndarray,
+               eval_mask: np.ndarray) -> tuple[str | None, str | None]:
+    """The single voter with the highest accuracy on dev's gold items (else on eval items).
+
+    Ties go to the voter listed first. (None, None) when neither set has gold.
+    """
+    dev_gold = dev & m.has_gold()
+    pick, where = (dev_gold, "dev") if dev_gold.any() else (eval_mask, "eval")
+    if not pick.any():
+        return None, None
+    acc = [np.mean(d.labels[pick] == m.gold[pick]) for d in singles.values()]
+    return list(singles)[int(np.argmax(acc))], where
+
+
+def check_methods(methods: list[str], method_options: dict[str, dict[str, Any]] | None
+                  ) -> dict[str, dict[str, Any]]:
+    """Fail before any work on unknown methods or options for methods not run."""
+    if not methods:
+        raise EnsembleError("No voting method given. Name at least one of: "
+                            + ", ".join(METHODS.names()))
+    for name in methods:
+        METHODS.get(name)  # raises the did-you-mean EnsembleError
+    if len(set(methods)) != len(methods):
+        raise EnsembleError(f"Voting methods listed twice: {', '.join(methods)}. List each once.")
+    options = dict(method_options or {})
+    for name in options:
+        if name not in methods:
+            raise EnsembleError(f"method_options: options given for '{name}', which is not among "
+                                f"the methods run ({', '.join(methods)}). Add it to the methods "
+                                "or drop its options.")
+    return options
+
+
+def check_dev(m: VoteMatrix, dev: np.ndarray | None) -> np.ndarray:
+    """(I,) bool dev mask; all False when None."""
+    if dev is None:
+        return np.zeros(m.n_items, dtype=bool)
+    dev = np.asarray(dev)
+    if dev.dtype != bool or dev.shape != (m.n_items,):
+        raise EnsembleError(f"dev mask: expected a bool array of shape ({m.n_items},), one entry "
+                            f"per item; got {dev.dtype} {dev.shape}. Build it as a boolean mask "
+                            "over the items.")
+    return dev
