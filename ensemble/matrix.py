@@ -156,15 +156,14 @@ def support(labels: np.ndarray, n_classes: int, weights: np.ndarray | None = Non
     no Python loop, about 0.1 s for 16M votes.
     """
     I = labels.shape[0]
-    flat = labels.reshape(I, int(np.prod(labels.shape[1:])))  # -1 fails when I == 0
-    keep = flat != ABSTAIN
-    rows = np.broadcast_to(np.arange(I, dtype=np.int64)[:, None], flat.shape)[keep]
-    idx = rows * n_classes + flat[keep]
-    w = None
-    if weights is not None:
-        w = np.broadcast_to(weights, labels.shape).reshape(flat.shape)[keep].astype(np.float64)
-    out = np.bincount(idx, weights=w, minlength=I * n_classes)
-    return out.reshape(I, n_classes).astype(np.float64, copy=False)
+    flat = labels.reshape(I, int(np.prod(labels.shape[1:])))  # (I, V*S); -1 would fail when I == 0
+    # ABSTAIN (-1) goes to a spare bin 0 that is dropped afterwards: no boolean compress of
+    # the 16M-vote array (that alone cost 0.6-2 s at 1M x 16), and NaN weights in abstaining
+    # cells cannot leak into real bins.
+    idx = np.arange(I, dtype=np.int64)[:, None] * (n_classes + 1) + (flat + 1)
+    w = None if weights is None else np.broadcast_to(weights, labels.shape).reshape(flat.shape).ravel()
+    out = np.bincount(idx.ravel(), weights=w, minlength=I * (n_classes + 1))
+    return out.reshape(I, n_classes + 1)[:, 1:].astype(np.float64)
 
 
 def argmax_with_ties(scores: np.ndarray) -> np.ndarray:

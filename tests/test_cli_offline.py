@@ -60,6 +60,8 @@ def test_explicit_weights_on_the_command_line():
     (["-m", "weighted", "--weights", "lora-s0-r8=x"], "--weights: every weight must be a number"),
     (["--fit-on", "dev", "--dev-fraction", "1.5"], "--dev-fraction 1.5: use a value in (0, 1)"),
     (["--option", "confidence"], "--option 'confidence': expected METHOD.KEY=VALUE"),
+    (["-m", "majority", "--option", "majority.samplez=voter"],
+     "Unknown option for majority 'samplez'. Did you mean 'samples'? Available: samples"),
 ])
 def test_eval_errors_exit_2_with_one_line(args, message):
     res = invoke("eval", PRED, "--gold", GOLD, *args)

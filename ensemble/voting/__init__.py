@@ -14,12 +14,14 @@ with ``ensemble.matrix.argmax_with_ties`` (the class that sorts first wins).
 """
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable
 
 import numpy as np
 
 from ..matrix import Decision, VoteMatrix
-from ..registry import Registry
+from ..errors import EnsembleError
+from ..registry import Registry, unknown_name
 
 MethodFn = Callable[..., Decision]
 METHODS: Registry[MethodFn] = Registry("voting method")
@@ -28,7 +30,17 @@ METHODS: Registry[MethodFn] = Registry("voting method")
 def vote(m: VoteMatrix, method: str = "majority", *, dev: np.ndarray | None = None,
          **options: Any) -> Decision:
     """Combine the votes in ``m`` with the registered ``method``."""
-    return METHODS.get(method)(m, dev=dev, **options)
+    fn = METHODS.get(method)
+    check_options(method, fn, options)
+    return fn(m, dev=dev, **options)
+
+
+def check_options(method: str, fn: MethodFn, options: dict[str, Any]) -> None:
+    """Unknown option names fail with the accepted ones listed (not a TypeError traceback)."""
+    accepted = [p for p in inspect.signature(fn).parameters if p not in ("m", "dev")]
+    for name in options:
+        if name not in accepted:
+            raise EnsembleError(f"{unknown_name(f'option for {method}', name, accepted)}")
 
 
 # Importing the modules registers the methods (order = order shown in reports).

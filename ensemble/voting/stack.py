@@ -1,0 +1,133 @@
+"""Stacking: a conditional logit over the voters, fitted on dev gold.
+
+For item i and class c the score is ``s_ic = sum_j w_j x_ijc`` with one weight per
+voter, and P(answer = c | item i) is the softmax of s_i over the item's own options
+(``m.valid`` when given, else all classes). Features:
+
+* with ``m.probs``: x_ijc = (1/S) sum_s log p_ijsc, probabilities clipped at 1e-6,
+  abstaining samples contribute 0. With w_j = 1 for all j this is the product of
+  the voters' distributions (a log-linear pool); fitting w calibrates how much each
+  voter's log-probabilities are worth.
+* without: x_ijc = share of voter j's S samples that voted c (one-hot votes), which
+  makes the model a weighted vote whose weights are fitted by likelihood.
+
+Weights are fitted by maximum likelihood with an L2 penalty ||w||^2 / (2C) using
+scipy's L-BFGS-B and the analytic gradient. The objective is strictly convex, so
+the fit does not depend on the starting point or on the order of voters.
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy.optimize import minimize
+from scipy.special import logsumexp
+
+from ..errors import EnsembleError
+from ..matrix import ABSTAIN, Decision, VoteMatrix, decide, support
+from ..registry import unknown_name
+from . import METHODS
+from .weighted import dev_items
+
+FEATURES = ("auto", "probs", "votes")
+_P_MIN = 1e-6          # log(0) would be -inf: a voter sure that c is wrong vetoes c forever
+_CHUNK = 65_536        # items per prediction chunk: features are (chunk, V, C) floats
+
+
+def _features(m: VoteMatrix, idx: np.ndarray, kind: str) -> np.ndarray:
+    """(n, V, C) features x_ijc of the items ``idx``; ``kind`` is "probs" or "votes"."""
+    labels = m.labels[idx]                                          # (n, V, S)
+    n, V, S = labels.shape
+    if kind == "votes":
+        return support(labels.reshape(n * V, S), m.n_classes).reshape(n, V, -1) / S
+    logp = np.log(np.clip(m.probs[idx], _P_MIN, 1.0))               # (n, V, S, C)
+    return np.where((labels != ABSTAIN)[..., None], logp, 0.0).sum(axis=2) / S
+
+
+def _valid(m: VoteMatrix, idx: np.ndarray) -> np.ndarray:
+    """(n, C) bool: the options of each item (all classes when m.valid is None)."""
+    if m.valid is None:
+        return np.ones((len(idx), m.n_classes), dtype=bool)
+    return m.valid[idx]
+
+
+def _softmax(s: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Softmax of (n, C) scores over each row's valid classes; invalid -> 0, no valid -> row 0."""
+    s = np.where(valid, s, -np.inf)
+    top = np.max(s, axis=1, keepdims=True)
+    e = np.exp(s - np.where(np.isfinite(top), top, 0.0))
+    total = e.sum(axis=1, keepdims=True)
+    return np.where(total > 0, e / np.where(total > 0, total, 1.0), 0.0)
+
+
+def _feature_kind(m: VoteMatrix, features: str) -> str:
+    """Resolve ``features`` and check the probabilities it needs; EnsembleError if unusable."""
+    if features not in FEATURES:
+        raise EnsembleError(unknown_name("stack features", features, FEATURES))
+    kind = "probs" if features == "probs" or (features == "auto" and m.probs is not None) \
+        else "votes"
+    if kind == "votes":
+        return kind
+    if m.probs is None:
+        raise EnsembleError("stack: features='probs' needs per-class probabilities, which this "
+                            "vote matrix lacks: use features='votes'")
+    voted = m.labels != ABSTAIN
+    lacking = int((voted & np.isnan(m.probs).any(axis=-1)).sum())
+    if lacking:
+        raise EnsembleError(f"stack: {lacking} of {int(voted.sum())} votes have no "
+                            "probabilities (NaN rows): pass features='votes' to stack their "
+                            "labels instead")
+    return kind
+
+
+def fit_stack_weights(x: np.ndarray, gold: np.ndarray, valid: np.ndarray, C: float) -> np.ndarray:
+    """Maximum-likelihood voter weights (V,) of the conditional logit.
+
+    x (D, V, K) features, gold (D,) class codes, valid (D, K) bool, C > 0 the inverse
+    L2 strength. Loss = -sum_i log softmax(s_i)[gold_i] + ||w||^2 / (2C).
+    """
+    D, V, _ = x.shape
+    x_gold = x[np.arange(D), :, gold]                               # (D, V)
+    x_gold_sum = x_gold.sum(axis=0)                                 # (V,)
+
+    def loss_and_grad(w: np.ndarray) -> tuple[float, np.ndarray]:
+        s = np.where(valid, np.einsum("dvk,v->dk", x, w), -np.inf)  # (D, K)
+        lse = logsumexp(s, axis=1)                                  # (D,)
+        p = np.exp(s - lse[:, None])                                # (D, K), 0 where invalid
+        loss = -(x_gold @ w - lse).sum() + w @ w / (2 * C)
+        grad = -(x_gold_sum - np.einsum("dk,dvk->v", p, x)) + w / C
+        return float(loss), grad
+
+    result = minimize(loss_and_grad, np.zeros(V), jac=True, method="L-BFGS-B")
+    return result.x
+
+
+@METHODS.register("stack")
+def stack(m: VoteMatrix, *, dev: np.ndarray | None = None, C: float = 1.0,
+          features: str = "auto") -> Decision:
+    """Conditional-logit stacking of the voters, fitted on the ``dev`` gold.
+
+    Use with probabilities from scoring the options (features="auto" picks them
+    when ``m.probs`` exists) and a few hundred dev items: it learns how much each
+    voter's log-probabilities are worth and gives calibrated scores. Weights may
+    be negative. ``C``: inverse L2 strength (smaller = weights closer to 0).
+    scores = softmax probabilities (rows sum to 1); all-abstain items are ABSTAIN
+    with a zero row. Ties: the class that sorts first wins.
+    info["weights"] = {voter: weight}.
+    """
+    if not (isinstance(C, (int, float)) and np.isfinite(C) and C > 0):
+        raise EnsembleError(f"stack: C (inverse regularisation strength) must be > 0, got {C!r}")
+    kind = _feature_kind(m, features)
+    idx = dev_items(m, dev, "stack", "pass dev= a bool mask of items with gold answers")
+    gold, valid = m.gold[idx], _valid(m, idx)
+    outside = int((~valid[np.arange(len(idx)), gold]).sum())
+    if outside:
+        raise EnsembleError(f"stack: {outside} dev items have a gold answer that is not one of "
+                            "their options (valid): fix the gold or the options")
+    w = fit_stack_weights(_features(m, idx, kind), gold, valid, float(C))
+
+    scores = np.zeros((m.n_items, m.n_classes))
+    for start in range(0, m.n_items, _CHUNK):
+        chunk = np.arange(start, min(start + _CHUNK, m.n_items))
+        s = np.einsum("ivk,v->ik", _features(m, chunk, kind), w)
+        scores[chunk] = _softmax(s, _valid(m, chunk))
+    scores[~(m.labels != ABSTAIN).any(axis=(1, 2))] = 0.0          # all-abstain -> ABSTAIN
+    return decide(scores, weights={v: float(x) for v, x in zip(m.voters, w)}, features=kind)
