@@ -138,8 +138,8 @@ def serve_cmd(config: str, overrides: tuple[str, ...], engine: str, host: str, p
         return
     eng = build_engine(EngineSpec(engine="hf", model=model, adapters=voters,
                                   options={"batch_size": cfg.run.batch_size, "dtype": cfg.run.dtype}))
-    click.echo(f"serving {len(voters)} voters + base on http://{host}:{port}/v1 (Ctrl-C to stop)")
-    run_server(eng, host=host, port=port)
+    click.echo(f"serving {len(voters)} voters + base model '{cfg.model}' on http://{host}:{port}/v1 (Ctrl-C to stop)")
+    run_server(eng, host=host, port=port, base_model=cfg.model)
 
 
 @main.group("models")

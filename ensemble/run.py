@@ -222,7 +222,8 @@ def run(cfg: Config, *, restart: bool = False, progress: Progress | None = None,
     items = [it for split_items in splits.values() for it in split_items]
     voters = resolve_voters(cfg)
     template, extractor = get_template(cfg.prompt), build_extractor(cfg.run.extractor)
-    model_path = str(resolve_model(cfg.model))
+    # An OpenAI-compatible server holds the model itself: its name is passed through as-is.
+    model_path = cfg.model if cfg.run.engine == "openai" else str(resolve_model(cfg.model))
     store = PredictionStore.open(out / "predictions.jsonl", run_settings(cfg, model_path), restart=restart)
     todo = pending(store, items, list(voters), cfg.run.samples)
     warnings: list[str] = []

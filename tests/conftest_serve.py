@@ -1,0 +1,83 @@
+"""Helpers shared by tests/test_serve.py and tests/test_engine_openai.py: a small fake Engine
+(deterministic, batch-independent outputs; records every call) and loopback HTTP helpers."""
+from __future__ import annotations
+
+import json
+import math
+import threading
+import urllib.error
+import urllib.request
+import zlib
+from typing import Any, Sequence
+
+from ensemble.engines.base import ChoiceOutput, ChoiceRequest, GenOutput, GenRequest, Sample, softmax
+from ensemble.errors import EnsembleError
+from ensemble.registry import unknown_name
+
+
+def _h(*parts: Any) -> int:
+    return zlib.crc32("\0".join(map(str, parts)).encode())
+
+
+class FakeEngine:
+    """Outputs depend only on (adapter, prompt, sample index, seed): never on the batch."""
+
+    name = "fake"
+
+    def __init__(self, adapters: Sequence[str] = ("a", "b")) -> None:
+        self._adapters = list(adapters)
+        self.calls: list[tuple[str, list[Any]]] = []  # ("generate" | "score", the batch)
+        self.lock = threading.Lock()
+
+    @property
+    def adapters(self) -> list[str]:
+        return list(self._adapters)
+
+    def _check(self, adapter: str | None) -> None:
+        if adapter is not None and adapter not in self._adapters:
+            raise EnsembleError(unknown_name("adapter", adapter, self._adapters))
+
+    def generate(self, requests: Sequence[GenRequest]) -> list[GenOutput]:
+        with self.lock:
+            self.calls.append(("generate", list(requests)))
+        for r in requests:
+            self._check(r.adapter)
+        return [GenOutput(request=r, samples=tuple(self._sample(r, j) for j in range(r.sampling.n)), latency_s=0.01)
+                for r in requests]
+
+    def _sample(self, r: GenRequest, j: int) -> Sample:
+        s = r.sampling
+        source = r.prompt if r.prompt is not None else json.dumps(list(r.messages or ()))
+        seed = 0 if s.temperature == 0 else s.seed
+        n = 1 + _h(r.adapter, source, seed, j) % s.max_new_tokens
+        text = f"{r.adapter or 'base'}:{_h(source) % 1000}:{seed}:{j}"
+        for stop in s.stop:
+            text = text.split(stop)[0]
+        lps = tuple(-((_h(r.adapter, source, seed, j, t) % 1000) / 997.0) for t in range(n)) if s.logprobs else ()
+        return Sample(text=text, token_logprobs=lps, n_tokens=n, finish_reason="stop" if n % 2 else "length")
+
+    def score_choices(self, requests: Sequence[ChoiceRequest]) -> list[ChoiceOutput]:
+        with self.lock:
+            self.calls.append(("score", list(requests)))
+        outs = []
+        for r in requests:
+            self._check(r.adapter)
+            source = r.prompt if r.prompt is not None else json.dumps(list(r.messages or ()))
+            raw = [-math.log1p(_h(r.adapter, source, r.assistant_prefix, r.mode, o) % 500) for o in r.options]
+            logliks = tuple(x / (1 + len(o)) if r.normalize == "mean" else x for x, o in zip(raw, r.options))
+            outs.append(ChoiceOutput(request=r, logliks=logliks, probs=softmax(logliks), latency_s=0.01))
+        return outs
+
+    def close(self) -> None:
+        pass
+
+
+def http(method: str, url: str, body: Any = None, raw: bytes | None = None) -> tuple[int, dict[str, Any]]:
+    """One loopback request (10 s timeout); returns (status, JSON body) for 2xx and errors."""
+    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())

@@ -1,0 +1,351 @@
+"""The openai engine: against `vote serve` (ensemble.serve on loopback, port 0) it must give
+exactly the in-process engine's answers; against a vLLM-like stub it must parse echo /
+top-logprob responses into the right scores; errors name the server and the fix."""
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable
+
+import pytest
+
+from conftest_serve import FakeEngine
+from ensemble.engines.base import ENGINES, ChoiceRequest, EngineSpec, GenRequest, SamplingSettings
+from ensemble.errors import EnsembleError
+from ensemble.serve import make_server
+
+MSGS = ({"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "2+2?"})
+
+
+def openai_engine(url: str, adapters: dict[str, str], model: str = "base", **options: Any):
+    from ensemble.engines import openai_engine as _  # noqa: F401  (registers "openai")
+
+    return ENGINES.get("openai")(EngineSpec(engine="openai", model=model, adapters=adapters,
+                                            options={"base_url": url, "max_retries": 0, "timeout": 10, **options}))
+
+
+@pytest.fixture
+def fake_served():
+    engine = FakeEngine()
+    server, thread = make_server(engine, "127.0.0.1", 0, base_model="base")
+    yield engine, server
+    server.close()
+    thread.join(timeout=10)
+
+
+def gen_requests() -> list[GenRequest]:
+    greedy = SamplingSettings(max_new_tokens=12)
+    sampled = SamplingSettings(n=3, temperature=0.8, top_p=0.95, seed=7, max_new_tokens=9, stop=(":",))
+    return [GenRequest(adapter="a", prompt="Q: 1+1=", sampling=greedy),
+            GenRequest(adapter="b", messages=MSGS, sampling=sampled),
+            GenRequest(adapter=None, prompt="Q: 2+2=", sampling=SamplingSettings(logprobs=False)),
+            GenRequest(adapter=None, messages=MSGS, sampling=greedy)]
+
+
+def choice_requests() -> list[ChoiceRequest]:
+    return [ChoiceRequest(adapter=a, options=opts, mode=mode, normalize=norm, assistant_prefix=pre, **text)
+            for a in ("a", None)
+            for mode, opts in (("cloze", (" 3", " 4", " five")), ("letter", (" A", " B")))
+            for norm, pre, text in (("mean", "", {"prompt": "2+2="}), ("sum", "Answer:", {"messages": MSGS}))]
+
+
+def assert_same_generation(got, want):
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert g.request == w.request
+        assert [s.text for s in g.samples] == [s.text for s in w.samples]
+        assert [s.n_tokens for s in g.samples] == [s.n_tokens for s in w.samples]
+        assert [s.finish_reason for s in g.samples] == [s.finish_reason for s in w.samples]
+        for gs, ws in zip(g.samples, w.samples):
+            assert gs.token_logprobs == pytest.approx(ws.token_logprobs, abs=1e-5)
+
+
+def assert_same_scores(got, want):
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert g.request == w.request
+        assert g.logliks == pytest.approx(w.logliks, abs=1e-5)
+        assert g.probs == pytest.approx(w.probs, abs=1e-5)
+        assert max(range(len(g.probs)), key=g.probs.__getitem__) == max(range(len(w.probs)), key=w.probs.__getitem__)
+
+
+# --- against vote serve ------------------------------------------------------------------------
+
+
+def test_generate_over_http_equals_in_process(fake_served):
+    _, server = fake_served
+    remote = openai_engine(server.url, {"a": "", "b": "b"})
+    try:
+        assert remote.ensemble_server is True and remote.adapters == ["a", "b"]
+        assert_same_generation(remote.generate(gen_requests()), FakeEngine().generate(gen_requests()))
+    finally:
+        remote.close()
+
+
+def test_score_choices_over_http_equals_in_process(fake_served):
+    engine, server = fake_served
+    remote = openai_engine(server.url, {"a": "", "b": ""})
+    try:
+        assert_same_scores(remote.score_choices(choice_requests()), FakeEngine().score_choices(choice_requests()))
+    finally:
+        remote.close()
+    assert {k for k, _ in engine.calls} == {"score"}
+
+
+def test_served_names(tmp_path):
+    from ensemble.engines.openai_engine import served_name
+
+    assert served_name("v1", "") == "v1"
+    assert served_name("v1", str(tmp_path)) == "v1"  # a local PEFT folder: served under the voter name
+    assert served_name("v1", "org/served-v1") == "org/served-v1"
+
+
+def test_missing_model_is_reported_with_the_served_list(fake_served):
+    _, server = fake_served
+    with pytest.raises(EnsembleError, match=r"model 'zz' is not served at http://127\.0\.0\.1:\d+/v1; served: a, b, base"):
+        openai_engine(server.url, {"a": "", "zz": ""})
+
+
+def test_base_model_needs_a_name(fake_served):
+    _, server = fake_served
+    remote = openai_engine(server.url, {"a": ""}, model="")
+    try:
+        with pytest.raises(EnsembleError, match="asks for the base model but field 'model' is empty"):
+            remote.generate([GenRequest(adapter=None, prompt="x")])
+        with pytest.raises(EnsembleError, match="Unknown adapter 'aa'. Did you mean 'a'"):
+            remote.generate([GenRequest(adapter="aa", prompt="x")])
+    finally:
+        remote.close()
+
+
+def test_unreachable_server_names_the_url():
+    with socket.socket() as s:  # a loopback port with nothing listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/v1"
+    with pytest.raises(EnsembleError, match=rf"cannot reach the OpenAI-compatible server at {url} after 0 retries"):
+        openai_engine(url, {"a": ""})
+
+
+def test_option_errors(monkeypatch):
+    with pytest.raises(EnsembleError, match="Unknown option 'base_ur'. Did you mean 'base_url'"):
+        openai_engine("http://127.0.0.1:9/v1", {}, base_ur="x")
+    monkeypatch.delenv("ENSEMBLE_TEST_KEY", raising=False)
+    with pytest.raises(EnsembleError, match=r"api_key_env names \$ENSEMBLE_TEST_KEY, which is not set"):
+        openai_engine("http://127.0.0.1:9/v1", {}, api_key_env="ENSEMBLE_TEST_KEY")
+
+
+# --- against a vLLM-like stub (canned responses, spelled-out numbers) ------------------------------
+
+
+class Stub:
+    """A loopback server answering with ``respond(path, body) -> (status, json)``; records bodies."""
+
+    def __init__(self, respond: Callable[[str, dict], tuple[int, dict]]) -> None:
+        self.bodies: list[tuple[str, dict]] = []
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _reply(self, status: int, payload: dict) -> None:
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:  # noqa: N802
+                self._reply(200, {"object": "list", "data": [
+                    {"id": m, "object": "model", "created": 0, "owned_by": "vllm"} for m in ("a", "base")]})
+
+            def do_POST(self) -> None:  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                stub.bodies.append((self.path, body))
+                self._reply(*respond(self.path, body))
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=10)
+
+
+ECHO = {"Q: yes": (["<s>", "Q", ": y", "es"], [None, -1.0, -0.5, -0.25]),  # ": y" straddles the boundary
+        "Q: no": (["<s>", "Q:", " no"], [None, -1.0, -2.0])}
+CHAT_TAIL = {" yes": [(" y", -0.5), ("es", -0.25)], " no": [(" no", -2.0)]}
+
+
+def vllm_like(path: str, body: dict) -> tuple[int, dict]:
+    if path == "/v1/completions" and body.get("echo"):
+        choices = [{"index": i, "text": p, "finish_reason": "length", "logprobs": {
+            "tokens": ECHO[p][0], "token_logprobs": ECHO[p][1], "top_logprobs": None, "text_offset": None}}
+            for i, p in enumerate(body["prompt"])]
+        return 200, {"id": "c", "object": "text_completion", "created": 0, "model": body["model"], "choices": choices}
+    if path == "/v1/completions" and body.get("logprobs") == 20:
+        top = {" A": -0.1, " B": -2.5, "A": -3.0}
+        return 200, {"id": "c", "object": "text_completion", "created": 0, "model": body["model"], "choices": [
+            {"index": 0, "text": " A", "finish_reason": "length",
+             "logprobs": {"tokens": [" A"], "token_logprobs": [-0.1], "top_logprobs": [top], "text_offset": [0]}}]}
+    if path == "/v1/completions":
+        return 200, {"id": "c", "object": "text_completion", "created": 0, "model": body["model"],
+                     "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}, "choices": [
+            {"index": 1, "text": " two", "finish_reason": "stop", "logprobs": None},
+            {"index": 0, "text": " 2", "finish_reason": "length",
+             "logprobs": {"tokens": [" 2"], "token_logprobs": [-0.3], "top_logprobs": None, "text_offset": [0]}}]}
+    if "prompt_logprobs" in body:  # vLLM chat extra: one {id: Logprob} per prompt token, first None
+        tail = CHAT_TAIL[body["messages"][-1]["content"].removeprefix("Answer:")]
+        rows = [None, {"7": {"logprob": -4.0, "rank": 3, "decoded_token": "<|user|>"}}] + [
+            {str(10 + i): {"logprob": lp, "rank": 1, "decoded_token": tok}} for i, (tok, lp) in enumerate(tail)]
+        return 200, {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                     "prompt_logprobs": rows, "choices": [{"index": 0, "finish_reason": "length",
+                                                           "message": {"role": "assistant", "content": "."}}]}
+    top = [{"token": " B", "logprob": -0.2, "bytes": None}, {"token": " A", "logprob": -1.7, "bytes": None}]
+    return 200, {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"], "choices": [
+        {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": " B"},
+         "logprobs": {"content": [{"token": " B", "logprob": -0.2, "bytes": None, "top_logprobs": top}]}}]}
+
+
+@pytest.fixture
+def stub_engine():
+    stub = Stub(vllm_like)
+    remote = openai_engine(stub.url, {"a": ""})
+    yield stub, remote
+    remote.close()
+    stub.close()
+
+
+@pytest.mark.parametrize("normalize, expected", [("sum", (-0.75, -2.0)), ("mean", (-0.375, -2.0))])
+def test_cloze_via_echo(stub_engine, normalize, expected):
+    stub, remote = stub_engine
+    assert remote.ensemble_server is False
+    out = remote.score_choices([ChoiceRequest(adapter="a", prompt="Q:", options=(" yes", " no"), normalize=normalize)])[0]
+    assert out.logliks == pytest.approx(expected)
+    path, body = stub.bodies[-1]
+    assert path == "/v1/completions" and body["prompt"] == ["Q: yes", "Q: no"]
+    assert (body["echo"], body["logprobs"], body["max_tokens"]) == (True, 1, 0)
+
+
+def test_cloze_chat_via_vllm_prompt_logprobs(stub_engine):
+    stub, remote = stub_engine
+    out = remote.score_choices([ChoiceRequest(adapter="a", messages=MSGS, options=(" yes", " no"), normalize="sum",
+                                              assistant_prefix="Answer:")])[0]
+    assert out.logliks == pytest.approx((-0.75, -2.0))
+    body = stub.bodies[-1][1]
+    assert body["messages"][-1] == {"role": "assistant", "content": "Answer: no"}
+    assert (body["continue_final_message"], body["add_generation_prompt"], body["prompt_logprobs"]) == (True, False, 0)
+
+
+def test_letter_via_top_logprobs(stub_engine):
+    from ensemble.engines.openai_engine import MISSING_LOGPROB
+
+    stub, remote = stub_engine
+    prompt_out, chat_out, bare_out = remote.score_choices([
+        ChoiceRequest(adapter="a", prompt="Q:", options=(" A", " B", " C"), mode="letter"),
+        ChoiceRequest(adapter=None, messages=MSGS, options=(" A", " B"), mode="letter"),
+        ChoiceRequest(adapter="a", prompt="Q:", options=("A", "B"), mode="letter")])
+    assert prompt_out.logliks == pytest.approx((-0.1, -2.5, MISSING_LOGPROB))
+    assert bare_out.logliks == pytest.approx((-0.1, -2.5))  # max over "A" (-3.0) and " A" (-0.1)
+    assert prompt_out.probs[2] == pytest.approx(0.0)
+    assert chat_out.logliks == pytest.approx((-1.7, -0.2))
+    chat_body = next(b for p, b in stub.bodies if p == "/v1/chat/completions")
+    assert (chat_body["logprobs"], chat_body["top_logprobs"], chat_body["max_tokens"]) == (True, 20, 1)
+
+
+def test_generate_parses_standard_responses(stub_engine):
+    stub, remote = stub_engine
+    s = SamplingSettings(n=2, temperature=0.5, seed=4, max_new_tokens=3, stop=("\n",))
+    text_out, chat_out = remote.generate([GenRequest(adapter="a", prompt="1+1=", sampling=s),
+                                          GenRequest(adapter=None, messages=MSGS)])
+    assert [x.text for x in text_out.samples] == [" 2", " two"]  # ordered by choice index
+    assert text_out.samples[0].token_logprobs == (-0.3,) and text_out.samples[0].n_tokens == 1
+    assert text_out.samples[1].token_logprobs == () and text_out.samples[1].n_tokens == 2  # usage 4 / 2 choices
+    assert [x.finish_reason for x in text_out.samples] == ["length", "stop"]
+    body = next(b for p, b in stub.bodies if p == "/v1/completions")
+    assert {k: body[k] for k in ("model", "n", "temperature", "seed", "max_tokens", "stop", "logprobs")} == {
+        "model": "a", "n": 2, "temperature": 0.5, "seed": 4, "max_tokens": 3, "stop": ["\n"], "logprobs": 1}
+    assert chat_out.samples[0].text == " B" and chat_out.samples[0].token_logprobs == (-0.2,)
+
+
+def test_greedy_n_asks_once(stub_engine):
+    stub, remote = stub_engine
+    out = remote.generate([GenRequest(adapter=None, messages=MSGS, sampling=SamplingSettings(n=3))])[0]
+    assert stub.bodies[-1][1]["n"] == 1  # vLLM refuses greedy n > 1
+    assert [x.text for x in out.samples] == [" B"] * 3
+
+
+def test_refused_scoring_names_the_mode():
+    stub = Stub(lambda path, body: (400, {"error": {"message": "echo is not supported", "type": "invalid_request_error"}}))
+    remote = openai_engine(stub.url, {"a": ""})
+    try:
+        with pytest.raises(EnsembleError, match=r"refused cloze scoring \(prompt logprobs.*model 'a' \(HTTP 400: echo is not supported\)"):
+            remote.score_choices([ChoiceRequest(adapter="a", prompt="Q:", options=(" yes",))])
+        with pytest.raises(EnsembleError, match=r"refused letter scoring"):
+            remote.score_choices([ChoiceRequest(adapter="a", prompt="Q:", options=(" A",), mode="letter")])
+    finally:
+        remote.close()
+        stub.close()
+
+
+# --- end to end: the HF engine on the tiny model, served and asked over HTTP ------------------------
+
+
+@pytest.fixture(scope="module")
+def hf_engine(tiny_model, tiny_adapters):
+    from ensemble.engines.base import build_engine
+
+    engine = build_engine(EngineSpec(engine="hf", model=str(tiny_model),
+                                     adapters={k: str(v) for k, v in tiny_adapters.items()}))
+    yield engine
+    engine.close()
+
+
+def counted(monkeypatch, engine: Any, name: str) -> list[int]:
+    """Record the batch size of every call to ``engine.<name>`` (undone after the test)."""
+    sizes: list[int] = []
+    call = getattr(engine, name)
+    monkeypatch.setattr(engine, name, lambda reqs: (sizes.append(len(reqs)), call(reqs))[1])
+    return sizes
+
+
+def test_hf_engine_over_http_equals_in_process(hf_engine, tiny_adapters, monkeypatch):
+    chat = ({"role": "user", "content": "Which number is larger? 3 or 7"},)
+    gen = [GenRequest(adapter="v1", prompt="The answer is", sampling=SamplingSettings(max_new_tokens=8)),
+           GenRequest(adapter="v2", messages=chat, sampling=SamplingSettings(n=2, temperature=0.9, seed=3,
+                                                                              max_new_tokens=8)),
+           GenRequest(adapter="v3", prompt="Every bird", sampling=SamplingSettings(max_new_tokens=6, stop=(" ",))),
+           GenRequest(adapter=None, messages=chat, sampling=SamplingSettings(max_new_tokens=8))]
+    # assistant_prefix stays "": the HF engine does not apply it yet (see the report).
+    score = [ChoiceRequest(adapter="v1", options=(" 3", " 7"), prompt="Which number is larger? 3 or 7. Answer:"),
+             ChoiceRequest(adapter="v2", options=(" A", " B"), messages=chat, mode="letter"),
+             ChoiceRequest(adapter="v3", options=(" A", " B", " C"), prompt="Options: A. 3 B. 7 Answer:",
+                           mode="letter"),
+             ChoiceRequest(adapter=None, options=(" yes", " no", " cannot be decided"), messages=chat,
+                           normalize="sum")]
+    want_gen, want_score = hf_engine.generate(gen), hf_engine.score_choices(score)
+
+    # max_batch = 4 requests and a generous wait: the 4 concurrent HTTP requests (4 voters)
+    # reach the engine as ONE mixed-adapter call.
+    server, thread = make_server(hf_engine, "127.0.0.1", 0, base_model="tiny-base", max_wait_s=30.0, max_batch=4)
+    gen_sizes = counted(monkeypatch, hf_engine, "generate")
+    score_sizes = counted(monkeypatch, hf_engine, "score_choices")
+    remote = openai_engine(server.url, {k: str(v) for k, v in tiny_adapters.items()}, model="tiny-base")
+    try:
+        assert remote.adapters == ["v1", "v2", "v3"] and remote.ensemble_server
+        assert_same_generation(remote.generate(gen), want_gen)
+        assert_same_scores(remote.score_choices(score), want_score)
+    finally:
+        remote.close()
+        server.close()
+        thread.join(timeout=10)
+    assert gen_sizes == [4] and score_sizes == [4]
