@@ -29,10 +29,12 @@ def _print_run(result) -> None:
     if unparsed:
         console.print("abstentions (unparseable or missing answers) per voter: "
                       + ", ".join(f"{v}={n}" for v, n in unparsed.items()))
-    console.print(f"predictions: {result.out / 'predictions.jsonl'} ({result.n_new_rows} new rows); "
-                  f"report: {result.out / 'report.json'}")
+    console.print(f"predictions: {result.out / 'predictions.jsonl'} ({result.n_new_rows} new rows)", soft_wrap=True)
+    console.print(f"report: {result.out / 'report.json'}", soft_wrap=True)
+    for warning in result.warnings:
+        console.print(f"[yellow]warning: {warning}[/]", soft_wrap=True)
     if result.submission is not None:
-        console.print(f"submission: {result.submission.out_path}")
+        console.print(f"submission: {result.submission.out_path}", soft_wrap=True)
 
 
 @main.command("run")

@@ -36,6 +36,9 @@ def report_tables(report: dict[str, Any]) -> list[Table]:
                 "Δ vs best voter", "p"):
         methods.add_column(col, justify="left" if col == "method" else "right")
     for name, m in report["methods"].items():
+        if "error" in m:
+            methods.add_row(name, f"[red]not applicable: {m['error']}[/]")
+            continue
         vs = m.get("vs_best_voter") or {}
         methods.add_row(name, _f(m.get("accuracy")), _ci(m), _f(m.get("macro_f1")), _f(m.get("precision_macro")),
                         _f(m.get("recall_macro")), _f(m.get("coverage")), _f(m.get("ece")),

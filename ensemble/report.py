@@ -63,8 +63,14 @@ class Report:
 
 def evaluate(m: VoteMatrix, methods: Sequence[str] = ("majority",), *,
              dev: np.ndarray | None = None, method_options: dict[str, dict[str, Any]] | None = None,
-             n_boot: int = 1000, seed: int = 0) -> Report:
-    """Run each registered method in ``methods`` on ``m`` and score it on the eval items."""
+             n_boot: int = 1000, seed: int = 0, on_error: str = "raise") -> Report:
+    """Run each registered method in ``methods`` on ``m`` and score it on the eval items.
+
+    ``on_error="record"``: a method that cannot apply to this data (EnsembleError, e.g.
+    `weighted` when every voter is at chance on dev) gets ``{"error": message}`` in the
+    report and no decision, and the other methods go on (used by `vote run`, where one
+    method's refusal must not throw away a long inference job's report).
+    """
     methods = list(methods)
     options = check_methods(methods, method_options)
     dev = check_dev(m, dev)
@@ -78,9 +84,20 @@ def evaluate(m: VoteMatrix, methods: Sequence[str] = ("majority",), *,
 
     singles = voter_decisions(m)
     best, selected_on = best_voter(m, singles, dev, eval_mask)
-    decisions = {name: vote(m, name, dev=dev, **options.get(name, {})) for name in methods}
+    decisions: dict[str, Decision] = {}
     method_rows: dict[str, dict[str, Any]] = {}
-    for name, d in decisions.items():
+    for name in methods:
+        try:
+            decisions[name] = vote(m, name, dev=dev, **options.get(name, {}))
+        except EnsembleError as exc:
+            if on_error != "record":
+                raise
+            method_rows[name] = {"error": str(exc)}
+    method_rows = {name: method_rows.get(name, {}) for name in methods}  # report in the given order
+    for name in methods:
+        if name not in decisions:
+            continue  # recorded as an error above; keep the methods' order
+        d = decisions[name]
         row = score(d)
         row["info"] = jsonable(d.info)
         if gold is not None and best is not None:

@@ -266,7 +266,8 @@ def finish(cfg: Config, store: PredictionStore, splits: dict[str, list[Item]], v
         method_options.setdefault("weighted", {})["weights"] = manifest_weights(cfg, m)
     methods = [x for x in cfg.run.methods if dev is not None or x not in ("select", "stack", "weighted")
                or "weights" in method_options.get(x, {})]
-    report = evaluate(m, methods, dev=dev, method_options=method_options)
+    report = evaluate(m, methods, dev=dev, method_options=method_options, on_error="record")
+    warnings += [f"method {k}: {v['error']}" for k, v in report.methods.items() if 'error' in v]
     abstain = {v: int((m.labels[:, j] < 0).sum()) for j, v in enumerate(m.voters)}
     out = Path(cfg.out)
     _write_json(out / "report.json", report.to_dict())

@@ -145,3 +145,24 @@ def test_n_boot_zero_as_vote_submit_calls_it() -> None:
     assert d["methods"]["majority"]["accuracy_ci"] is None
     assert d["methods"]["majority"]["vs_best_voter"]["delta_ci"] is None
     assert d["methods"]["majority"]["accuracy"] == pytest.approx(2 / 3)
+
+
+def test_on_error_record_keeps_the_other_methods():
+    """`vote run` records a method that cannot apply instead of losing the whole report."""
+    import numpy as np
+
+    from ensemble.errors import EnsembleError
+    from ensemble.matrix import from_arrays
+    from ensemble.report import evaluate
+
+    # Both voters always wrong on the dev items -> every fitted log-odds weight is 0.
+    labels = np.array([[1, 1], [0, 0], [1, 0], [0, 1]])
+    m = from_arrays(labels, ["A", "B"], gold=np.array([0, 1, 1, 0]))
+    dev = np.array([True, True, False, False])
+    with pytest.raises(EnsembleError, match="every voter is at or below chance"):
+        evaluate(m, ["majority", "weighted"], dev=dev, n_boot=10)
+    report = evaluate(m, ["weighted", "majority"], dev=dev, n_boot=10, on_error="record").to_dict()
+    assert list(report["methods"]) == ["weighted", "majority"]
+    assert "every voter is at or below chance" in report["methods"]["weighted"]["error"]
+    # eval items: votes (B, A) and (A, B) both tie -> "A" (sorts first); gold B, A -> 1 of 2 right
+    assert report["methods"]["majority"]["accuracy"] == 0.5
