@@ -83,6 +83,17 @@ def progress_bar(description: str) -> Iterator[Any]:
             task = bar.tasks[-1]
             if task.speed:
                 bar.update(state["task"], rate=f"{task.speed:.1f}/s")
+        elif event == "train_start":  # one bar per variant, in optimizer steps
+            state["task"] = bar.add_task(f"training {info['name']}", total=info.get("total") or None, rate="")
+        elif event == "step" and "task" in state:
+            loss = info.get("loss")
+            bar.update(state["task"], completed=info["step"], rate="" if loss is None else f"loss {loss:.3f}")
+        elif event == "train_done":
+            acc = info.get("heldout_accuracy")
+            bar.console.print(f"{info['name']}: held-out accuracy "
+                              f"{'–' if acc is None else f'{acc:.3f}'} ({info.get('seconds', 0):.0f} s)")
+        elif event == "variant_skipped":
+            bar.console.print(f"[dim]{info['name']}: already trained, skipped[/]")
         elif event in ("status", "warning"):
             style = "yellow" if event == "warning" else "dim"
             bar.console.print(f"[{style}]{'warning: ' if event == 'warning' else ''}{info['message']}[/]")

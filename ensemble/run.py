@@ -97,9 +97,9 @@ def resolve_voters(cfg: Config) -> dict[str, str | None]:
         for name, v in data.get("variants", {}).items():
             if v.get("status") == "done":
                 voters[name] = str(out_dir / v["adapter"])
-    extra = out_dir / "voters.json"
-    if extra.exists():
-        voters.update(json.loads(extra.read_text(encoding="utf-8")))
+    from .training.adapters import load_voters
+
+    voters.update(load_voters(out_dir))  # registered with `vote adapters add`
     voters.update(cfg.voters)
     if cfg.run.include_base:
         voters[BASE_VOTER] = None

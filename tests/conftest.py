@@ -28,3 +28,14 @@ def tiny_adapters(tiny_model, tmp_path_factory) -> dict[str, Path]:
     from ensemble.testing import make_tiny_adapters
 
     return make_tiny_adapters(tiny_model, tmp_path_factory.mktemp("adapters"), ["v1", "v2", "v3"])
+
+
+def pytest_configure(config) -> None:
+    # Tiny models are latency-bound: one thread avoids oversubscription on a 2-core machine
+    # (measured ~20x slower with 2 threads when another process was busy).
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:
+        pass

@@ -1,0 +1,158 @@
+"""`vote train`: a grid of LoRA variants over one frozen base model.
+
+``train_grid(cfg)`` resolves the base model, reads (or generates) the training data,
+expands the variant grid and trains each variant in order, rewriting
+``<out>/manifest.json`` after every one. It resumes: a variant is skipped only when
+the manifest says done with the same settings hash and the same train / held-out
+rows, *and* ``adapters/<name>/adapter_model.safetensors`` exists. Half-written
+``adapters/.tmp-*`` folders (a run killed while saving) are deleted first.
+
+Progress events (``progress(event, **info)``; the CLI draws bars from them):
+``setup`` (n_rows, n_variants, names), ``variant`` (name, index, total) or
+``variant_skipped`` (same), then from the recipe ``train_start`` (name, n_train,
+n_heldout, total steps), ``step`` (name, step, total, loss, lr), ``eval`` (name, step,
+heldout_loss, heldout_accuracy), ``train_done`` (name, heldout_accuracy, heldout_loss,
+seconds); finally ``done`` (n_variants).
+
+Modules: grid (variants), splits (rows per variant), recipe (train one), manifest
+(the record), adapters (voters trained elsewhere).
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ..config import to_dict
+from ..data import ChatExample, Item
+from ..errors import EnsembleError
+from ..schema import Config, TrainConfig
+from .adapters import AdapterInfo, check_adapter, load_voters, register_adapter
+from .grid import Variant, expand_grid
+from .manifest import (Manifest, adapter_paths, base_model_info, heldout_accuracies, ids_fields,
+                       load_manifest, open_manifest, write_manifest)
+from .recipe import Example, VariantResult, build_examples, train_variant
+from .splits import problem_groups, problem_key, split_indices
+
+__all__ = ["AdapterInfo", "Example", "Manifest", "Variant", "VariantResult", "adapter_paths", "build_examples",
+           "check_adapter", "expand_grid", "heldout_accuracies", "load_manifest", "load_training_rows",
+           "load_voters", "register_adapter", "split_indices", "train_grid", "train_variant"]
+
+log = logging.getLogger(__name__)
+CHAT_KEYS = ("instruction", "conversations", "messages")
+# Settings that change the weights (eval_every and the grid itself do not).
+_NOT_RECIPE = ("grid", "eval_every")
+
+
+def load_training_rows(cfg: Config, out: Path) -> list[Item | ChatExample]:
+    """The training file (or the generated benchmark's train split), first ``data.limit`` problems."""
+    from ..data import CHAT_FORMATS, read_chat_examples, read_items, read_rows
+
+    data = cfg.data
+    path = Path(data.train) if data.train else None
+    if path is None and data.benchmark is not None:
+        from ..benchmark_data import write_benchmark
+
+        bench = out / "data"
+        if not (bench / "test.jsonl").exists():
+            b = data.benchmark
+            write_benchmark(bench, n_train=b.n_train, n_dev=b.n_dev, n_test=b.n_test, seed=b.seed)
+        path = bench / "train.jsonl"
+    if path is None:
+        raise EnsembleError(f"{cfg.source or 'config'}: field 'data.train' is empty; give a training file "
+                            "or set data.benchmark to generate one")
+    if not path.is_file():
+        raise EnsembleError(f"{cfg.source or 'config'}: field 'data.train' is {str(path)!r}: no such file")
+    chat = data.format in CHAT_FORMATS or (
+        data.format == "auto" and any(k in read_rows(path)[0][1] for k in CHAT_KEYS))
+    rows: list[Any] = read_chat_examples(path, format=data.format if chat and data.format != "auto" else "auto") \
+        if chat else read_items(path, format=data.format)
+    if data.limit:
+        keep = set(list(dict.fromkeys(problem_key(r) for r in rows))[: data.limit])
+        rows = [r for r in rows if problem_key(r) in keep]
+    return rows
+
+
+def recipe_settings(train: TrainConfig) -> dict[str, Any]:
+    return {k: v for k, v in to_dict(train).items() if k not in _NOT_RECIPE}
+
+
+def _is_done(entry: dict[str, Any] | None, settings_hash: str, train_hash: str, heldout_hash: str,
+             out: Path, name: str) -> bool:
+    return (entry is not None and entry.get("status") in ("done", "stale")
+            and entry.get("settings_hash") == settings_hash and entry.get("train_items_hash") == train_hash
+            and entry.get("heldout_items_hash") == heldout_hash
+            and (out / "adapters" / name / "adapter_model.safetensors").is_file())
+
+
+def _ordered(manifest: Manifest, names: Sequence[str]) -> Manifest:
+    """Variants of the current grid first, in grid order; earlier ones after, marked stale."""
+    variants = {n: manifest.variants[n] for n in names if n in manifest.variants}
+    for n, e in manifest.variants.items():
+        if n not in variants:
+            variants[n] = {**e, "status": "stale"}
+    return Manifest(manifest.base_model, variants, manifest.created, manifest.ensemble_version)
+
+
+def _remove_partial(out: Path) -> None:
+    """Delete ``adapters/.tmp-*``: saves that a killed run never finished."""
+    for tmp in (out / "adapters").glob(".tmp-*"):
+        log.info("removing half-written %s", tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def train_grid(cfg: Config, *, progress: Callable[..., None] | None = None) -> Manifest:
+    """Train every variant of ``cfg.train.grid`` into ``cfg.out`` (resuming); return the manifest."""
+    from ..models import resolve_model
+    from ..prompts import get_template
+
+    progress = progress or (lambda event, **info: None)
+    out = Path(cfg.out)
+    base = resolve_model(cfg.model)
+    if not (Path(base) / "config.json").is_file():
+        raise EnsembleError(f"{cfg.source or 'config'}: field 'model' is {cfg.model!r}, a GGUF file; training "
+                            "needs a Hugging Face model folder (a bundled name such as smollm2 converts one)")
+    manifest = open_manifest(out, base_model_info(base, name=cfg.model))
+    rows = load_training_rows(cfg, out)
+    variants = expand_grid(cfg.train.grid, cfg.prompt)
+    names = [v.name for v in variants]
+    _remove_partial(out)
+    manifest = _ordered(manifest, names)
+    write_manifest(out, manifest)
+    groups = problem_groups([problem_key(r) for r in rows])
+    ids = [r.id for r in rows]
+    recipe = recipe_settings(cfg.train)
+    # Templates and examples for every prompt up front: a bad template or a row without
+    # an answer fails before hours of training, not after.
+    templates = {v.prompt: get_template(cfg.prompt if v.prompt is None else v.prompt,
+                                        origin=f"{cfg.source or 'config'}: variant '{v.name}' prompt")
+                 for v in variants}
+    examples_by_prompt = {p: build_examples(rows, t, cfg.train.mode) for p, t in templates.items()}
+    progress("setup", base=str(base), n_rows=len(rows), n_variants=len(variants), names=names)
+    for index, variant in enumerate(variants):
+        template, examples = templates[variant.prompt], examples_by_prompt[variant.prompt]
+        train_idx, held_idx = split_indices(variant, len(rows), groups=groups,
+                                            heldout_fraction=cfg.train.heldout_fraction)
+        train_ids, held_ids = [ids[i] for i in train_idx], [ids[i] for i in held_idx]
+        context = {"recipe": recipe, "prompt_template": to_dict(template)}
+        settings, settings_hash = {**variant.settings(), **context}, variant.settings_hash(context)
+        fields = {**ids_fields("train", train_ids), **ids_fields("heldout", held_ids)}
+        entry = manifest.variants.get(variant.name)
+        if _is_done(entry, settings_hash, fields["train_items_hash"], fields["heldout_items_hash"], out, variant.name):
+            manifest = manifest.with_variant(variant.name, {**entry, "status": "done"})  # type: ignore[dict-item]
+            progress("variant_skipped", name=variant.name, index=index, total=len(variants))
+            continue
+        progress("variant", name=variant.name, index=index, total=len(variants))
+        result = train_variant(base, variant, [examples[i] for i in train_idx], [examples[i] for i in held_idx],
+                               cfg.train, out, progress=progress)
+        manifest = manifest.with_variant(variant.name, {
+            "settings": settings, "settings_hash": settings_hash, "status": "done", **fields,
+            "loss_curve": [list(p) for p in result.loss_curve], "eval_curve": [list(p) for p in result.eval_curve],
+            "heldout_accuracy": result.heldout_accuracy, "heldout_loss": result.heldout_loss,
+            "n_steps": result.n_steps, "seconds": round(result.seconds, 2), "adapter": f"adapters/{variant.name}"})
+        write_manifest(out, _ordered(manifest, names))
+    manifest = _ordered(manifest, names)
+    write_manifest(out, manifest)
+    progress("done", n_variants=len(variants))
+    return manifest
