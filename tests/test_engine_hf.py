@@ -357,3 +357,19 @@ def test_smollm2_answers_and_mixed_equals_alone(smol_adapters):
                                 for a in (None, "r1", "r2")])
     assert all(max(range(3), key=o.probs.__getitem__) == 0 for o in choice)
     eng.close()
+
+
+@pytest.mark.parametrize("score_mode, options", [("cloze", (" yes", " no")), ("letter", (" A", " B"))])
+def test_assistant_prefix_is_scored_after_the_chat_prompt(engine, score_mode, options):
+    """Options are continuations of chat-template(messages) + assistant_prefix."""
+    from ensemble.engines.base import ChoiceRequest
+
+    messages = ({"role": "user", "content": "Can Tom fly?"},)
+    rendered = engine.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+    with_prefix, as_text, without = engine.score_choices([
+        ChoiceRequest("v1", options, messages=messages, mode=score_mode, assistant_prefix="Answer:"),
+        ChoiceRequest("v1", options, prompt=rendered + "Answer:", mode=score_mode),
+        ChoiceRequest("v1", options, messages=messages, mode=score_mode),
+    ])
+    assert with_prefix.logliks == pytest.approx(as_text.logliks, abs=1e-5)
+    assert with_prefix.logliks != pytest.approx(without.logliks, abs=1e-5)
