@@ -11,7 +11,6 @@ Files are JSONL (the store's own format), CSV, or Parquet (when pyarrow is insta
 """
 from __future__ import annotations
 
-import csv
 import json
 import math
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from .data import read_rows as data_rows
 from .errors import EnsembleError
 from .matrix import ABSTAIN, LabelEncoder, VoteMatrix
 
@@ -32,13 +32,14 @@ def read_rows(path: str | Path) -> list[Row]:
     path = Path(path)
     if not path.is_file():
         raise EnsembleError(f"{path}: predictions file not found")
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
-        raw = _read_csv(path)
-    elif suffix == ".parquet":
+    if path.suffix.lower() == ".parquet":
         raw = _read_parquet(path)
+    elif path.stat().st_size == 0:
+        raw = []
     else:
-        raw = _read_jsonl(path)
+        # The dataset reader: JSONL / JSON list / CSV with file:line errors, BOM and encoding checks.
+        raw = [(line, _csv_cells(row, path, line) if path.suffix.lower() == ".csv" else row)
+               for line, row in data_rows(path)]
     if not raw:
         raise EnsembleError(f"{path}: no prediction rows (the file is empty); expected one row per vote "
                             "with item, voter, answer")
@@ -47,37 +48,16 @@ def read_rows(path: str | Path) -> list[Row]:
     return rows
 
 
-def _read_jsonl(path: Path) -> list[tuple[int, Row]]:
-    out = []
-    with path.open(encoding="utf-8-sig") as fh:
-        for line_no, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise EnsembleError(f"{path}:{line_no}: invalid JSON ({exc.msg}); each line must be one "
-                                    "JSON object with item, voter, answer") from None
-            if not isinstance(row, dict):
-                raise EnsembleError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
-            out.append((line_no, row))
-    return out
-
-
-def _read_csv(path: Path) -> list[tuple[int, Row]]:
-    with path.open(encoding="utf-8-sig", newline="") as fh:
-        reader = csv.DictReader(fh)
-        out = []
-        for row in reader:
-            clean = {k: v for k, v in row.items() if k is not None and v not in ("", None)}
-            if "probs" in clean:
-                try:
-                    clean["probs"] = json.loads(clean["probs"])
-                except json.JSONDecodeError:
-                    raise EnsembleError(f"{path}:{reader.line_num}: field 'probs' is not a JSON object "
-                                        '(write it like {"A": 0.7, "B": 0.3})') from None
-            out.append((reader.line_num, clean))
-    return out
+def _csv_cells(row: Row, path: Path, line: int) -> Row:
+    """CSV cells are strings: empty cells are absent, ``probs`` holds a JSON object."""
+    clean = {k: v for k, v in row.items() if v not in ("", None)}
+    if "probs" in clean:
+        try:
+            clean["probs"] = json.loads(clean["probs"])
+        except json.JSONDecodeError:
+            raise EnsembleError(f"{path}:{line}: field 'probs' is not a JSON object "
+                                '(write it like {"A": 0.7, "B": 0.3})') from None
+    return clean
 
 
 def _read_parquet(path: Path) -> list[tuple[int, Row]]:

@@ -72,7 +72,8 @@ def test_rows_round_trip(tmp_path):
 @pytest.mark.parametrize("content, message", [
     ("", r"p.jsonl: no prediction rows \(the file is empty\)"),
     ('{"item": "q1", "voter": "a", "answer": "A"}\n{"item": "q1"\n', r"p.jsonl:2: invalid JSON"),
-    ('[1, 2]\n', r"p.jsonl:1: expected a JSON object, got list"),
+    ('"text"\n', r"p.jsonl:1: expected a JSON object \{\.\.\.\}, got str"),
+    ('[{"item": "q", "voter": "a"},\n 7]\n', r"p.jsonl:2: expected a JSON object \{\.\.\.\}, got int"),
     ('{"voter": "a", "answer": "A"}\n', r"p.jsonl:1: field 'item' is missing"),
     ('{"item": "q", "voter": "a", "answer": "A", "sample": "x"}\n', r"p.jsonl:1: field 'sample' is 'x'; use a whole number"),
     ('{"item": "q", "voter": "a", "answer": "A", "sample": -1}\n', r"p.jsonl:1: field 'sample' is -1; use 0 or more"),
