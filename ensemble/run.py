@@ -231,7 +231,7 @@ def run(cfg: Config, *, restart: bool = False, progress: Progress | None = None,
     if todo:
         if engine is None:
             emit("status", message=f"loading {model_path} with {len(voters)} voters")
-            options = {"batch_size": cfg.run.batch_size, "dtype": cfg.run.dtype, **cfg.run.engine_options}
+            options = {**engine_defaults(cfg), **cfg.run.engine_options}
             engine = build_engine(EngineSpec(engine=cfg.run.engine, model=model_path, options=options,
                                              adapters={k: v for k, v in voters.items() if v is not None}))
         if cfg.run.probe:
@@ -285,6 +285,13 @@ def finish(cfg: Config, store: PredictionStore, splits: dict[str, list[Item]], v
                                           template=data_paths(cfg)["test"] if nested else None,
                                           fallback=cfg.run.fallback)
     return result
+
+
+def engine_defaults(cfg: Config) -> dict[str, Any]:
+    """run.batch_size / run.dtype, for the engines that take them (vLLM batches by itself;
+    an OpenAI-compatible server decides both)."""
+    return {"hf": {"batch_size": cfg.run.batch_size, "dtype": cfg.run.dtype},
+            "vllm": {"dtype": cfg.run.dtype}}.get(cfg.run.engine, {})
 
 
 def manifest_weights(cfg: Config, m: Any) -> dict[str, float]:

@@ -136,3 +136,36 @@ def test_cli_run_prints_tables_and_errors(tmp_path, tiny_model, tiny_adapters):
     bad.write_text(cfg.read_text().replace("v1: ", "v1: /nowhere/"))
     res = CliRunner().invoke(main, ["run", str(bad)], catch_exceptions=False)
     assert res.exit_code == 2 and "voter 'v1'" in res.output and "is not a PEFT adapter folder" in res.output
+
+
+@pytest.mark.parametrize("mode", ["cloze", "generate"])
+def test_vote_run_through_http_equals_in_process(tmp_path, tiny_model, tiny_adapters, mode):
+    """The openai engine against `vote serve`'s real local server gives the in-process answers."""
+    from ensemble.engines.base import EngineSpec, build_engine
+    from ensemble.serve import EnsembleHTTPServer
+    import threading
+
+    extra = "  mode: generate\n  samples: 2\n  temperature: 0.8\n  max_new_tokens: 6\n" if mode == "generate" else ""
+    local = load_config(write_config(tmp_path, tiny_model, tiny_adapters, tmp_path / "local", n=6, run_extra=extra))
+    reference = run(local)
+    engine = build_engine(EngineSpec(engine="hf", model=str(tiny_model), adapters={k: str(v) for k, v in tiny_adapters.items()}))
+    server = EnsembleHTTPServer(engine, "127.0.0.1", 0, base_model="tiny")
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        names = {k: k for k in tiny_adapters}
+        remote_cfg = write_config(tmp_path, tiny_model, names, tmp_path / "remote", n=6,
+                                  run_extra=extra + f"  engine: openai\n  probe: false\n"
+                                  f"  engine_options: {{base_url: '{server.url}'}}\n")
+        remote_cfg.write_text(remote_cfg.read_text().replace(f"model: {tiny_model}", "model: tiny"))
+        remote = run(load_config(remote_cfg))
+    finally:
+        server.shutdown()
+        server.close()
+
+    def answers(result):
+        rows = [json.loads(x) for x in (result.out / "predictions.jsonl").read_text().splitlines()]
+        return {(r["item"], r["voter"], r["sample"]): (r["answer"], r.get("text")) for r in rows}
+
+    assert answers(remote) == answers(reference)
+    assert remote.report.to_dict()["methods"] == reference.report.to_dict()["methods"]
