@@ -76,16 +76,19 @@ class GridConfig:
     fold i; K variants), ``bootstrap`` (a seeded resample with replacement: bagging),
     ``shard:K`` (K disjoint shards, variant i trains on shard i), ``subsample:F``
     (a seeded fraction F without replacement). A k-fold / shard split contributes K
-    variants (one per fold) to the product.
+    variants (one per fold) to the product; ``kfold:K:i`` / ``shard:K:i`` names one fold.
     """
 
-    seeds: tuple[int, ...] = (0,)
-    ranks: tuple[int, ...] = (8,)
+    # Product fields; () = unset. With explicit `variants` and every product field unset,
+    # only the explicit variants are trained; otherwise unset fields take the defaults
+    # below (seed 0, rank 8, attention projections, full split, plain LoRA).
+    seeds: tuple[int, ...] = ()
+    ranks: tuple[int, ...] = ()
     alpha: float | None = None  # None: alpha = alpha_ratio * rank
     alpha_ratio: float = 2.0
-    target_modules: tuple[tuple[str, ...], ...] = (("q_proj", "k_proj", "v_proj", "o_proj"),)
-    splits: tuple[str, ...] = ("full",)
-    flavours: tuple[Literal["lora", "rslora", "dora"], ...] = ("lora",)
+    target_modules: tuple[tuple[str, ...], ...] = ()
+    splits: tuple[str, ...] = ()
+    flavours: tuple[Literal["lora", "rslora", "dora"], ...] = ()
     prompts: tuple[str, ...] = ()  # template names; () = the config's prompt
     variants: tuple[VariantConfig, ...] = ()  # explicit variants, added after the product
     max_variants: int | None = None  # keep only the first N variants of the expansion

@@ -64,8 +64,15 @@ def test_every_factor_names_and_order():
     assert [v.prompt for v in variants[:2]] == [None, "mc_zh"]
 
 
+def test_explicit_variants_alone_unless_the_product_is_set():
+    only = expand_grid(GridConfig(variants=(VariantConfig(name="a"), VariantConfig(name="b", seed=1))), "mc")
+    assert names(only) == ["a", "b"]  # no default product variant sneaks in
+    both = expand_grid(GridConfig(seeds=(0,), variants=(VariantConfig(name="a"),)), "mc")
+    assert names(both) == ["s0-r8-attn-full-lora", "a"]
+
+
 def test_explicit_variants_after_product():
-    grid = GridConfig(variants=(
+    grid = GridConfig(seeds=(0,), variants=(
         VariantConfig(name="mine", rank=16, split="bootstrap", flavour="rslora"),
         VariantConfig(seed=3, target_modules=("q_proj", "v_proj")),
         VariantConfig(name="kf", split="kfold:2", alpha=5.0),
@@ -90,7 +97,7 @@ def test_duplicate_names_are_an_error():
     with pytest.raises(EnsembleError, match="two variants are named 's0-r8-attn-full-lora'"):
         expand_grid(GridConfig(seeds=(0, 0)))
     with pytest.raises(EnsembleError, match="two variants are named 's0-r8-attn-full-lora'; give the explicit"):
-        expand_grid(GridConfig(variants=(VariantConfig(),)))  # the same settings as the product's one
+        expand_grid(GridConfig(ranks=(8,), variants=(VariantConfig(),)))  # the same settings as the product's one
     with pytest.raises(EnsembleError, match="two variants are named 'a'"):
         expand_grid(GridConfig(variants=(VariantConfig(name="a"), VariantConfig(name="a", seed=1))))
 

@@ -135,6 +135,10 @@ def _split_variants(split: str, field: str) -> list[tuple[str, int | float | Non
     return [(kind, param, index or 0)]
 
 
+DEFAULT_SEEDS, DEFAULT_RANKS, DEFAULT_SPLITS, DEFAULT_FLAVOURS = (0,), (8,), ("full",), ("lora",)
+DEFAULT_MODULES = (("q_proj", "k_proj", "v_proj", "o_proj"),)
+
+
 def expand_grid(grid: GridConfig, default_prompt: str | Mapping[str, Any] | None = None) -> list[Variant]:
     """Spell out the grid product, then the explicit variants, then truncate to max_variants.
 
@@ -144,10 +148,13 @@ def expand_grid(grid: GridConfig, default_prompt: str | Mapping[str, Any] | None
     default = default_prompt if isinstance(default_prompt, str) else None
     # The prompt goes into names only when the grid varies it.
     prompts: list[str | None] = list(grid.prompts) or [None]
-    splits = [m for s in grid.splits for m in _split_variants(s, "train.grid.splits")]
+    product_set = any((grid.seeds, grid.ranks, grid.target_modules, grid.splits, grid.flavours, grid.prompts))
+    use_product = product_set or not grid.variants  # explicit variants alone, unless the product is asked for
+    splits = [m for s in (grid.splits or DEFAULT_SPLITS) for m in _split_variants(s, "train.grid.splits")]
     out: list[Variant] = []
     for seed, rank, modules, (kind, param, index), flavour, prompt in itertools.product(
-            grid.seeds, grid.ranks, grid.target_modules, splits, grid.flavours, prompts):
+            grid.seeds or DEFAULT_SEEDS, grid.ranks or DEFAULT_RANKS, grid.target_modules or DEFAULT_MODULES,
+            splits, grid.flavours or DEFAULT_FLAVOURS, prompts) if use_product else ():
         alpha = grid.alpha if grid.alpha is not None else grid.alpha_ratio * rank
         name = variant_name(seed, rank, tuple(modules), kind, param, index, flavour, prompt)
         out.append(Variant(name, seed, rank, float(alpha), tuple(modules), kind, param, index, flavour,
