@@ -198,11 +198,11 @@ def probe_adapters(engine: Engine, items: Sequence[Item], voters: dict[str, str 
             for a in [None, *named] for it in probe_items]
     outs = engine.score_choices(reqs)
     n = len(probe_items)
-    base = np.array([o.logliks for o in outs[:n]], dtype=object)
+    base = outs[:n]  # items may have different option counts: compare item by item
     warnings = []
     for k, name in enumerate(named):
         mine = outs[(k + 1) * n:(k + 2) * n]
-        if all(np.allclose(a.logliks, b, atol=1e-6) for a, b in zip(mine, base)):
+        if all(np.allclose(a.logliks, b.logliks, atol=1e-6) for a, b in zip(mine, base)):
             warnings.append(f"voter '{name}': its scores equal the base model's on {n} probe items — "
                             "the adapter seems to be ignored (zero weights, or target modules not applied)")
     return warnings

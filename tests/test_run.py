@@ -169,3 +169,21 @@ def test_vote_run_through_http_equals_in_process(tmp_path, tiny_model, tiny_adap
 
     assert answers(remote) == answers(reference)
     assert remote.report.to_dict()["methods"] == reference.report.to_dict()["methods"]
+
+
+@pytest.mark.parametrize("options", [(["a", "b"], ["c", "d"]), (["a", "b"], ["c", "d", "e"])])
+def test_probe_compares_item_by_item(options):
+    """Equal and unequal option counts (equal ones once crashed the probe)."""
+    from ensemble.data import Item
+    from ensemble.engines.base import ChoiceOutput
+    from ensemble.prompts import get_template
+    from ensemble.run import probe_adapters
+
+    class Fake:
+        def score_choices(self, reqs):
+            return [ChoiceOutput(r, tuple(0.0 if r.adapter in (None, "same") else -float(i)
+                                          for i, _ in enumerate(r.options)), ()) for r in reqs]
+
+    items = [Item(id=str(k), question="q", options=tuple(o)) for k, o in enumerate(options)]
+    warnings = probe_adapters(Fake(), items, {"same": "p", "diff": "p"}, get_template("mc"), "cloze")
+    assert len(warnings) == 1 and "voter 'same'" in warnings[0]
