@@ -20,8 +20,6 @@ import io
 import itertools
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -31,6 +29,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from .errors import EnsembleError
+from .io import atomic_write_bytes, atomic_write_text
 from .matrix import VoteMatrix
 from .metrics import jsonable, macro_f1, voter_decisions
 from .report import check_dev, check_methods
@@ -82,8 +81,8 @@ class Ablation:
                 "leave_one_out": _csv(self.leave_one_out, LOO_FIELDS),
                 "json": json.dumps(self.to_dict(), indent=1, allow_nan=False)}
         for key, body in text.items():
-            _atomic(paths[key], lambda f, body=body: f.write(body.encode()))
-        _atomic(paths["png"], lambda f: plot(self).savefig(f, format="png", dpi=120))
+            atomic_write_text(paths[key], body)
+        atomic_write_bytes(paths["png"], lambda f: plot(self).savefig(f, format="png", dpi=120))
         return paths
 
 
@@ -248,14 +247,3 @@ def _csv(rows: Sequence[dict[str, Any]], fields: Sequence[str]) -> str:
     return buf.getvalue()
 
 
-def _atomic(path: Path, write: Callable[[Any], Any]) -> None:
-    """Write a temp file in the same folder, then os.replace: no reader sees half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are ordinary files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .data import LETTERS
+from .errors import EnsembleError
 from .registry import Registry
 
 ZH_SHARE = 0.25  # fraction of problems written in Chinese
@@ -395,11 +396,24 @@ def _problem(rng: random.Random, kind: str, zh: bool) -> dict[str, Any]:
     return {"kind": kind, "problem": text, "questions": questions}
 
 
-def generate_problems(n: int, seed: int, *, split: str, exclude: frozenset[str] | set[str] = frozenset()
-                      ) -> list[dict[str, Any]]:
-    """n problems with ids ``<split>_<00000>``; none repeats a problem text (nor one in ``exclude``)."""
+def check_kinds(kinds: Sequence[str] | None) -> tuple[str, ...]:
+    """The kinds to draw from (``None`` = every registered kind); unknown names fail with did-you-mean."""
+    if kinds is None:
+        return tuple(KINDS.names())
+    if not kinds:
+        raise EnsembleError("no problem kinds given; name at least one of " + ", ".join(KINDS.names()))
+    for kind in kinds:
+        KINDS.get(kind)  # raises "Unknown problem kind 'x'. Did you mean ...? Available: ..."
+    return tuple(dict.fromkeys(kinds))
+
+
+def generate_problems(n: int, seed: int, *, split: str, exclude: frozenset[str] | set[str] = frozenset(),
+                      kinds: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """n problems with ids ``<split>_<00000>``; none repeats a problem text (nor one in ``exclude``).
+
+    Each problem's kind is drawn uniformly from ``kinds`` (default: all registered)."""
     rng = random.Random(f"ensemble-benchmark/{seed}/{split}")
-    seen, out, kinds = set(exclude), [], KINDS.names()
+    seen, out, kinds = set(exclude), [], list(check_kinds(kinds))
     while len(out) < n:
         kind, zh = rng.choice(kinds), rng.random() < ZH_SHARE
         for _ in range(MAX_RETRIES):  # retry the same kind and language, so the mix stays as drawn
@@ -419,18 +433,47 @@ def _write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
     return path
 
 
-def write_benchmark(out_dir: str | Path, *, n_train: int, n_dev: int, n_test: int, seed: int = 0
-                    ) -> dict[str, Path]:
+def write_benchmark(out_dir: str | Path, *, n_train: int, n_dev: int, n_test: int, seed: int = 0,
+                    kinds: Sequence[str] | None = None) -> dict[str, Path]:
     """train/dev/test.jsonl (with answers) and test_questions.jsonl (the test file without them)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     seen: set[str] = set()
     paths: dict[str, Path] = {}
     for split, n in (("train", n_train), ("dev", n_dev), ("test", n_test)):
-        rows = generate_problems(n, seed, split=split, exclude=seen)
+        rows = generate_problems(n, seed, split=split, exclude=seen, kinds=kinds)
         seen.update(r["problem"] for r in rows)
         paths[split] = _write_jsonl(out_dir / f"{split}.jsonl", rows)
     blank = [{**r, "questions": [{k: v for k, v in q.items() if k != "answer"} for q in r["questions"]]}
              for r in rows]
     paths["test_questions"] = _write_jsonl(out_dir / "test_questions.jsonl", blank)
+    return paths
+
+
+SETTINGS_FILE = "benchmark.json"
+
+
+def ensure_benchmark(out_dir: str | Path, *, n_train: int, n_dev: int, n_test: int, seed: int = 0,
+                     kinds: Sequence[str] | None = None) -> dict[str, Path]:
+    """The benchmark in ``out_dir``, generated only when absent or made with other settings.
+
+    ``benchmark.json`` (written last, atomically) records the settings the files were
+    made with, so a killed generation or a config that changed the sizes / kinds / seed
+    regenerates instead of silently reusing the old files."""
+    from .io import atomic_write_text
+
+    out_dir = Path(out_dir)
+    settings = {"n_train": n_train, "n_dev": n_dev, "n_test": n_test, "seed": seed,
+                "kinds": list(check_kinds(kinds))}
+    marker = out_dir / SETTINGS_FILE
+    names = ("train", "dev", "test", "test_questions")
+    paths = {name: out_dir / f"{name}.jsonl" for name in names}
+    try:
+        same = json.loads(marker.read_text(encoding="utf-8")) == settings
+    except (OSError, ValueError):
+        same = False
+    if not (same and all(p.is_file() for p in paths.values())):
+        marker.unlink(missing_ok=True)
+        paths = write_benchmark(out_dir, n_train=n_train, n_dev=n_dev, n_test=n_test, seed=seed, kinds=kinds)
+        atomic_write_text(marker, json.dumps(settings, indent=1))
     return paths

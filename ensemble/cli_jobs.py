@@ -203,10 +203,16 @@ def data_group() -> None:
 @click.option("--n-dev", type=int, default=300, show_default=True)
 @click.option("--n-test", type=int, default=300, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--kind", "kinds", multiple=True, help="Problem kind to include (repeatable; default: all of them).")
 @handle_errors
-def data_generate(out_dir: str, n_train: int, n_dev: int, n_test: int, seed: int) -> None:
+def data_generate(out_dir: str, n_train: int, n_dev: int, n_test: int, seed: int, kinds: tuple[str, ...]) -> None:
     """Generate the bundled multiple-choice reasoning benchmark (nested format)."""
-    from .benchmark_data import write_benchmark
+    from .benchmark_data import check_kinds, write_benchmark
 
-    for split, path in write_benchmark(Path(out_dir), n_train=n_train, n_dev=n_dev, n_test=n_test, seed=seed).items():
+    try:
+        chosen = check_kinds(kinds or None)
+    except EnsembleError as exc:
+        raise EnsembleError(f"--kind: {exc}") from None
+    for split, path in write_benchmark(Path(out_dir), n_train=n_train, n_dev=n_dev, n_test=n_test, seed=seed,
+                                       kinds=chosen).items():
         click.echo(f"{split}: {path}")

@@ -71,14 +71,9 @@ def load_split_items(cfg: Config, splits: Sequence[str]) -> dict[str, list[Item]
 def data_paths(cfg: Config) -> dict[str, Path]:
     paths = {k: Path(v) for k in ("train", "dev", "test") if (v := getattr(cfg.data, k))}
     if cfg.data.benchmark is not None:
-        from .benchmark_data import write_benchmark
-
-        bench_dir = Path(cfg.out) / "data"
-        b = cfg.data.benchmark
-        if not (bench_dir / "test.jsonl").exists():
-            write_benchmark(bench_dir, n_train=b.n_train, n_dev=b.n_dev, n_test=b.n_test, seed=b.seed)
+        bench = cfg.data.benchmark.files(Path(cfg.out) / "data")
         for split in ("train", "dev", "test"):
-            paths.setdefault(split, bench_dir / f"{split}.jsonl")
+            paths.setdefault(split, bench[split])
     return paths
 
 
@@ -120,7 +115,8 @@ def run_settings(cfg: Config, model: str) -> dict[str, Any]:
     r = cfg.run
     return {"model": model, "prompt": to_dict(cfg.prompt), "mode": r.mode, "samples": r.samples,
             "temperature": r.temperature, "top_p": r.top_p, "max_new_tokens": r.max_new_tokens,
-            "seed": r.seed, "stop": list(r.stop), "extractor": to_dict(r.extractor), "dtype": r.dtype}
+            "seed": r.seed, "stop": list(r.stop), "extractor": to_dict(r.extractor), "dtype": r.dtype,
+            "benchmark": to_dict(cfg.data.benchmark)}  # regenerated items reuse ids: old rows must go
 
 
 def request_seed(seed: int, item_id: str, voter: str) -> int:
@@ -309,6 +305,6 @@ def manifest_weights(cfg: Config, m: Any) -> dict[str, float]:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    from .store import _atomic_write
+    from .io import atomic_write_text
 
-    _atomic_write(path, json.dumps(data, indent=2, ensure_ascii=False))
+    atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False))

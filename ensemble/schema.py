@@ -15,6 +15,7 @@ Relative paths are relative to the current directory (like LLaMA-Factory and tor
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from .config import check
@@ -30,10 +31,26 @@ class BenchmarkConfig:
     n_dev: int = 300
     n_test: int = 300
     seed: int = 0
+    kinds: tuple[str, ...] | None = None  # problem kinds to draw from; None = all registered
 
     def __post_init__(self) -> None:
         for name in ("n_train", "n_dev", "n_test"):
             check(getattr(self, name) >= 0, f"data.benchmark.{name}", getattr(self, name), "use 0 or more")
+        if self.kinds is not None:
+            from .benchmark_data import KINDS
+
+            names = KINDS.names()
+            check(len(self.kinds) > 0, "data.benchmark.kinds", list(self.kinds),
+                  f"name at least one of {', '.join(names)}, or remove the field for all of them")
+            for kind in self.kinds:
+                check(kind in names, "data.benchmark.kinds", kind, f"valid kinds: {', '.join(names)}")
+
+    def files(self, out_dir: str | Path) -> dict[str, Path]:
+        """Generate (or reuse, when made with these settings) the benchmark in ``out_dir``."""
+        from .benchmark_data import ensure_benchmark
+
+        return ensure_benchmark(out_dir, n_train=self.n_train, n_dev=self.n_dev, n_test=self.n_test,
+                                seed=self.seed, kinds=self.kinds)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from .errors import EnsembleError
+from .io import atomic_write_text
 from .predictions import Key, Row
 
 
@@ -43,7 +44,7 @@ class PredictionStore:
                 raise EnsembleError(
                     f"{path}: these predictions were made with other settings ({k}: {old.get(k)!r} -> "
                     f"{settings.get(k)!r}); use another `out` directory, or pass --restart to discard them")
-        _atomic_write(meta_path, json.dumps(settings, indent=2, sort_keys=True))
+        atomic_write_text(meta_path, json.dumps(settings, indent=2, sort_keys=True))
         rows, dropped = _read_and_repair(path)
         return cls(path, rows, dropped)
 
@@ -92,7 +93,3 @@ def _read_and_repair(path: Path) -> tuple[list[Row], int]:
     return rows, dropped
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

@@ -10,9 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import random
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +19,7 @@ from typing import Any, Callable, Mapping, Sequence
 from .data import LETTERS, Item, Row, detect_format, read_rows
 from .data import FORMATS as DATA_FORMATS
 from .errors import EnsembleError, where
+from .io import atomic_write_text
 from .registry import Registry
 
 SHOWN = 5  # ids listed per problem in an error message
@@ -117,17 +116,6 @@ def _fill(answers: Mapping[str, str | None], items: Sequence[Item] | None, fallb
 # ---------------------------------------------------------------------------
 # Output.
 
-def _atomic_write(out: Path, text: str) -> None:
-    """Temp file in the same folder + os.replace: readers see the old file or the whole new one."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _filled_template(rows: list[Row], final: Mapping[str, str]) -> str:
@@ -183,7 +171,7 @@ def write_answers(answers: Mapping[str, str | None], out: Path, *, template: Pat
         text = _filled_template(rows, final)
     else:
         text = _table(final, [it.id for it in items] if items is not None else list(final), out)
-    _atomic_write(out, text)
+    atomic_write_text(out, text)
     return SubmissionReport(len(final), len(filled), tuple(filled), out)
 
 

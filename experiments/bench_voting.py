@@ -18,6 +18,7 @@ experiments/results/bench_voting.json.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from pathlib import Path
@@ -135,8 +136,8 @@ def main() -> None:
     from crowdkit.aggregation import MajorityVote
 
     df, t_frame = timed(lambda: crowdkit_frame(m))
-    mv, t_mv = timed(lambda: MajorityVote().fit_predict(df))
-    del df
+    mv, t_mv = timed(functools.partial(MajorityVote().fit_predict, df))
+    del df  # the frame is large; free it before the next method
     mv = crowdkit_labels(mv, m.n_items)
     seen = (m.labels != ABSTAIN).any(axis=(1, 2))
     top = np.sort(support(m.labels, m.n_classes), axis=1)

@@ -6,6 +6,7 @@ answer key, a second correct option or an unparseable template fails here.
 """
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from fractions import Fraction
@@ -16,9 +17,11 @@ from typing import Any, Callable
 import pytest
 from scipy.stats import chisquare
 
-from ensemble.benchmark_data import (KINDS, continue_sequence, evaluate, generate_problems, show, solve_boxes,
+from ensemble.benchmark_data import (KINDS, continue_sequence, ensure_benchmark, evaluate, generate_problems, show,
+                                     solve_boxes,
                                      solve_order, solve_syllogism, write_benchmark)
 from ensemble.data import LETTERS, read_gold, read_items
+from ensemble.errors import EnsembleError
 from ensemble.submission import validate_submission, write_answers
 
 Row = dict[str, Any]
@@ -266,6 +269,30 @@ def test_generate_problems_excludes_given_texts() -> None:
     assert first[0]["problem"] not in {r["problem"] for r in again}
     assert [r["id"] for r in first] == [f"dev_{i:05d}" for i in range(50)]
     assert generate_problems(50, 0, split="test") != first
+
+
+def test_kinds_restrict_the_mix_and_unknown_kinds_are_named() -> None:
+    rows = generate_problems(60, 0, split="dev", kinds=["arith", "order"])
+    assert {r["kind"] for r in rows} == {"arith", "order"}
+    assert generate_problems(20, 0, split="dev", kinds=None) == generate_problems(20, 0, split="dev", kinds=KINDS.names())
+    with pytest.raises(EnsembleError, match=r"Unknown problem kind 'ordr'\. Did you mean 'order'\?"):
+        generate_problems(5, 0, split="dev", kinds=["ordr"])
+    with pytest.raises(EnsembleError, match="no problem kinds given"):
+        generate_problems(5, 0, split="dev", kinds=[])
+
+
+def test_ensure_benchmark_reuses_files_made_with_the_same_settings_only(tmp_path: Path) -> None:
+    paths = ensure_benchmark(tmp_path, n_train=20, n_dev=5, n_test=5, seed=1, kinds=["compare"])
+    stamp = {k: p.stat().st_mtime_ns for k, p in paths.items()}
+    assert json.loads((tmp_path / "benchmark.json").read_text())["kinds"] == ["compare"]
+    again = ensure_benchmark(tmp_path, n_train=20, n_dev=5, n_test=5, seed=1, kinds=["compare"])
+    assert {k: p.stat().st_mtime_ns for k, p in again.items()} == stamp            # reused, not rewritten
+    other = ensure_benchmark(tmp_path, n_train=20, n_dev=5, n_test=7, seed=1, kinds=["arith"])
+    assert len(read_gold(other["test"])) > 0 and {json.loads(line)["kind"] for line in
+                                                 other["test"].read_text().splitlines()} == {"arith"}
+    (tmp_path / "benchmark.json").unlink()                                       # a generation killed midway
+    ensure_benchmark(tmp_path, n_train=20, n_dev=5, n_test=7, seed=1, kinds=["arith"])
+    assert (tmp_path / "benchmark.json").is_file()
 
 
 # ---------------------------------------------------------------------------

@@ -57,6 +57,8 @@ def test_defaults_are_frozen(tmp_path):
     ("model: smollm2\n", ["model.x=1"], r"override 'model.x=1': 'model' is not a section"),
     ("voters: [a]\n", [], r"field 'voters' is \['a'\]; expected a mapping"),
     ("run: {include_base: 'yes'}\n", [], r"field 'run.include_base' is 'yes'; expected true or false"),
+    ("data: {benchmark: {kinds: [arith, ordr]}}\n", [], r"field 'data.benchmark.kinds' is 'ordr'; valid kinds: compare"),
+    ("data: {benchmark: {kinds: []}}\n", [], r"field 'data.benchmark.kinds' is \[\]; name at least one of"),
 ])
 def test_bad_configs_name_field_value_and_fix(tmp_path, text, overrides, message):
     with pytest.raises(ConfigError, match=message):

@@ -104,6 +104,16 @@ def test_mc_auto_picks_the_language(item: Item, expected: str) -> None:
     assert scoring_prefix(auto, item) == get_template(expected).answer_prefix
 
 
+def test_mc_short_auto_is_the_bare_question_in_either_language() -> None:
+    short = get_template("mc_short_auto")
+    for item, prefix in ((EN, "Answer:"), (ZH, "答案是：")):
+        (msg,) = render_messages(short, item)
+        assert msg["content"] == f"{item.context}\n\n{item.question}\n\n" + "\n".join(
+            f"{letter}. {text}" for letter, text in zip(item.letters, item.options))
+        assert scoring_prefix(short, item) == prefix
+        assert len(msg["content"]) < len(render_messages(get_template("mc_auto"), item)[0]["content"])
+
+
 def test_custom_template_with_system_message_and_text_prompt() -> None:
     t = get_template({"name": "short", "system": "You answer {first_letter}-{last_letter}.",
                       "user": "{question}\n{options}", "answer_prefix": "Final:"})
@@ -200,13 +210,15 @@ def test_choice_continuations() -> None:
     ("mc_auto", EN, "cloze", "Answer: 2"),
     ("plain", NO_CONTEXT, "letter", " A"),
     ("open", OPEN_ITEM, "cloze", "The answer is 42"),
+    ("mc_short_auto", ZH, "cloze", "答案是： 钥匙"),
+    ("mc_short_auto", EN, "cloze", "Answer: 2"),
 ])
 def test_training_target_spelled_out(template: str, item: Item, mode: str, expected: str) -> None:
     assert training_target(get_template(template), item, mode) == expected  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("mode", ["letter", "cloze"])
-@pytest.mark.parametrize("template", ["mc", "mc_zh", "mc_auto", "plain"])
+@pytest.mark.parametrize("template", ["mc", "mc_zh", "mc_auto", "mc_short_auto", "plain"])
 @pytest.mark.parametrize("item", [EN, ZH, NO_CONTEXT], ids=["en", "zh", "no_context"])
 def test_training_target_is_prefix_plus_gold_continuation(mode: str, template: str, item: Item) -> None:
     t = get_template(template)

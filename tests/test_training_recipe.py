@@ -182,3 +182,21 @@ def test_hf_trainer_path(base, examples, tmp_path):
     assert [s for s, _, _ in r.eval_curve] == [2, 4]
     assert (r.adapter / "adapter_model.safetensors").is_file()
     assert events[0] == "train_start" and events[-1] == "train_done" and events.count("step") == 4
+
+
+def test_heldout_loss_is_the_gold_options_nll_and_chat_rows_their_answers(base, examples):
+    model, tok = load_lora_model(base, one_variant(), CFG)
+    acc, loss, logliks = evaluate(model, tok, examples[:5], batch_size=2)
+    gold_nll = [-ll[ex.gold] for ll, ex in zip(logliks, examples[:5])]   # one number per scored row
+    assert loss == pytest.approx(sum(gold_nll) / 5)
+    assert acc == sum(max(range(2), key=lambda k: ll[k]) == ex.gold for ll, ex in zip(logliks, examples[:5])) / 5
+    # Batch size and row order do not change a row's scores (rows run in length order).
+    again = evaluate(model, tok, examples[:5][::-1], batch_size=3)[2]
+    assert torch.allclose(torch.tensor(again[::-1]), torch.tensor(logliks), atol=1e-5)
+    # Free-form chat rows have no options: their loss is the NLL of target + EOS, token-weighted.
+    chat = build_examples([ChatExample("c1", ({"role": "user", "content": "hi"},), "hello there")],
+                          get_template("mc"), "cloze")
+    acc_c, loss_c, ll_c = evaluate(model, tok, chat)
+    batch = collate([encode(tok, chat[0], 256)], tok.pad_token_id)
+    want = -float(answer_logprobs(model, batch).sum()) / int((batch["labels"] != -100).sum())
+    assert (acc_c, ll_c) == (None, []) and loss_c == pytest.approx(want, rel=1e-5)

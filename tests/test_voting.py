@@ -133,6 +133,7 @@ def test_fit_log_odds_weights_hand_computed():
     dev = np.array([True] * 5 + [False])
     w = fit_log_odds_weights(m, dev)
     p0, p1 = (3 + 1) / (4 + 3), (1 + 1) / (5 + 3)
+    assert p1 < 1 / 3                                                  # below chance (3 classes)
     np.testing.assert_allclose(w, [np.log(2 * p0 / (1 - p0)), 0.0])   # v1 below chance -> 0
     d = weighted(m, dev=dev)
     assert d.info["weights"]["v1"] == 0.0

@@ -52,13 +52,7 @@ def load_training_rows(cfg: Config, out: Path) -> list[Item | ChatExample]:
     data = cfg.data
     path = Path(data.train) if data.train else None
     if path is None and data.benchmark is not None:
-        from ..benchmark_data import write_benchmark
-
-        bench = out / "data"
-        if not (bench / "test.jsonl").exists():
-            b = data.benchmark
-            write_benchmark(bench, n_train=b.n_train, n_dev=b.n_dev, n_test=b.n_test, seed=b.seed)
-        path = bench / "train.jsonl"
+        path = data.benchmark.files(out / "data")["train"]
     if path is None:
         raise EnsembleError(f"{cfg.source or 'config'}: field 'data.train' is empty; give a training file "
                             "or set data.benchmark to generate one")

@@ -16,7 +16,6 @@ compares them with the base model built on the meta device (no memory, ~0.1 s):
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import EnsembleError
+from ..io import atomic_write_text
 
 VOTERS = "voters.json"
 # Which axis of each saved LoRA tensor holds the base layer's in / out features:
@@ -191,7 +191,5 @@ def register_adapter(out_dir: str | Path, path: str | Path, name: str | None = N
         raise EnsembleError(f"{out_dir}: a trained variant is already named '{info.name}'; choose another name")
     voters[info.name] = str(path)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / f".{VOTERS}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(voters, indent=1, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, out_dir / VOTERS)
+    atomic_write_text(out_dir / VOTERS, json.dumps(voters, indent=1, ensure_ascii=False))
     return info

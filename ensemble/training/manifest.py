@@ -21,13 +21,13 @@ import dataclasses
 import datetime as _dt
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 from .. import __version__
 from ..errors import EnsembleError
+from ..io import atomic_write_text
 
 MANIFEST = "manifest.json"
 MAX_STORED_IDS = 50_000
@@ -97,14 +97,7 @@ def load_manifest(out: str | Path) -> Manifest:
 def write_manifest(out: str | Path, manifest: Manifest) -> Path:
     """Write atomically: a complete old file or a complete new one, never half of one."""
     path = Path(out) / MANIFEST
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{MANIFEST}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(manifest.to_json(), f, indent=1, ensure_ascii=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, json.dumps(manifest.to_json(), indent=1, ensure_ascii=False), fsync=True)
 
 
 def open_manifest(out: str | Path, base_model: dict[str, Any]) -> Manifest:

@@ -21,7 +21,8 @@ The recipe, top to bottom:
    3.42 s/step (1.03x per padded token: its length grouping pads more), the stock
    Trainer with full logits 4.96 s/step.
 4. evaluate on the held-out rows: cloze scoring (mean log-likelihood of each option's
-   continuation after the scoring prefix; argmax = prediction) and the answer loss.
+   continuation after the scoring prefix; argmax = prediction) and the held-out loss
+   (the gold option's per-token NLL, from the same pass).
 5. save: ``save_pretrained`` into ``adapters/.tmp-<name>``, then ``os.replace`` to
    ``adapters/<name>``: a folder under its final name is always complete.
 """
@@ -181,8 +182,11 @@ def evaluate(model: Any, tok: Any, heldout: Sequence[Example], *, batch_size: in
     continuation tokens after the scoring prefix, computed by the HF engine's scorer
     (``engines.hf_score.score_cloze``: the context runs once per item, its KV cache is
     shared by the options; 3x faster than a sequence per option), so a variant is
-    judged exactly as `vote run` will score it. Loss: mean NLL of the answer tokens
-    (target + EOS), as in training."""
+    judged exactly as `vote run` will score it. Rows go through in length order
+    (little padding). Loss: for scored rows, the mean NLL per token of the gold
+    option's continuation (what the variant has to learn; it comes from the same
+    pass, so evaluation costs one forward per row, not two); free-form chat rows
+    (no choices) are scored by the NLL of their whole answer (target + EOS)."""
     import torch
 
     from ..engines.hf_score import ScoreRow, score_cloze
@@ -197,21 +201,24 @@ def evaluate(model: Any, tok: Any, heldout: Sequence[Example], *, batch_size: in
     for ex in scored:
         context, conts = choice_tokens(tok, ex, max_length)
         rows.append(ScoreRow(prefix=context, adapter="variant", options=conts))
-    loss_seqs = [encode(tok, ex, max_length) for ex in heldout]
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i].prefix))
+    chat = [encode(tok, ex, max_length) for ex in heldout if not ex.choices]
     forward = lambda adapters, **kwargs: model(**kwargs)  # noqa: E731  (one model, no adapter switching)
-    nll, n_tok = 0.0, 0
+    nll, n = 0.0, 0
     with torch.no_grad(), autocast():
-        for i in range(0, len(rows), batch_size):
-            score_cloze(forward, rows[i:i + batch_size], pad_id=pad, device=str(device))
-        for i in range(0, len(loss_seqs), batch_size):
-            batch = {k: v.to(device) for k, v in collate(loss_seqs[i:i + batch_size], pad).items()}
+        for i in range(0, len(order), batch_size):
+            score_cloze(forward, [rows[j] for j in order[i:i + batch_size]], pad_id=pad, device=str(device))
+        for i in range(0, len(chat), batch_size):
+            batch = {k: v.to(device) for k, v in collate(chat[i:i + batch_size], pad).items()}
             nll -= float(answer_logprobs(model, batch).sum())
-            n_tok += int((batch["labels"] != -100).sum())
+            n += int((batch["labels"] != -100).sum())
     model.train()
     per_item = [tuple(r.logliks) for r in rows]
     judged = [(ll, ex.gold) for ll, ex in zip(per_item, scored) if ex.gold is not None]
+    for ll, gold in judged:  # mean loglik of the gold continuation = -(its per-token NLL)
+        nll, n = nll - ll[gold], n + 1
     accuracy = float(np.mean([int(np.argmax(ll)) == g for ll, g in judged])) if judged else None
-    return accuracy, nll / max(n_tok, 1), per_item
+    return accuracy, (nll / n if n else None), per_item
 
 
 # --- training ------------------------------------------------------------------------------

@@ -164,6 +164,7 @@ def dawid_skene(m: VoteMatrix, *, dev: np.ndarray | None = None, max_iter: int =
     T = shares[active]                                                 # (I', C)
     log_prior, log_pi = _m_step(T, N, column_voter, blocks, V, smoothing)
     elbo, converged, iterations = -np.inf, False, 0
+    log_T = np.zeros_like(T)  # set by the first E-step; read only from the second pass on
     for it in range(max_iter + 1):
         log_joint = N @ _code_table(log_pi, column_voter, blocks)      # (I', C)
         log_joint += log_prior
