@@ -67,10 +67,55 @@ def main() -> None:
         "ece_best_method": scored[best_method].get("ece"), "ece_dev_selected": voters[dev_pick].get("ece"),
         "seconds": {"train": round(t_train, 1), "run": round(t_run, 1)},
         "ablation_files": {k: str(v) for k, v in paths.items()},
+        "diagnostics": report["diagnostics"],
+        "config": str(args.config),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "study.json").write_text(json.dumps({"summary": summary, "report": report}, indent=2))
+    (RESULTS / "study.md").write_text(markdown(summary, report, dev_acc, abl.to_rows()), encoding="utf-8")
     print(json.dumps(summary, indent=2))
+    print(f"wrote {RESULTS / 'study.json'}, {RESULTS / 'study.md'}, {paths.get('png')}")
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def _row(name: str, r: dict, extra: str) -> str:
+    lo, hi = r.get("accuracy_ci") or (None, None)
+    return (f"| {name} | {_pct(r.get('accuracy'))} [{_pct(lo)}, {_pct(hi)}] | {_pct(r.get('macro_f1'))} | "
+            f"{_pct(r.get('ece'))} | {r.get('brier', float('nan')):.3f} | {extra} |")
+
+
+def markdown(summary: dict, report: dict, dev_acc: dict, ablation_rows: list) -> str:
+    """The study's table: every voter and every method on the test split, side by side."""
+    pick = summary["dev_selected_single"]["voter"]
+    lines = [f"# Voting study: {summary['n_test_items']} test items, {summary['n_dev_items']} dev items",
+             "", f"Dev-selected single variant (the honest baseline): **{pick}**. "
+             f"Test-best single: {summary['test_best_single']['voter']}. Oracle (some voter right): "
+             f"{_pct(report['diagnostics']['oracle'])}. Mean pairwise disagreement: "
+             f"{_pct(report['diagnostics']['mean_pairwise_disagreement'])}; error correlation "
+             f"{report['diagnostics']['error_correlation']:.3f}.", "",
+             "| voter / method | accuracy % [95% CI] | macro-F1 % | ECE % | Brier | vs dev-selected single |",
+             "|---|---|---|---|---|---|"]
+    for v, r in report["voters"].items():
+        lines.append(_row(v, r, f"dev acc {_pct(dev_acc[v])}" + (" (selected)" if v == pick else "")))
+    for name, r in report["methods"].items():
+        if "accuracy" not in r:
+            lines.append(f"| {name} | error: {r.get('error')} | | | | |")
+            continue
+        t = r.get("vs_best_voter") or {}
+        lo, hi = t.get("delta_ci") or (None, None)
+        extra = (f"{100 * t['delta']:+.1f} pts [{_pct(lo)}, {_pct(hi)}], McNemar p={t['p_value']:.3g}"
+                 if t.get("delta") is not None else "-")
+        lines.append(_row(name, r, extra))
+    lines += ["", "Ablation over the number of voters (mean accuracy over voter subsets, test items):", "",
+              "| method | k | mean | min | max |", "|---|---|---|---|---|"]
+    for row in ablation_rows:
+        if "k" in row and row.get("mean") is not None:
+            lines.append(f"| {row['method']} | {row['k']} | {_pct(row['mean'])} | "
+                         f"{_pct(row.get('min'))} | {_pct(row.get('max'))} |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -295,6 +295,22 @@ def test_select_hand_written_order_and_tie_break():
     assert select(m, dev=dev, max_rounds=1).info["chosen"] == ["v0"]
 
 
+def test_select_sorted_initialization():
+    # Same fixture. Alone on dev: v0 3 right, v1 2, v2 2. init=3 starts from all three
+    # (item 1: A1 B2 -> B, wrong: 3 right); adding v0 again fixes item 1 (A2 B2 -> A): 4.
+    m = rows("ABA", "ABB", "AAB", "BAA", "CCB", gold="AAAA.")
+    dev = np.array([True] * 4 + [False])
+    d = select(m, dev=dev, init=3)
+    assert d.info["chosen"] == ["v0", "v1", "v2", "v0"]
+    assert d.info["weights"] == {"v0": 2, "v1": 1, "v2": 1}
+    assert letters(d.labels) == "AAAAC"
+    # init=2 starts from v0 + v1 (stable order among equals: v1 before v2), already 4 right.
+    assert select(m, dev=dev, init=2).info["chosen"] == ["v0", "v1"]
+    assert select(m, dev=dev, init=99).info["chosen"][:3] == ["v0", "v1", "v2"]  # more than V: all
+    with pytest.raises(EnsembleError, match=r"select: init must be a whole number >= 0 \(voters to start from\), got -1"):
+        select(m, dev=dev, init=-1)
+
+
 def test_select_picks_the_good_voters():
     m = planted([0.85, 0.35, 0.8, 0.3, 0.35, 0.75], 600, seed=4)
     d = select(m, dev=np.arange(600) < 300)
