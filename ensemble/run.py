@@ -28,7 +28,7 @@ from .data import Item
 from .engines.base import ChoiceRequest, Engine, EngineSpec, GenRequest, SamplingSettings, build_engine
 from .errors import EnsembleError
 from .schema import Config
-from .store import PredictionStore
+from .store import PredictionStore, fingerprint
 
 Progress = Callable[..., None]  # progress(event, **info); the CLI renders it with rich
 BASE_VOTER = "base"
@@ -220,7 +220,8 @@ def run(cfg: Config, *, restart: bool = False, progress: Progress | None = None,
     template, extractor = get_template(cfg.prompt), build_extractor(cfg.run.extractor)
     # An OpenAI-compatible server holds the model itself: its name is passed through as-is.
     model_path = cfg.model if cfg.run.engine == "openai" else str(resolve_model(cfg.model))
-    store = PredictionStore.open(out / "predictions.jsonl", run_settings(cfg, model_path), restart=restart)
+    store = PredictionStore.open(out / "predictions.jsonl", run_settings(cfg, model_path), restart=restart,
+                                 voters={name: fingerprint(path) for name, path in voters.items()})
     todo = pending(store, items, list(voters), cfg.run.samples)
     warnings: list[str] = []
     n_new = 0

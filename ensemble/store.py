@@ -6,9 +6,13 @@ last line; ``PredictionStore.open`` cuts it off, so a rerun sees exactly the row
 that were fully written, recomputes only what is missing, and never duplicates a
 (item, voter, sample) key. ``<file>.meta.json`` records the settings the rows were
 made with: resuming with different settings is refused instead of mixing results.
+It also records a fingerprint per voter (its adapter's files): a voter whose adapter
+changed since its rows were written (retrained under the same name) is refused too,
+while new voters simply join.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -19,6 +23,25 @@ from .io import atomic_write_text
 from .predictions import Key, Row
 
 
+VOTERS_KEY = "voter_fingerprints"
+
+
+def fingerprint(adapter: str | Path | None) -> str:
+    """What a voter's answers depend on besides the run settings: its adapter's files
+    (sha256 of the config and the weights), or "base" for the plain base model."""
+    if adapter is None:
+        return "base"
+    h = hashlib.sha256()
+    for name in ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"):
+        f = Path(adapter) / name
+        if f.is_file():
+            h.update(name.encode() + b"\0")
+            with f.open("rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+    return h.hexdigest()[:16]
+
+
 class PredictionStore:
     def __init__(self, path: Path, rows: list[Row], n_dropped: int) -> None:
         self.path = path
@@ -27,8 +50,10 @@ class PredictionStore:
         self.n_dropped_partial = n_dropped  # partial lines cut off at open (a killed writer)
 
     @classmethod
-    def open(cls, path: str | Path, settings: Mapping[str, Any], *, restart: bool = False) -> "PredictionStore":
-        """Open (or create) the store; refuse if it was made with other settings."""
+    def open(cls, path: str | Path, settings: Mapping[str, Any], *, restart: bool = False,
+             voters: Mapping[str, str] | None = None) -> "PredictionStore":
+        """Open (or create) the store; refuse if it was made with other settings, or if a
+        voter in ``voters`` (name -> fingerprint) has stored rows made by another version."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         meta_path = path.with_name(path.name + ".meta.json")
@@ -36,16 +61,26 @@ class PredictionStore:
             path.unlink(missing_ok=True)
             meta_path.unlink(missing_ok=True)
         settings = json.loads(json.dumps(settings, sort_keys=True, default=str))
+        old: dict[str, Any] = {}
         if meta_path.exists() and path.exists():
             old = json.loads(meta_path.read_text(encoding="utf-8"))
+            old_voters = old.pop(VOTERS_KEY, {})
             diff = [k for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k)]
             if diff:
                 k = diff[0]
                 raise EnsembleError(
                     f"{path}: these predictions were made with other settings ({k}: {old.get(k)!r} -> "
                     f"{settings.get(k)!r}); use another `out` directory, or pass --restart to discard them")
-        atomic_write_text(meta_path, json.dumps(settings, indent=2, sort_keys=True))
+            old = old_voters
         rows, dropped = _read_and_repair(path)
+        stored = {r["voter"] for r in rows}
+        for name, print_ in (voters or {}).items():
+            if name in stored and name in old and old[name] != print_:
+                raise EnsembleError(
+                    f"{path}: voter '{name}' changed since its predictions were stored (its adapter files "
+                    "differ); pass --restart to recompute everything, or give the new adapter another name")
+        meta = {**settings, VOTERS_KEY: {**old, **(voters or {})}}
+        atomic_write_text(meta_path, json.dumps(meta, indent=2, sort_keys=True))
         return cls(path, rows, dropped)
 
     def has(self, item: str, voter: str, sample: int = 0) -> bool:

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from ensemble.errors import EnsembleError
-from ensemble.store import PredictionStore
+from ensemble.store import PredictionStore, fingerprint
 
 SETTINGS = {"model": "m", "mode": "cloze"}
 
@@ -49,3 +49,27 @@ def test_corrupt_middle_line_is_an_error(tmp_path):
     path.write_text('{"item": "q1", "voter": "a", "sample": 0}\nGARBAGE\n{"item": "q2", "voter": "a", "sample": 0}\n')
     with pytest.raises(EnsembleError, match=r"predictions.jsonl:2: corrupt line"):
         PredictionStore.open(path, SETTINGS)
+
+
+def test_a_voter_whose_adapter_changed_is_refused_new_voters_join(tmp_path):
+    path = tmp_path / "predictions.jsonl"
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text('{"r": 8}')
+    (adapter / "adapter_model.safetensors").write_bytes(b"weights-1")
+    first = fingerprint(adapter)
+    assert first == fingerprint(adapter) != fingerprint(None) == "base"
+    PredictionStore.open(path, SETTINGS, voters={"a": first}).append(
+        [{"item": "q1", "voter": "a", "sample": 0, "answer": "A"}])
+    # Same adapter + a new voter: fine, and the new voter is recorded.
+    PredictionStore.open(path, SETTINGS, voters={"a": first, "b": "base"})
+    meta = json.loads((tmp_path / "predictions.jsonl.meta.json").read_text())
+    assert meta["voter_fingerprints"] == {"a": first, "b": "base"} and meta["mode"] == "cloze"
+    # Retrained under the same name: refused, whatever else is unchanged.
+    (adapter / "adapter_model.safetensors").write_bytes(b"weights-2")
+    assert fingerprint(adapter) != first
+    with pytest.raises(EnsembleError, match=r"voter 'a' changed since its predictions were stored.*--restart"):
+        PredictionStore.open(path, SETTINGS, voters={"a": fingerprint(adapter)})
+    # 'b' has no stored rows yet, so its adapter may change freely.
+    PredictionStore.open(path, SETTINGS, voters={"a": first, "b": "other"})
+    assert len(PredictionStore.open(path, SETTINGS, voters={"a": fingerprint(adapter)}, restart=True).rows) == 0
