@@ -107,11 +107,12 @@ def test_mc_auto_picks_the_language(item: Item, expected: str) -> None:
 def test_mc_short_auto_is_the_bare_question_in_either_language() -> None:
     short = get_template("mc_short_auto")
     for item, prefix in ((EN, "Answer:"), (ZH, "答案是：")):
-        (msg,) = render_messages(short, item)
+        system, msg = render_messages(short, item)   # an empty system message: no default one
+        assert system == {"role": "system", "content": ""} and msg["role"] == "user"
         assert msg["content"] == f"{item.context}\n\n{item.question}\n\n" + "\n".join(
             f"{letter}. {text}" for letter, text in zip(item.letters, item.options))
         assert scoring_prefix(short, item) == prefix
-        assert len(msg["content"]) < len(render_messages(get_template("mc_auto"), item)[0]["content"])
+        assert len(msg["content"]) < len(render_messages(get_template("mc_auto"), item)[-1]["content"])
 
 
 def test_custom_template_with_system_message_and_text_prompt() -> None:
