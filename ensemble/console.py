@@ -1,6 +1,8 @@
 """Rich rendering for the CLI: tables for reports and ablations, progress bars. CLI layer only."""
 from __future__ import annotations
 
+import os
+import sys
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -9,8 +11,16 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
                            TimeRemainingColumn)
 from rich.table import Table
 
-console = Console(stderr=False)
-err_console = Console(stderr=True)
+
+def _width(stream: Any) -> int | None:
+    """Rich lays out a pipe or a log file 80 columns wide, which cuts the report tables'
+    method names to "majo…"; use 140 there unless COLUMNS says otherwise (a terminal
+    keeps its own width)."""
+    return None if os.environ.get("COLUMNS") or getattr(stream, "isatty", lambda: False)() else 140
+
+
+console = Console(stderr=False, width=_width(sys.stdout))
+err_console = Console(stderr=True, width=_width(sys.stderr))
 
 
 def _f(x: Any, digits: int = 3) -> str:
