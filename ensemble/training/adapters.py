@@ -47,12 +47,7 @@ def read_adapter_config(adapter_dir: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise EnsembleError(f"{path}: not found; an adapter is a PEFT folder with adapter_config.json "
                             "and adapter_model.safetensors (model.save_pretrained(dir))")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise EnsembleError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg}); re-save the adapter") from None
-    if not isinstance(data, dict):
-        raise EnsembleError(f"{path}: expected a JSON object; re-save the adapter")
+    data = _json_object(path, "re-save the adapter", "expected a JSON object; re-save the adapter")
     if data.get("peft_type") != "LORA":
         raise EnsembleError(f"{path}: peft_type is {data.get('peft_type')!r}; only LoRA adapters "
                             "(peft_type LORA) can be voters")
@@ -159,12 +154,7 @@ def load_voters(out_dir: str | Path) -> dict[str, str]:
     path = Path(out_dir) / VOTERS
     if not path.is_file():
         return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise EnsembleError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg}); fix or delete the file") from None
-    if not isinstance(data, dict):
-        raise EnsembleError(f"{path}: expected a JSON object of name -> adapter folder")
+    data = _json_object(path, "fix or delete the file", "expected a JSON object of name -> adapter folder")
     return {str(k): str(v) for k, v in data.items()}
 
 
@@ -193,3 +183,14 @@ def register_adapter(out_dir: str | Path, path: str | Path, name: str | None = N
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / VOTERS, json.dumps(voters, indent=1, ensure_ascii=False))
     return info
+
+
+def _json_object(path: Path, fix: str, not_object: str) -> dict[str, Any]:
+    """A JSON object from ``path``; invalid JSON names the line and ``fix``."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise EnsembleError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg}); {fix}") from None
+    if not isinstance(data, dict):
+        raise EnsembleError(f"{path}: {not_object}")
+    return data
