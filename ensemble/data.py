@@ -134,14 +134,19 @@ def _csv_rows(path: Path, text: str) -> list[Row]:
     return rows
 
 
+def json_cell(path: Path, line: int, text: str, problem: str) -> Any:
+    """A CSV cell holding JSON (options lists, probs objects); bad JSON -> ``file:line: problem``."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise EnsembleError(f"{where(path, line)}: {problem}") from None
+
+
 def _csv_options(path: Path, no: int, row: dict[str, Any]) -> dict[str, Any]:
     """Options come as A/B/C... columns or as a JSON list in an ``options`` cell."""
     if "options" in row:
-        try:
-            row["options"] = json.loads(row["options"])
-        except json.JSONDecodeError:
-            raise EnsembleError(f"{where(path, no, 'options')}: not a JSON list; write it as "
-                                '["first", "second"] or use A, B, C... columns') from None
+        row["options"] = json_cell(path, no, row["options"], "field 'options': not a JSON list; write it as "
+                                   '["first", "second"] or use A, B, C... columns')
     letters = [c for c in LETTERS if c in row]
     if letters:
         if "options" in row:

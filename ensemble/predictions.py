@@ -11,13 +11,13 @@ Files are JSONL (the store's own format), CSV, or Parquet (when pyarrow is insta
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from .data import json_cell
 from .data import read_rows as data_rows
 from .errors import EnsembleError
 from .matrix import ABSTAIN, LabelEncoder, VoteMatrix
@@ -52,11 +52,8 @@ def _csv_cells(row: Row, path: Path, line: int) -> Row:
     """CSV cells are strings: empty cells are absent, ``probs`` holds a JSON object."""
     clean = {k: v for k, v in row.items() if v not in ("", None)}
     if "probs" in clean:
-        try:
-            clean["probs"] = json.loads(clean["probs"])
-        except json.JSONDecodeError:
-            raise EnsembleError(f"{path}:{line}: field 'probs' is not a JSON object "
-                                '(write it like {"A": 0.7, "B": 0.3})') from None
+        clean["probs"] = json_cell(path, line, clean["probs"],
+                                   "field 'probs' is not a JSON object (write it like {\"A\": 0.7, \"B\": 0.3})")
     return clean
 
 

@@ -26,6 +26,15 @@ def adapters(bases, tmp_path_factory) -> dict[str, Path]:
     return {"good": good, "wide": wide}
 
 
+def copy_with_weights(src: Path, dst: Path, edit) -> Path:
+    """A copy of the adapter folder ``src`` whose weights are ``edit(tensors)``."""
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, dst)
+    save_file(edit(load_file(dst / "adapter_model.safetensors")), dst / "adapter_model.safetensors")
+    return dst
+
+
 def test_accepts_a_matching_adapter(bases, adapters):
     info = check_adapter(bases["h32"], adapters["good"])
     assert (info.name, info.rank, info.alpha) == ("good", 4, 8.0)
@@ -47,14 +56,9 @@ def test_rejects_an_adapter_for_a_wider_base(bases, adapters):
 
 def test_rejects_out_features_mismatch(bases, adapters, tmp_path):
     # same in_features, but lora_B says the layer has a different output width
-    from safetensors.torch import load_file, save_file
-
-    bad = tmp_path / "narrow"
-    shutil.copytree(adapters["good"], bad)
-    tensors = load_file(bad / "adapter_model.safetensors")
     key = "base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight"
-    tensors[key] = tensors[key][:8].contiguous()  # (16, r) -> (8, r)
-    save_file(tensors, bad / "adapter_model.safetensors")
+    bad = copy_with_weights(adapters["good"], tmp_path / "narrow",
+                            lambda t: {**t, key: t[key][:8].contiguous()})  # (16, r) -> (8, r)
     with pytest.raises(EnsembleError, match=r"adapter narrow: lora_B of model\.layers\.1\.self_attn\.v_proj has "
                                             r"out_features 8, base has 16 — trained for a different base"):
         check_adapter(bases["h32"], bad)
@@ -75,14 +79,9 @@ def test_rejects_missing_target_module(bases, adapters, tmp_path):
 
 
 def test_rejects_weights_for_modules_the_base_lacks(bases, adapters, tmp_path):
-    from safetensors.torch import load_file, save_file
-
-    bad = tmp_path / "deep"
-    shutil.copytree(adapters["good"], bad)
-    tensors = load_file(bad / "adapter_model.safetensors")
-    tensors["base_model.model.model.layers.7.self_attn.q_proj.lora_A.weight"] = \
-        tensors["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"].clone()
-    save_file(tensors, bad / "adapter_model.safetensors")
+    src = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
+    bad = copy_with_weights(adapters["good"], tmp_path / "deep", lambda t: {
+        **t, "base_model.model.model.layers.7.self_attn.q_proj.lora_A.weight": t[src].clone()})
     with pytest.raises(EnsembleError, match=r"adapter deep: has weights for model\.layers\.7\.self_attn\.q_proj, "
                                             r"which the base does not have"):
         check_adapter(bases["h32"], bad)
