@@ -61,7 +61,7 @@ class PredictionStore:
             path.unlink(missing_ok=True)
             meta_path.unlink(missing_ok=True)
         settings = json.loads(json.dumps(settings, sort_keys=True, default=str))
-        old: dict[str, Any] = {}
+        old_voters: dict[str, str] = {}
         if meta_path.exists() and path.exists():
             old = json.loads(meta_path.read_text(encoding="utf-8"))
             old_voters = old.pop(VOTERS_KEY, {})
@@ -71,15 +71,14 @@ class PredictionStore:
                 raise EnsembleError(
                     f"{path}: these predictions were made with other settings ({k}: {old.get(k)!r} -> "
                     f"{settings.get(k)!r}); use another `out` directory, or pass --restart to discard them")
-            old = old_voters
         rows, dropped = _read_and_repair(path)
         stored = {r["voter"] for r in rows}
         for name, print_ in (voters or {}).items():
-            if name in stored and name in old and old[name] != print_:
+            if name in stored and name in old_voters and old_voters[name] != print_:
                 raise EnsembleError(
                     f"{path}: voter '{name}' changed since its predictions were stored (its adapter files "
                     "differ); pass --restart to recompute everything, or give the new adapter another name")
-        meta = {**settings, VOTERS_KEY: {**old, **(voters or {})}}
+        meta = {**settings, VOTERS_KEY: {**old_voters, **(voters or {})}}
         atomic_write_text(meta_path, json.dumps(meta, indent=2, sort_keys=True))
         return cls(path, rows, dropped)
 
