@@ -12,18 +12,18 @@ from typing import Any
 __version__ = "0.1.0"
 
 _API = {
-    "load_predictions": "ensemble.predictions",
-    "build_matrix": "ensemble.predictions",
+    "load_predictions": "ensemble.predictions.rows",
+    "build_matrix": "ensemble.predictions.rows",
     "vote": "ensemble.voting",
     "METHODS": "ensemble.voting",
-    "evaluate": "ensemble.metrics",
-    "ablate": "ensemble.ablation",
-    "VoteMatrix": "ensemble.matrix",
-    "ABSTAIN": "ensemble.matrix",
-    "from_arrays": "ensemble.matrix",
-    "load_config": "ensemble.config",
-    "run": "ensemble.run",
-    "read_items": "ensemble.data",
+    "evaluate": "ensemble.evaluation.metrics",
+    "ablate": "ensemble.evaluation.ablation",
+    "VoteMatrix": "ensemble.predictions.matrix",
+    "ABSTAIN": "ensemble.predictions.matrix",
+    "from_arrays": "ensemble.predictions.matrix",
+    "load_config": "ensemble.config.loader",
+    "run": "ensemble.pipeline",
+    "read_items": "ensemble.data.readers",
     "EnsembleError": "ensemble.errors",
 }
 

@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
-from .data import Item
-from .errors import EnsembleError
-from .registry import Registry, unknown_name
+from ensemble.data.readers import Item
+from ensemble.errors import EnsembleError
+from ensemble.registry import Registry, unknown_name
 
 Step = Callable[[str, Item], "str | None"]
 
@@ -41,7 +41,7 @@ class StepFactory:
     usage: str  # how to write it, e.g. "regex:<pattern>"
 
 
-STEPS: Registry["Step | StepFactory"] = Registry("extraction step")
+STEPS: Registry[Step | StepFactory] = Registry("extraction step")
 PRESETS: Registry[tuple[str, ...]] = Registry("extractor preset")
 
 # --- text helpers ---------------------------------------------------------------------
@@ -56,7 +56,7 @@ def _fold(text: str) -> str:
 
 def _strip_edges(text: str) -> str:
     """Strip whitespace and punctuation (Unicode category P*) from both ends."""
-    is_edge = lambda ch: ch.isspace() or unicodedata.category(ch).startswith("P")  # noqa: E731
+    is_edge = lambda ch: ch.isspace() or unicodedata.category(ch).startswith("P")
     start, end = 0, len(text)
     while start < end and is_edge(text[start]):
         start += 1
@@ -282,7 +282,7 @@ class Extractor:
         return out
 
 
-def build_extractor(spec: "str | Sequence[str] | Extractor", *, origin: str | None = None) -> Extractor:
+def build_extractor(spec: str | Sequence[str] | Extractor, *, origin: str | None = None) -> Extractor:
     """An extractor from a preset name ("mc", "number", "text"), one step spec, or a list
     of step specs. ``origin`` (e.g. "run.yaml: field 'extract'") prefixes error messages."""
     try:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Callable
+from typing import IO
 
 
 def atomic_write_bytes(path: str | Path, write: Callable[[IO[bytes]], object], *, fsync: bool = False) -> Path:

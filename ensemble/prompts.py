@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import re
 import string
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, Mapping
+from typing import Literal
 
-from .data import Item
-from .errors import EnsembleError
-from .registry import Registry, unknown_name
+from ensemble.data.readers import Item
+from ensemble.errors import EnsembleError
+from ensemble.registry import Registry, unknown_name
 
 FIELDS = ("context", "question", "options", "letters", "first_letter", "last_letter")
 _OPTION_FIELDS = ("options", "letters", "first_letter", "last_letter")
@@ -52,7 +53,7 @@ class PromptTemplate:
     user: str
     system: str | None = None
     answer_prefix: str = ""
-    cjk: "PromptTemplate | None" = None
+    cjk: PromptTemplate | None = None
 
     def __post_init__(self) -> None:
         for key in ("user", "system"):
@@ -127,7 +128,7 @@ PROMPTS.add("mc_short_auto", PromptTemplate(name="mc_short_auto", user=SHORT.use
 _TEMPLATE_KEYS = ("name", "user", "system", "answer_prefix", "cjk")
 
 
-def get_template(spec: "str | Mapping[str, object] | PromptTemplate", *,
+def get_template(spec: str | Mapping[str, object] | PromptTemplate, *,
                  origin: str | None = None) -> PromptTemplate:
     """A template from a registered name, a config mapping, or a template.
 

@@ -7,9 +7,10 @@ templates, so every "unknown name" error reads the same:
 from __future__ import annotations
 
 import difflib
-from typing import Callable, Generic, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
 
-from .errors import EnsembleError
+from ensemble.errors import EnsembleError
 
 T = TypeVar("T")
 

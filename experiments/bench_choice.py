@@ -2,7 +2,7 @@
 
     python experiments/bench_choice.py            # ~3-6 minutes on 2 busy CPU cores
 
-Same items (multiple-choice questions from ensemble.benchmark_data, prompt =
+Same items (multiple-choice questions from ensemble.data.benchmark, prompt =
 problem + question + "Answer:", options scored as " <option text>"), same model
 (SmolLM2-135M-Instruct, float32, CPU), same adapter (one random rank-8 LoRA on
 q, k, v, o). Both score every option's summed log-likelihood (cloze, normalize="sum");
@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 def load_items(n: int, seed: int) -> list[tuple[str, tuple[str, ...]]]:
     """(prompt, options) for the first ``n`` generated questions."""
-    from ensemble.benchmark_data import generate_problems
+    from ensemble.data.benchmark import generate_problems
 
     items: list[tuple[str, tuple[str, ...]]] = []
     for row in generate_problems(n, seed, split="bench_choice"):
@@ -57,8 +57,8 @@ def main() -> None:
     from lm_eval.models.huggingface import HFLM
 
     from ensemble.engines.base import ChoiceRequest, EngineSpec
-    from ensemble.engines.hf import HFEngine
-    from ensemble.models import resolve_model
+    from ensemble.engines.hf.engine import HFEngine
+    from ensemble.engines.models import resolve_model
     from ensemble.testing import make_tiny_adapters
 
     base = resolve_model("smollm2")

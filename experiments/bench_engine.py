@@ -53,9 +53,10 @@ def child(cfg: dict) -> None:
     stdin: "run" -> one timed pass ({"seconds", "tokens"}); "quit" -> memory and exit."""
     import psutil
     import torch
+
     from ensemble.engines.base import EngineSpec
-    from ensemble.engines.hf import HFEngine
-    from ensemble.models import resolve_model
+    from ensemble.engines.hf.engine import HFEngine
+    from ensemble.engines.models import resolve_model
 
     batching = {"mixed_peft": "peft", "sequential": "separate"}.get(cfg["kind"], "stacked")
     opts = {"dtype": cfg["dtype"], "ignore_eos": True, "batch_size": cfg["batch_size"], "lora_batching": batching}
@@ -75,9 +76,9 @@ def child(cfg: dict) -> None:
         engine = HFEngine.from_spec(EngineSpec("hf", "smollm2", folders if kind != "base" else {}, opts))
         voters = list(names) if kind != "base" else [None] * len(names)
     if kind == "sequential":
-        run = lambda: [o for a in voters for o in engine.generate(requests([a], p, t))]  # noqa: E731
+        run = lambda: [o for a in voters for o in engine.generate(requests([a], p, t))]
     else:
-        run = lambda: engine.generate(requests(voters, p, t))  # noqa: E731
+        run = lambda: engine.generate(requests(voters, p, t))
     run()  # warm-up: first-call allocations and kernels for exactly these shapes
     rss_loaded = psutil.Process().memory_info().rss / 2**20
     print(json.dumps({"ready": True}), flush=True)
@@ -160,7 +161,7 @@ def main() -> None:
         child(json.loads(args.child))
         return
 
-    from ensemble.models import resolve_model
+    from ensemble.engines.models import resolve_model
     from ensemble.testing import make_tiny_adapters
 
     ks = [int(k) for k in args.ks.split(",")]

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import torch
 
-from ensemble.benchmark_data import write_benchmark
-from ensemble.data import read_items
-from ensemble.models import resolve_model
+from ensemble.config.schema import GridConfig, TrainConfig
+from ensemble.data.benchmark import write_benchmark
+from ensemble.data.readers import read_items
+from ensemble.engines.models import resolve_model
 from ensemble.prompts import get_template
-from ensemble.schema import GridConfig, TrainConfig
 from ensemble.training import recipe
 from ensemble.training.grid import expand_grid
 
@@ -40,7 +40,7 @@ def full_logits_loss(model, batch):
 def timed_run(base, variant, examples, cfg, kind: str) -> dict:
     stamps: list[float] = []
     tokens: list[int] = []  # padded tokens per training forward (B*T), counted after the first step
-    progress = lambda event, **info: stamps.append(time.perf_counter()) if event == "step" else None  # noqa: E731
+    progress = lambda event, **info: stamps.append(time.perf_counter()) if event == "step" else None
     original, original_load, original_tb = recipe.answer_loss, recipe.load_lora_model, recipe.trainer_batch
 
     def load(*a, **k):

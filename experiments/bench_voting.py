@@ -21,12 +21,13 @@ import argparse
 import functools
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from ensemble.matrix import ABSTAIN, VoteMatrix, from_arrays, support
+from ensemble.predictions.matrix import ABSTAIN, VoteMatrix, from_arrays, support
 from ensemble.voting import METHODS, vote
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_voting.json"

@@ -1,6 +1,6 @@
 """The voting study on the bundled benchmark with SmolLM2-135M (issue: train K >= 5 variants).
 
-    python experiments/study.py [--config configs/study.yaml] [--reuse runs/quickstart]
+    python experiments/study.py [--config ensemble/configs/study.yaml] [--reuse runs/quickstart]
 
 Trains the config's variants (or reuses a finished run with the same train split and
 recipe: its manifest + adapters are copied and the resume check re-verifies them),
@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ensemble.ablation import ablate
-from ensemble.config import load_config
-from ensemble.run import run
+from ensemble.config.loader import load_config
+from ensemble.evaluation.ablation import ablate
+from ensemble.pipeline import run
 from ensemble.training import train_grid
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -29,7 +29,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--config", default="configs/study.yaml")
+    ap.add_argument("--config", default="ensemble/configs/study.yaml")
     ap.add_argument("--reuse", help="a finished run dir with the same train split/recipe (e.g. runs/quickstart)")
     args = ap.parse_args()
     cfg = load_config(args.config)

@@ -1,11 +1,11 @@
 """A synthetic vote matrix for the metrics / report / ablation tests (imported, not a conftest)."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-from ensemble.matrix import ABSTAIN, VoteMatrix, from_arrays
+from ensemble.predictions.matrix import ABSTAIN, VoteMatrix, from_arrays
 
 
 def synthetic(n_items: int, accs: Sequence[float], *, n_classes: int = 4, n_samples: int = 1,

@@ -8,9 +8,17 @@ import threading
 import urllib.error
 import urllib.request
 import zlib
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
-from ensemble.engines.base import ChoiceOutput, ChoiceRequest, GenOutput, GenRequest, Sample, softmax
+from ensemble.engines.base import (
+    ChoiceOutput,
+    ChoiceRequest,
+    GenOutput,
+    GenRequest,
+    Sample,
+    softmax,
+)
 from ensemble.errors import EnsembleError
 from ensemble.registry import unknown_name
 

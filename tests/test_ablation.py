@@ -1,4 +1,4 @@
-"""ablate() / Ablation (ensemble.ablation): subsets, sampling, leave-one-out, files."""
+"""ablate() / Ablation (ensemble.evaluation.ablation): subsets, sampling, leave-one-out, files."""
 from __future__ import annotations
 
 import csv
@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest_metrics import synthetic
-from ensemble.ablation import ablate, choose_subsets
+
 from ensemble.errors import EnsembleError
-from ensemble.matrix import from_arrays
+from ensemble.evaluation.ablation import ablate, choose_subsets
+from ensemble.predictions.matrix import from_arrays
 from ensemble.voting import METHODS
 
 # 4 items, gold all A; v2 is always wrong (the planted bad voter).

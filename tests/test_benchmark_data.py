@@ -1,7 +1,7 @@
 """The bundled benchmark: determinism, disjoint splits, and every question re-solved from its text.
 
 The checkers below parse the generated English / Chinese text and solve it with code
-written independently of ensemble.benchmark_data (regexes + brute force), so a wrong
+written independently of ensemble.data.benchmark (regexes + brute force), so a wrong
 answer key, a second correct option or an unparseable template fails here.
 """
 from __future__ import annotations
@@ -9,20 +9,30 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from collections.abc import Callable
 from fractions import Fraction
 from itertools import permutations, product
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from scipy.stats import chisquare
 
-from ensemble.benchmark_data import (KINDS, continue_sequence, ensure_benchmark, evaluate, generate_problems, show,
-                                     solve_boxes,
-                                     solve_order, solve_syllogism, write_benchmark)
-from ensemble.data import LETTERS, read_gold, read_items
+from ensemble.data.benchmark import (
+    KINDS,
+    continue_sequence,
+    ensure_benchmark,
+    evaluate,
+    generate_problems,
+    show,
+    solve_boxes,
+    solve_order,
+    solve_syllogism,
+    write_benchmark,
+)
+from ensemble.data.readers import LETTERS, read_gold, read_items
 from ensemble.errors import EnsembleError
-from ensemble.submission import validate_submission, write_answers
+from ensemble.evaluation.submission import validate_submission, write_answers
 
 Row = dict[str, Any]
 

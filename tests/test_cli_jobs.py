@@ -6,7 +6,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from ensemble.cli import main
+from ensemble.cli.app import main
 
 
 def invoke(*args: str):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from ensemble.cli import main
+from ensemble.cli.app import main
 
 ROOT = Path(__file__).resolve().parents[1]
 PRED = str(ROOT / "ensemble" / "examples" / "predictions.jsonl")

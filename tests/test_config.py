@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from ensemble.config import ConfigError, apply_overrides, load_config, to_dict
-from ensemble.schema import Config
+from ensemble.config.loader import ConfigError, apply_overrides, load_config, to_dict
+from ensemble.config.schema import Config
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "ensemble" / "configs").glob("*.yaml"))
 
 
 def test_there_are_configs():

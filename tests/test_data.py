@@ -6,8 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from ensemble.data import (CHAT_FORMATS, FORMATS, ChatExample, Item, read_chat_examples, read_gold,
-                           read_items)
+from ensemble.data.readers import (
+    CHAT_FORMATS,
+    FORMATS,
+    ChatExample,
+    Item,
+    read_chat_examples,
+    read_gold,
+    read_items,
+)
 from ensemble.errors import EnsembleError
 
 DATA = Path(__file__).parent / "data"

@@ -13,9 +13,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from ensemble.engines.base import (ENGINES, ChoiceRequest, Engine, EngineSpec, GenRequest,
-                                   SamplingSettings)
-from ensemble.engines.hf import HFEngine
+from ensemble.engines.base import (
+    ENGINES,
+    ChoiceRequest,
+    Engine,
+    EngineSpec,
+    GenRequest,
+    SamplingSettings,
+)
+from ensemble.engines.hf.engine import HFEngine
 from ensemble.errors import EnsembleError
 
 VOTERS = [None, "v1", "v2", "v3"]
@@ -334,7 +340,7 @@ def test_bad_requests(engine, monkeypatch):
 
 @pytest.fixture(scope="module")
 def smol_adapters(tmp_path_factory):
-    from ensemble.models import resolve_model
+    from ensemble.engines.models import resolve_model
     from ensemble.testing import make_tiny_adapters
 
     base = resolve_model("smollm2")

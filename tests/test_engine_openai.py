@@ -1,4 +1,4 @@
-"""The openai engine: against `vote serve` (ensemble.serve on loopback, port 0) it must give
+"""The openai engine: against `vote serve` (ensemble.serve.app on loopback, port 0) it must give
 exactly the in-process engine's answers; against a vLLM-like stub it must parse echo /
 top-logprob responses into the right scores; errors name the server and the fix."""
 from __future__ import annotations
@@ -6,21 +6,28 @@ from __future__ import annotations
 import json
 import socket
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any
 
 import pytest
-
 from conftest_serve import FakeEngine
-from ensemble.engines.base import ENGINES, ChoiceRequest, EngineSpec, GenRequest, SamplingSettings
+
+from ensemble.engines.base import (
+    ENGINES,
+    ChoiceRequest,
+    EngineSpec,
+    GenRequest,
+    SamplingSettings,
+)
 from ensemble.errors import EnsembleError
-from ensemble.serve import make_server
+from ensemble.serve.app import make_server
 
 MSGS = ({"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "2+2?"})
 
 
 def openai_engine(url: str, adapters: dict[str, str], model: str = "base", **options: Any):
-    from ensemble.engines import openai_engine as _  # noqa: F401  (registers "openai")
+    from ensemble.engines import openai as _  # noqa: F401  (registers "openai")
 
     return ENGINES.get("openai")(EngineSpec(engine="openai", model=model, adapters=adapters,
                                             options={"base_url": url, "max_retries": 0, "timeout": 10, **options}))
@@ -95,7 +102,7 @@ def test_score_choices_over_http_equals_in_process(fake_served):
 
 
 def test_served_names(tmp_path):
-    from ensemble.engines.openai_engine import served_name
+    from ensemble.engines.openai import served_name
 
     assert served_name("v1", "") == "v1"
     assert served_name("v1", str(tmp_path)) == "v1"  # a local PEFT folder: served under the voter name
@@ -161,11 +168,11 @@ class Stub:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 self._reply(200, {"object": "list", "data": [
                     {"id": m, "object": "model", "created": 0, "owned_by": "vllm"} for m in ("a", "base")]})
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 stub.bodies.append((self.path, body))
                 self._reply(*respond(self.path, body))
@@ -247,7 +254,7 @@ def test_cloze_chat_via_vllm_prompt_logprobs(stub_engine):
 
 
 def test_letter_via_top_logprobs(stub_engine):
-    from ensemble.engines.openai_engine import MISSING_LOGPROB
+    from ensemble.engines.openai import MISSING_LOGPROB
 
     stub, remote = stub_engine
     prompt_out, chat_out, bare_out = remote.score_choices([

@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from ensemble.engines.base import ENGINES, ChoiceRequest, EngineSpec, GenRequest, SamplingSettings, softmax
+from ensemble.engines.base import (
+    ENGINES,
+    ChoiceRequest,
+    EngineSpec,
+    GenRequest,
+    SamplingSettings,
+    softmax,
+)
 from ensemble.errors import EnsembleError
 
 FAKE = Path(__file__).parent / "fake_vllm"
@@ -41,7 +48,7 @@ def adapters(tmp_path) -> dict[str, Path]:
 
 
 def build(adapters: dict[str, Path], **options):
-    from ensemble.engines import vllm_engine  # noqa: F401  (registers "vllm")
+    from ensemble.engines import vllm  # noqa: F401  (registers "vllm")
 
     return ENGINES.get("vllm")(EngineSpec(engine="vllm", model="/models/base", adapters=adapters, options=options))
 
@@ -70,7 +77,7 @@ def test_llm_constructor_args(fake_vllm, adapters):
 @pytest.mark.parametrize("ranks, expected", [([1], 1), ([4], 8), ([8], 8), ([9, 2], 16), ([33], 64),
                                              ([257], 320), ([512], 512), ([], 16)])
 def test_max_lora_rank_rounds_up_to_an_allowed_value(tmp_path, ranks, expected):
-    from ensemble.engines.vllm_engine import ALLOWED_LORA_RANKS, max_lora_rank_for
+    from ensemble.engines.vllm import ALLOWED_LORA_RANKS, max_lora_rank_for
 
     paths = [write_adapter(tmp_path, f"x{i}", r) for i, r in enumerate(ranks)]
     assert max_lora_rank_for(paths) == expected
@@ -78,7 +85,7 @@ def test_max_lora_rank_rounds_up_to_an_allowed_value(tmp_path, ranks, expected):
 
 
 def test_rank_pattern_counts(tmp_path):
-    from ensemble.engines.vllm_engine import adapter_rank
+    from ensemble.engines.vllm import adapter_rank
 
     path = write_adapter(tmp_path, "p", 8)
     (path / "adapter_config.json").write_text(json.dumps({"r": 8, "rank_pattern": {"q_proj": 40}}))
@@ -86,14 +93,14 @@ def test_rank_pattern_counts(tmp_path):
 
 
 def test_rank_above_512_is_an_error(tmp_path):
-    from ensemble.engines.vllm_engine import max_lora_rank_for
+    from ensemble.engines.vllm import max_lora_rank_for
 
     with pytest.raises(EnsembleError, match="rank 600 exceeds vLLM's largest max_lora_rank 512"):
         max_lora_rank_for([write_adapter(tmp_path, "big", 600)])
 
 
 def test_adapter_folder_errors(tmp_path):
-    from ensemble.engines.vllm_engine import adapter_rank
+    from ensemble.engines.vllm import adapter_rank
 
     with pytest.raises(EnsembleError, match="adapter_config.json: not found"):
         adapter_rank(tmp_path)
@@ -117,7 +124,7 @@ def test_missing_vllm_message(monkeypatch):
 def test_option_and_spec_errors(fake_vllm, adapters):
     with pytest.raises(EnsembleError, match="option 'max_loras' is set by the engine"):
         build(adapters, max_loras=1)
-    from ensemble.engines import vllm_engine  # noqa: F401
+    from ensemble.engines import vllm  # noqa: F401
 
     with pytest.raises(EnsembleError, match="field 'model' is empty"):
         ENGINES.get("vllm")(EngineSpec(engine="vllm", model=""))
@@ -242,7 +249,7 @@ def test_cloze_moves_trailing_spaces_to_the_option(fake_vllm, adapters):
 
 
 def test_letter_scoring_reads_top20_with_floor(fake_vllm, adapters):
-    from ensemble.engines.vllm_engine import MISSING_LOGPROB
+    from ensemble.engines.vllm import MISSING_LOGPROB
 
     engine = build(adapters)
     t = toy()

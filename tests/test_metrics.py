@@ -1,4 +1,4 @@
-"""Metric maths on hand-written cases (ensemble.metrics): no voting method involved."""
+"""Metric maths on hand-written cases (ensemble.evaluation.metrics): no voting method involved."""
 from __future__ import annotations
 
 import json
@@ -7,10 +7,20 @@ import math
 import numpy as np
 import pytest
 
-from ensemble.matrix import ABSTAIN, from_arrays
-from ensemble.metrics import (bootstrap_accuracy_ci, calibration, error_correlation, jsonable, macro_f1,
-                              mean_pairwise_disagreement, oracle, paired_test, score_decision,
-                              voter_answers, voter_decisions)
+from ensemble.evaluation.metrics import (
+    bootstrap_accuracy_ci,
+    calibration,
+    error_correlation,
+    jsonable,
+    macro_f1,
+    mean_pairwise_disagreement,
+    oracle,
+    paired_test,
+    score_decision,
+    voter_answers,
+    voter_decisions,
+)
+from ensemble.predictions.matrix import ABSTAIN, from_arrays
 
 X = ABSTAIN
 

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from ensemble import models
+from ensemble.engines import models
+from ensemble.engines.models import list_cached, pull_model, resolve_model
 from ensemble.errors import EnsembleError
-from ensemble.models import list_cached, pull_model, resolve_model
 
 MEMBER = "SmolLM2-135M-Instruct.Q4_1.gguf"
 FOLDER = "smollm2-135m-instruct"
@@ -217,7 +217,7 @@ def test_bad_inputs(tmp_path, cache, tiny_model):
 
 def test_engine_loads_a_gguf_file_directly(tiny_model, tiny_gguf):
     from ensemble.engines.base import ENGINES, EngineSpec, GenRequest, SamplingSettings
-    from ensemble.engines import hf  # noqa: F401  (registers "hf")
+    from ensemble.engines.hf import engine  # noqa: F401  (registers "hf")
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -7,8 +7,13 @@ import numpy as np
 import pytest
 
 from ensemble.errors import EnsembleError
-from ensemble.matrix import ABSTAIN
-from ensemble.predictions import build_matrix, load_predictions, read_rows, rows_from_matrix
+from ensemble.predictions.matrix import ABSTAIN
+from ensemble.predictions.rows import (
+    build_matrix,
+    load_predictions,
+    read_rows,
+    rows_from_matrix,
+)
 
 ROWS = [
     {"item": "q1", "voter": "a", "answer": "B", "confidence": 0.9},

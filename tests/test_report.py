@@ -1,15 +1,15 @@
-"""evaluate() / Report (ensemble.report): protocol, contract keys, errors."""
+"""evaluate() / Report (ensemble.evaluation.report): protocol, contract keys, errors."""
 from __future__ import annotations
 
 import json
 
 import numpy as np
 import pytest
-
 from conftest_metrics import synthetic
+
 from ensemble.errors import EnsembleError
-from ensemble.matrix import ABSTAIN, from_arrays
-from ensemble.report import evaluate
+from ensemble.evaluation.report import evaluate
+from ensemble.predictions.matrix import ABSTAIN, from_arrays
 from ensemble.voting import METHODS
 
 X = ABSTAIN
@@ -136,7 +136,8 @@ def test_evaluate_errors() -> None:
 
 
 def test_evaluate_is_reachable_from_metrics() -> None:
-    from ensemble.metrics import Report, evaluate as evaluate_from_metrics
+    from ensemble.evaluation.metrics import Report
+    from ensemble.evaluation.metrics import evaluate as evaluate_from_metrics
     assert evaluate_from_metrics is evaluate and isinstance(evaluate(M), Report)
 
 
@@ -152,8 +153,8 @@ def test_on_error_record_keeps_the_other_methods():
     import numpy as np
 
     from ensemble.errors import EnsembleError
-    from ensemble.matrix import from_arrays
-    from ensemble.report import evaluate
+    from ensemble.evaluation.report import evaluate
+    from ensemble.predictions.matrix import from_arrays
 
     # Both voters always wrong on the dev items -> every fitted log-odds weight is 0.
     labels = np.array([[1, 1], [0, 0], [1, 0], [0, 1]])

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from ensemble.cli import main
-from ensemble.config import load_config
-from ensemble.run import run
+from ensemble.cli.app import main
+from ensemble.config.loader import load_config
+from ensemble.pipeline import run
 
 QUESTIONS = [
     ("Which number is larger?", ["3", "7"], "B"),
@@ -83,8 +83,8 @@ def test_probe_warns_about_an_adapter_that_changes_nothing(tmp_path, tiny_model)
 
 DRIVER = """
 import sys, time
-from ensemble.config import load_config
-from ensemble.run import run
+from ensemble.config.loader import load_config
+from ensemble.pipeline import run
 def slow(event, **info):
     if event == "advance":
         time.sleep(0.3)  # give the test time to kill us between appends
@@ -141,9 +141,10 @@ def test_cli_run_prints_tables_and_errors(tmp_path, tiny_model, tiny_adapters):
 @pytest.mark.parametrize("mode", ["cloze", "generate"])
 def test_vote_run_through_http_equals_in_process(tmp_path, tiny_model, tiny_adapters, mode):
     """The openai engine against `vote serve`'s real local server gives the in-process answers."""
-    from ensemble.engines.base import EngineSpec, build_engine
-    from ensemble.serve import EnsembleHTTPServer
     import threading
+
+    from ensemble.engines.base import EngineSpec, build_engine
+    from ensemble.serve.app import EnsembleHTTPServer
 
     extra = "  mode: generate\n  samples: 2\n  temperature: 0.8\n  max_new_tokens: 6\n" if mode == "generate" else ""
     local = load_config(write_config(tmp_path, tiny_model, tiny_adapters, tmp_path / "local", n=6, run_extra=extra))
@@ -174,10 +175,10 @@ def test_vote_run_through_http_equals_in_process(tmp_path, tiny_model, tiny_adap
 @pytest.mark.parametrize("options", [(["a", "b"], ["c", "d"]), (["a", "b"], ["c", "d", "e"])])
 def test_probe_compares_item_by_item(options):
     """Equal and unequal option counts (equal ones once crashed the probe)."""
-    from ensemble.data import Item
+    from ensemble.data.readers import Item
     from ensemble.engines.base import ChoiceOutput
+    from ensemble.pipeline import probe_adapters
     from ensemble.prompts import get_template
-    from ensemble.run import probe_adapters
 
     class Fake:
         def score_choices(self, reqs):

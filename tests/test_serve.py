@@ -1,4 +1,4 @@
-"""ensemble.serve: the `vllm serve` command line, the OpenAI-compatible routes over an
+"""ensemble.serve.app: the `vllm serve` command line, the OpenAI-compatible routes over an
 in-process engine (loopback, port 0), their error JSON, and the cross-adapter batcher."""
 from __future__ import annotations
 
@@ -8,12 +8,18 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-
 from conftest_serve import FakeEngine, http
+
 from ensemble.engines.base import ChoiceRequest, GenRequest, SamplingSettings
 from ensemble.errors import EnsembleError
-from ensemble.serve import (Batcher, EnsembleHTTPServer, make_server, max_lora_rank_for, run_server,
-                            vllm_serve_command)
+from ensemble.serve.app import (
+    Batcher,
+    EnsembleHTTPServer,
+    make_server,
+    max_lora_rank_for,
+    run_server,
+    vllm_serve_command,
+)
 
 
 @pytest.fixture

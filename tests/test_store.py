@@ -6,7 +6,7 @@ import json
 import pytest
 
 from ensemble.errors import EnsembleError
-from ensemble.store import PredictionStore, fingerprint
+from ensemble.predictions.store import PredictionStore, fingerprint
 
 SETTINGS = {"model": "m", "mode": "cloze"}
 

@@ -7,9 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from ensemble.data import Item, read_gold
+from ensemble.data.readers import Item, read_gold
 from ensemble.errors import EnsembleError
-from ensemble.submission import FALLBACKS, SubmissionReport, validate_submission, write_answers
+from ensemble.evaluation.submission import (
+    FALLBACKS,
+    SubmissionReport,
+    validate_submission,
+    write_answers,
+)
 
 DATA = Path(__file__).parent / "data"
 TEMPLATE = DATA / "logic_nested_test.jsonl"

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ensemble.config import load_config
-from ensemble.data import Item
+from ensemble.config.loader import load_config
+from ensemble.config.schema import GridConfig, VariantConfig
+from ensemble.data.readers import Item
 from ensemble.errors import EnsembleError
-from ensemble.schema import GridConfig, VariantConfig
 from ensemble.training.grid import Variant, expand_grid, parse_split
 from ensemble.training.splits import SPLITS, problem_groups, problem_key, split_indices
 
@@ -230,7 +230,7 @@ NAMES = ["s0-r4-attn-full-lora", "s1-r4-attn-full-lora", "boot"]
 # The killed run stops inside the second variant: after its 2nd step it sleeps until killed.
 KILLED_RUN = """
 import sys, time, pathlib
-from ensemble.config import load_config
+from ensemble.config.loader import load_config
 from ensemble.training import train_grid
 def progress(event, **info):
     if event == "step" and info["name"] == "s1-r4-attn-full-lora" and info["step"] == 2:
@@ -327,7 +327,7 @@ def test_grid_trains_every_variant_into_the_manifest(setup, uninterrupted):
         ("done", "adapters/s0-r4-attn-full-lora", 16, 4)  # 10 problems x 2, 2 problems held out
     assert [p[0] for p in entry["loss_curve"]] == [1, 2, 3]
     assert entry["settings"]["rank"] == 4 and entry["settings"]["recipe"]["learning_rate"] == 0.01
-    problem = lambda i: i.split("#")[0]  # noqa: E731
+    problem = lambda i: i.split("#")[0]
     for e in on_disk.variants.values():  # whole problems on each side
         assert not {problem(i) for i in e["train_ids"]} & {problem(i) for i in e["heldout_ids"]}
     assert set(heldout_accuracies(on_disk)) == set(NAMES)

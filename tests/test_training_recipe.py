@@ -8,13 +8,22 @@ from pathlib import Path
 import pytest
 import torch
 
-from ensemble.data import ChatExample, Item
+from ensemble.config.schema import GridConfig, TrainConfig, VariantConfig
+from ensemble.data.readers import ChatExample, Item
 from ensemble.prompts import get_template
-from ensemble.schema import GridConfig, TrainConfig, VariantConfig
 from ensemble.testing import make_tiny_model
 from ensemble.training.grid import expand_grid
-from ensemble.training.recipe import (answer_logprobs, answer_loss, build_examples, collate, encode, evaluate,
-                                      load_lora_model, train_variant, trainer_batch)
+from ensemble.training.recipe import (
+    answer_logprobs,
+    answer_loss,
+    build_examples,
+    collate,
+    encode,
+    evaluate,
+    load_lora_model,
+    train_variant,
+    trainer_batch,
+)
 
 
 def yes_items(n: int, seed: int = 0) -> list[Item]:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ensemble.errors import EnsembleError
-from ensemble.matrix import ABSTAIN, VoteMatrix, from_arrays
+from ensemble.predictions.matrix import ABSTAIN, VoteMatrix, from_arrays
 from ensemble.voting import METHODS, vote
 from ensemble.voting.confidence import confidence, top_share
 from ensemble.voting.dawid_skene import dawid_skene

@@ -16,10 +16,11 @@ they are registered by name in ``ENGINES`` and built with ``build_engine``.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Protocol, Sequence, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
-from ..registry import Registry
+from ensemble.registry import Registry
 
 Message = dict[str, str]  # {"role": "system"|"user"|"assistant", "content": str}
 
@@ -129,7 +130,8 @@ ENGINES: Registry[EngineFactory] = Registry("engine")
 
 def build_engine(spec: EngineSpec) -> Engine:
     """Build the named engine. Engine modules import heavy libraries lazily."""
-    from . import hf, openai_engine, vllm_engine  # noqa: F401  (register factories)
+    from ensemble.engines import openai, vllm  # noqa: F401
+    from ensemble.engines.hf import engine  # noqa: F401  (register factories)
 
     return ENGINES.get(spec.engine)(spec)
 

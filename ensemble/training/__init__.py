@@ -21,19 +21,38 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
-from ..config import to_dict
-from ..data import ChatExample, Item
-from ..errors import EnsembleError
-from ..schema import Config, TrainConfig
-from .adapters import AdapterInfo, check_adapter, load_voters, register_adapter
-from .grid import Variant, expand_grid
-from .manifest import (Manifest, adapter_paths, base_model_info, heldout_accuracies, ids_fields,
-                       load_manifest, open_manifest, write_manifest)
-from .recipe import Example, VariantResult, build_examples, train_variant
-from .splits import problem_groups, problem_key, split_indices
+from ensemble.config.loader import to_dict
+from ensemble.config.schema import Config, TrainConfig
+from ensemble.data.readers import ChatExample, Item
+from ensemble.errors import EnsembleError
+from ensemble.training.adapters import (
+    AdapterInfo,
+    check_adapter,
+    load_voters,
+    register_adapter,
+)
+from ensemble.training.grid import Variant, expand_grid
+from ensemble.training.manifest import (
+    Manifest,
+    adapter_paths,
+    base_model_info,
+    heldout_accuracies,
+    ids_fields,
+    load_manifest,
+    open_manifest,
+    write_manifest,
+)
+from ensemble.training.recipe import (
+    Example,
+    VariantResult,
+    build_examples,
+    train_variant,
+)
+from ensemble.training.splits import problem_groups, problem_key, split_indices
 
 __all__ = ["AdapterInfo", "Example", "Manifest", "Variant", "VariantResult", "adapter_paths", "build_examples",
            "check_adapter", "expand_grid", "heldout_accuracies", "load_manifest", "load_training_rows",
@@ -47,7 +66,12 @@ _NOT_RECIPE = ("grid", "eval_every")
 
 def load_training_rows(cfg: Config, out: Path) -> list[Item | ChatExample]:
     """The training file (or the generated benchmark's train split), first ``data.limit`` problems."""
-    from ..data import CHAT_FORMATS, read_chat_examples, read_items, read_rows
+    from ensemble.data.readers import (
+        CHAT_FORMATS,
+        read_chat_examples,
+        read_items,
+        read_rows,
+    )
 
     data = cfg.data
     path = Path(data.train) if data.train else None
@@ -98,8 +122,8 @@ def _remove_partial(out: Path) -> None:
 
 def train_grid(cfg: Config, *, progress: Callable[..., None] | None = None) -> Manifest:
     """Train every variant of ``cfg.train.grid`` into ``cfg.out`` (resuming); return the manifest."""
-    from ..models import resolve_model
-    from ..prompts import get_template
+    from ensemble.engines.models import resolve_model
+    from ensemble.prompts import get_template
 
     progress = progress or (lambda event, **info: None)
     out = Path(cfg.out)

@@ -22,8 +22,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from ..errors import EnsembleError
-from ..io import atomic_write_text
+from ensemble.errors import EnsembleError
+from ensemble.io import atomic_write_text
 
 VOTERS = "voters.json"
 # Which axis of each saved LoRA tensor holds the base layer's in / out features:
@@ -164,7 +164,7 @@ def register_adapter(out_dir: str | Path, path: str | Path, name: str | None = N
 
     ``base`` defaults to the base model recorded in ``<out>/manifest.json``.
     """
-    from .manifest import load_manifest
+    from ensemble.training.manifest import load_manifest
 
     out_dir, path = Path(out_dir), Path(path).resolve()
     if base is None:

@@ -19,12 +19,13 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from typing import Any
 
-from ..config import ConfigError
-from ..errors import EnsembleError
-from ..schema import GridConfig, VariantConfig
+from ensemble.config.loader import ConfigError
+from ensemble.config.schema import GridConfig, VariantConfig
+from ensemble.errors import EnsembleError
 
 ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")
@@ -111,7 +112,7 @@ def modules_name(modules: tuple[str, ...]) -> str:
     return "".join(short) if all(len(s) == 1 for s in short) else "_".join(short)
 
 
-def split_name(kind: str, param: int | float | None, index: int) -> str:
+def split_name(kind: str, param: float | None, index: int) -> str:
     if kind in ("kfold", "shard"):
         return f"{kind}{param}.{index}"
     if kind == "subsample":
@@ -120,7 +121,7 @@ def split_name(kind: str, param: int | float | None, index: int) -> str:
 
 
 def variant_name(seed: int, rank: int, modules: tuple[str, ...], kind: str,
-                 param: int | float | None, index: int, flavour: str, prompt: str | None) -> str:
+                 param: float | None, index: int, flavour: str, prompt: str | None) -> str:
     parts = [f"s{seed}", f"r{rank}", modules_name(modules), split_name(kind, param, index), flavour]
     if prompt is not None:
         parts.append(prompt)

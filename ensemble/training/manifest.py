@@ -21,13 +21,14 @@ import dataclasses
 import datetime as _dt
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from .. import __version__
-from ..errors import EnsembleError
-from ..io import atomic_write_text
+from ensemble import __version__
+from ensemble.errors import EnsembleError
+from ensemble.io import atomic_write_text
 
 MANIFEST = "manifest.json"
 MAX_STORED_IDS = 50_000
@@ -40,7 +41,7 @@ class Manifest:
     created: str = ""
     ensemble_version: str = __version__
 
-    def with_variant(self, name: str, entry: dict[str, Any]) -> "Manifest":
+    def with_variant(self, name: str, entry: dict[str, Any]) -> Manifest:
         return dataclasses.replace(self, variants={**self.variants, name: entry})
 
     def done(self) -> dict[str, dict[str, Any]]:

@@ -34,16 +34,17 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
-from ..data import ChatExample, Item
-from ..errors import EnsembleError
-from ..schema import TrainConfig
-from .grid import Variant
+from ensemble.config.schema import TrainConfig
+from ensemble.data.readers import ChatExample, Item
+from ensemble.errors import EnsembleError
+from ensemble.training.grid import Variant
 
 log = logging.getLogger(__name__)
 Message = dict[str, str]
@@ -80,7 +81,12 @@ class VariantResult:
 
 def build_examples(rows: Sequence[Item | ChatExample], template: Any, mode: str) -> list[Example]:
     """Items -> prompt + target + scored choices; ChatExamples keep their own target."""
-    from ..prompts import choice_continuations, render_messages, scoring_prefix, training_target
+    from ensemble.prompts import (
+        choice_continuations,
+        render_messages,
+        scoring_prefix,
+        training_target,
+    )
 
     out = []
     for row in rows:
@@ -189,7 +195,7 @@ def evaluate(model: Any, tok: Any, heldout: Sequence[Example], *, batch_size: in
     (no choices) are scored by the NLL of their whole answer (target + EOS)."""
     import torch
 
-    from ..engines.hf_score import ScoreRow, score_cloze
+    from ensemble.engines.hf.score import ScoreRow, score_cloze
 
     if not heldout:
         return None, None, []
@@ -203,7 +209,7 @@ def evaluate(model: Any, tok: Any, heldout: Sequence[Example], *, batch_size: in
         rows.append(ScoreRow(prefix=context, adapter="variant", options=conts))
     order = sorted(range(len(rows)), key=lambda i: len(rows[i].prefix))
     chat = [encode(tok, ex, max_length) for ex in heldout if not ex.choices]
-    forward = lambda adapters, **kwargs: model(**kwargs)  # noqa: E731  (one model, no adapter switching)
+    forward = lambda adapters, **kwargs: model(**kwargs)
     nll, n = 0.0, 0
     with torch.no_grad(), autocast():
         for i in range(0, len(order), batch_size):
@@ -336,7 +342,12 @@ def _fit_hf(model: Any, tok: Any, variant: Variant, train: list[tuple[list[int],
     The loss is the model's own, made answer-only by ``trainer_batch``."""
     import tempfile
 
-    from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+    from transformers import (
+        PrinterCallback,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
 
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     rows = [{"input_ids": ids, "n_answer": n} for ids, n in train]
@@ -344,12 +355,12 @@ def _fit_hf(model: Any, tok: Any, variant: Variant, train: list[tuple[list[int],
     evals: list = []
 
     class Hooks(TrainerCallback):  # Trainer's extension point; the only class we need
-        def on_log(self, args, state, control, logs=None, **kw):  # noqa: ANN001
+        def on_log(self, args, state, control, logs=None, **kw):
             if logs and "loss" in logs:  # logging_steps=1: once per optimizer step
                 progress("step", name=variant.name, step=state.global_step, total=n_steps,
                          loss=float(logs["loss"]), lr=float(logs.get("learning_rate", 0.0)))
 
-        def on_step_end(self, args, state, control, **kw):  # noqa: ANN001
+        def on_step_end(self, args, state, control, **kw):
             if cfg.eval_every and state.global_step % cfg.eval_every == 0 and state.global_step < n_steps:
                 evals.append(_eval_point(model, tok, variant, heldout, cfg, state.global_step, autocast, progress))
 
@@ -362,7 +373,7 @@ def _fit_hf(model: Any, tok: Any, variant: Variant, train: list[tuple[list[int],
             logging_steps=1, save_strategy="no", report_to=[], seed=variant.seed, data_seed=variant.seed,
             disable_tqdm=True, remove_unused_columns=False, train_sampling_strategy="group_by_length",
             dataloader_num_workers=0)
-        collator = lambda rows: trainer_batch([(r["input_ids"], r["n_answer"]) for r in rows], pad)  # noqa: E731
+        collator = lambda rows: trainer_batch([(r["input_ids"], r["n_answer"]) for r in rows], pad)
         trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=collator, callbacks=[Hooks()])
         trainer.remove_callback(PrinterCallback)  # it prints every log line; we return data
         trainer.train()

@@ -21,13 +21,14 @@ train indices repeat rows drawn more than once.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
-from ..errors import EnsembleError
-from ..registry import Registry
-from .grid import Variant
+from ensemble.errors import EnsembleError
+from ensemble.registry import Registry
+from ensemble.training.grid import Variant
 
 # fn(n_groups, param, index, rng_seed, heldout_fraction) -> (train groups, held-out groups)
 SplitFn = Callable[[int, "int | float | None", int, int, float], tuple[np.ndarray, np.ndarray]]
@@ -66,7 +67,7 @@ def split_indices(variant: Variant, n: int, seed: int | None = None, *, groups: 
     order = np.argsort(codes, kind="stable")
     starts = np.searchsorted(codes[order], np.arange(n_groups + 1))
     rows_of = [order[starts[g]:starts[g + 1]] for g in range(n_groups)]
-    take = lambda gs: np.sort(np.concatenate([rows_of[g] for g in gs] or [np.empty(0, np.int64)]))  # noqa: E731
+    take = lambda gs: np.sort(np.concatenate([rows_of[g] for g in gs] or [np.empty(0, np.int64)]))
     return take(train_g).astype(np.int64), take(held_g).astype(np.int64)
 
 

@@ -7,21 +7,22 @@ Every method has the signature::
 ``dev`` is an (I,) bool mask of items whose gold answers the method may *fit* on
 (weighted with fitted weights, select, stack). Methods that need it raise
 EnsembleError when it is missing; methods that do not, ignore it. Metrics are then
-reported on the items outside ``dev`` only (see ensemble.metrics).
+reported on the items outside ``dev`` only (see ensemble.evaluation.metrics).
 
 Every method returns ``Decision(labels (I,), scores (I, C), info)`` and breaks ties
-with ``ensemble.matrix.argmax_with_ties`` (the class that sorts first wins).
+with ``ensemble.predictions.matrix.argmax_with_ties`` (the class that sorts first wins).
 """
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
-from ..matrix import Decision, VoteMatrix
-from ..errors import EnsembleError
-from ..registry import Registry, unknown_name
+from ensemble.errors import EnsembleError
+from ensemble.predictions.matrix import Decision, VoteMatrix
+from ensemble.registry import Registry, unknown_name
 
 MethodFn = Callable[..., Decision]
 METHODS: Registry[MethodFn] = Registry("voting method")
@@ -44,6 +45,6 @@ def check_options(method: str, fn: MethodFn, options: dict[str, Any]) -> None:
 
 
 # Importing the modules registers the methods (order = order shown in reports).
-from . import majority, weighted, confidence, select, stack, dawid_skene  # noqa: E402,F401
+from ensemble.voting import confidence, dawid_skene, majority, select, stack, weighted  # noqa: F401
 
-__all__ = ["METHODS", "vote", "MethodFn"]
+__all__ = ["METHODS", "MethodFn", "vote"]

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import EnsembleError
-from ..matrix import ABSTAIN, Decision, VoteMatrix, decide
-from . import METHODS
-from .weighted import weighted_decision
+from ensemble.errors import EnsembleError
+from ensemble.predictions.matrix import ABSTAIN, Decision, VoteMatrix, decide
+from ensemble.voting import METHODS
+from ensemble.voting.weighted import weighted_decision
 
 # top_fraction * n is computed in floating point (0.7 * 10 = 7.000000000000001);
 # subtract a hair before ceil so exact products are not rounded up.

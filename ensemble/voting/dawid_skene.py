@@ -27,10 +27,10 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from ..errors import EnsembleError
-from ..matrix import ABSTAIN, Decision, VoteMatrix, decide
-from . import METHODS
-from .majority import majority
+from ensemble.errors import EnsembleError
+from ensemble.predictions.matrix import ABSTAIN, Decision, VoteMatrix, decide
+from ensemble.voting import METHODS
+from ensemble.voting.majority import majority
 
 _MAX_CODES = 1 << 16   # codes per block: table rows (and N columns) stay small
 

@@ -2,7 +2,7 @@
 
 The baseline every other method is measured against, and the right default when
 nothing is known about the voters (no dev gold, no confidences). Ties go to the
-class that sorts first (``ensemble.matrix.argmax_with_ties``); items on which every
+class that sorts first (``ensemble.predictions.matrix.argmax_with_ties``); items on which every
 vote abstains stay ABSTAIN.
 
 ``samples`` says how a voter's S samples per item count:
@@ -16,10 +16,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import EnsembleError
-from ..matrix import ABSTAIN, Decision, VoteMatrix, argmax_with_ties, decide, support
-from ..registry import unknown_name
-from . import METHODS
+from ensemble.errors import EnsembleError
+from ensemble.predictions.matrix import (
+    ABSTAIN,
+    Decision,
+    VoteMatrix,
+    argmax_with_ties,
+    decide,
+    support,
+)
+from ensemble.registry import unknown_name
+from ensemble.voting import METHODS
 
 SAMPLE_MODES = ("each", "voter")
 

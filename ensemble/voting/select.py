@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import EnsembleError
-from ..matrix import Decision, VoteMatrix, argmax_with_ties, support
-from . import METHODS
-from .weighted import dev_items, weighted
+from ensemble.errors import EnsembleError
+from ensemble.predictions.matrix import Decision, VoteMatrix, argmax_with_ties, support
+from ensemble.voting import METHODS
+from ensemble.voting.weighted import dev_items, weighted
 
 
 def greedy_counts(per_voter: np.ndarray, gold: np.ndarray, max_rounds: int, init: int = 0) -> list[int]:

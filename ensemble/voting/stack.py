@@ -21,11 +21,11 @@ import numpy as np
 from scipy.optimize import minimize
 from scipy.special import logsumexp
 
-from ..errors import EnsembleError
-from ..matrix import ABSTAIN, Decision, VoteMatrix, decide, support
-from ..registry import unknown_name
-from . import METHODS
-from .weighted import dev_items
+from ensemble.errors import EnsembleError
+from ensemble.predictions.matrix import ABSTAIN, Decision, VoteMatrix, decide, support
+from ensemble.registry import unknown_name
+from ensemble.voting import METHODS
+from ensemble.voting.weighted import dev_items
 
 FEATURES = ("auto", "probs", "votes")
 _P_MIN = 1e-6          # log(0) would be -inf: a voter sure that c is wrong vetoes c forever

@@ -22,14 +22,15 @@ the one tie rule: the class that sorts first wins.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from ..errors import EnsembleError
-from ..matrix import ABSTAIN, Decision, VoteMatrix, decide, support
-from . import METHODS
-from .majority import vote_labels
+from ensemble.errors import EnsembleError
+from ensemble.predictions.matrix import ABSTAIN, Decision, VoteMatrix, decide, support
+from ensemble.voting import METHODS
+from ensemble.voting.majority import vote_labels
 
 # An accuracy of exactly 1 (or 0) would give an infinite log-odds; cap it here.
 _P_EPS = 1e-6

@@ -9,7 +9,8 @@ from __future__ import annotations
 import math
 import re
 import zlib
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 VOCAB: list[str] = ["<s>", "</s>"] + [chr(c) for c in range(32, 127)] + ["\n"]
 BOS, EOS = 0, 1

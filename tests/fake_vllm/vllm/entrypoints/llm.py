@@ -4,8 +4,9 @@ from __future__ import annotations
 import json
 import math
 import random
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .._toy import EOS, VOCAB, ToyTokenizer, next_logprobs
 from ..logprobs import Logprob
@@ -21,7 +22,7 @@ _ENGINE_ARGS = {"dtype", "gpu_memory_utilization", "max_model_len", "enforce_eag
 
 
 class LLM:
-    instances: list["LLM"] = []  # every LLM built, newest last (tests read the calls here)
+    instances: list[LLM] = []  # every LLM built, newest last (tests read the calls here)
 
     def __init__(self, model: str, *, seed: int = 0, enable_lora: bool = False, max_loras: int = 1,
                  max_lora_rank: int = 16, max_cpu_loras: int | None = None, max_logprobs: int = 20,

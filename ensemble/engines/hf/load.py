@@ -1,7 +1,7 @@
 """Loading for the HF engine: one base model, K PEFT LoRA adapters on top of it.
 
 ``load_model(spec_model, dtype, device)`` accepts a local HF folder, a ``.gguf``
-file, a bundled name (``ensemble.models``: "smollm2") or, when nothing local
+file, a bundled name (``ensemble.engines.models``: "smollm2") or, when nothing local
 matches, a hub id (only if the hub is reachable). ``attach_adapters`` wraps the
 base once in a ``PeftModel`` and loads every adapter under its voter name, so all
 voters share the base weights (memory grows by the LoRA matrices only).
@@ -13,8 +13,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..errors import EnsembleError
-from ..models import MODELS, resolve_model
+from ensemble.engines.models import MODELS, resolve_model
+from ensemble.errors import EnsembleError
 
 log = logging.getLogger(__name__)
 

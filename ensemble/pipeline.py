@@ -17,18 +17,26 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
-from .config import to_dict
-from .data import Item
-from .engines.base import ChoiceRequest, Engine, EngineSpec, GenRequest, SamplingSettings, build_engine
-from .errors import EnsembleError
-from .schema import Config
-from .store import PredictionStore, fingerprint
+from ensemble.config.loader import to_dict
+from ensemble.config.schema import Config
+from ensemble.data.readers import Item
+from ensemble.engines.base import (
+    ChoiceRequest,
+    Engine,
+    EngineSpec,
+    GenRequest,
+    SamplingSettings,
+    build_engine,
+)
+from ensemble.errors import EnsembleError
+from ensemble.predictions.store import PredictionStore, fingerprint
 
 Progress = Callable[..., None]  # progress(event, **info); the CLI renders it with rich
 BASE_VOTER = "base"
@@ -38,7 +46,7 @@ BASE_VOTER = "base"
 class RunResult:
     out: Path
     matrix: Any  # VoteMatrix
-    report: Any  # ensemble.metrics.Report
+    report: Any  # ensemble.evaluation.metrics.Report
     n_new_rows: int
     abstain_counts: dict[str, int]
     dev: np.ndarray | None = None  # (I,) bool: items the fitted methods fitted on (not scored)
@@ -49,7 +57,7 @@ class RunResult:
 # -- items -------------------------------------------------------------------
 def load_split_items(cfg: Config, splits: Sequence[str]) -> dict[str, list[Item]]:
     """Items of each requested split; generates the bundled benchmark when configured."""
-    from .data import read_items
+    from ensemble.data.readers import read_items
 
     paths = data_paths(cfg)
     out: dict[str, list[Item]] = {}
@@ -92,7 +100,7 @@ def resolve_voters(cfg: Config) -> dict[str, str | None]:
         for name, v in data.get("variants", {}).items():
             if v.get("status") == "done":
                 voters[name] = str(out_dir / v["adapter"])
-    from .training.adapters import load_voters
+    from ensemble.training.adapters import load_voters
 
     voters.update(load_voters(out_dir))  # registered with `vote adapters add`
     voters.update(cfg.voters)
@@ -133,7 +141,7 @@ def pending(store: PredictionStore, items: Sequence[Item], voters: Sequence[str]
 def ask(engine: Engine, cfg: Config, work: Sequence[tuple[Item, str]], voters: dict[str, str | None],
         template: Any, extractor: Any) -> list[dict[str, Any]]:
     """Ask one chunk of (item, voter) pairs; return prediction rows (all samples)."""
-    from .prompts import choice_continuations, render_messages, scoring_prefix
+    from ensemble.prompts import choice_continuations, render_messages, scoring_prefix
 
     r = cfg.run
     adapter = {name: (None if path is None else name) for name, path in voters.items()}
@@ -181,7 +189,7 @@ def _renormalise(probs: dict[str, float]) -> dict[str, float]:
 def probe_adapters(engine: Engine, items: Sequence[Item], voters: dict[str, str | None], template: Any,
                    mode: str) -> list[str]:
     """Warn about adapters whose outputs equal the base model's (an adapter silently ignored)."""
-    from .prompts import choice_continuations, render_messages, scoring_prefix
+    from ensemble.prompts import choice_continuations, render_messages, scoring_prefix
 
     probe_items = [it for it in items if it.options][:2] or list(items[:2])
     named = [v for v, p in voters.items() if p is not None]
@@ -208,9 +216,9 @@ def probe_adapters(engine: Engine, items: Sequence[Item], voters: dict[str, str 
 def run(cfg: Config, *, restart: bool = False, progress: Progress | None = None,
         engine: Engine | None = None) -> RunResult:
     """Answer every split item with every voter (resuming), then vote and evaluate."""
-    from .extraction import build_extractor
-    from .models import resolve_model
-    from .prompts import get_template
+    from ensemble.engines.models import resolve_model
+    from ensemble.extraction import build_extractor
+    from ensemble.prompts import get_template
 
     emit = progress or (lambda event, **info: None)
     out = Path(cfg.out)
@@ -248,8 +256,8 @@ def run(cfg: Config, *, restart: bool = False, progress: Progress | None = None,
 def finish(cfg: Config, store: PredictionStore, splits: dict[str, list[Item]], voters: dict[str, str | None],
            n_new: int, warnings: list[str]) -> RunResult:
     """Stored rows -> vote matrix -> every method -> report (+ submission)."""
-    from .metrics import evaluate
-    from .predictions import build_matrix
+    from ensemble.evaluation.metrics import evaluate
+    from ensemble.predictions.rows import build_matrix
 
     items = {it.id: it for split_items in splits.values() for it in split_items}
     rows = [r for r in store.rows if r["item"] in items and r["voter"] in voters]
@@ -271,7 +279,7 @@ def finish(cfg: Config, store: PredictionStore, splits: dict[str, list[Item]], v
     result = RunResult(out=out, matrix=m, report=report, n_new_rows=n_new, abstain_counts=abstain,
                        dev=dev, warnings=warnings)
     if cfg.run.submission:
-        from .submission import write_answers
+        from ensemble.evaluation.submission import write_answers
 
         test_ids = {it.id for it in splits.get("test", [])}
         answers = {k: v for k, v in report.answers(cfg.run.submission_method).items() if k in test_ids}
@@ -293,7 +301,7 @@ def engine_defaults(cfg: Config) -> dict[str, Any]:
 
 def manifest_weights(cfg: Config, m: Any) -> dict[str, float]:
     """`weighted` weights from the training manifest's held-out accuracies (log-odds)."""
-    from .voting.weighted import log_odds_weights
+    from ensemble.voting.weighted import log_odds_weights
 
     data = json.loads((Path(cfg.out) / "manifest.json").read_text(encoding="utf-8"))
     acc = {n: v.get("heldout_accuracy") for n, v in data.get("variants", {}).items()}
@@ -306,6 +314,6 @@ def manifest_weights(cfg: Config, m: Any) -> dict[str, float]:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    from .io import atomic_write_text
+    from ensemble.io import atomic_write_text
 
     atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False))

@@ -16,12 +16,13 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
-from .errors import EnsembleError, where
-from .registry import Registry
+from ensemble.errors import EnsembleError, where
+from ensemble.registry import Registry
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 

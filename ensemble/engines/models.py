@@ -27,8 +27,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import EnsembleError
-from .registry import Registry, unknown_name
+from ensemble.errors import EnsembleError
+from ensemble.registry import Registry, unknown_name
 
 log = logging.getLogger(__name__)
 

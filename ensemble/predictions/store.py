@@ -15,13 +15,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
-from .errors import EnsembleError
-from .io import atomic_write_text
-from .predictions import Key, Row
-
+from ensemble.errors import EnsembleError
+from ensemble.io import atomic_write_text
+from ensemble.predictions.rows import Key, Row
 
 VOTERS_KEY = "voter_fingerprints"
 
@@ -51,7 +51,7 @@ class PredictionStore:
 
     @classmethod
     def open(cls, path: str | Path, settings: Mapping[str, Any], *, restart: bool = False,
-             voters: Mapping[str, str] | None = None) -> "PredictionStore":
+             voters: Mapping[str, str] | None = None) -> PredictionStore:
         """Open (or create) the store; refuse if it was made with other settings, or if a
         voter in ``voters`` (name -> fingerprint) has stored rows made by another version."""
         path = Path(path)

@@ -36,16 +36,32 @@ import gc
 import logging
 import os
 import time
-from typing import Any, Callable, Sequence, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
-from ..errors import EnsembleError
-from ..registry import unknown_name
-from .base import (ENGINES, ChoiceOutput, ChoiceRequest, EngineSpec, GenOutput, GenRequest, Sample,
-                   SamplingSettings, softmax)
-from .hf_generate import GenRow, decode_batch
-from .hf_load import (attach_adapters, contiguous_lm_head, load_model, pick_device, pick_dtype)
-from .hf_lora import StackedLoRA, Unsupported
-from .hf_score import ScoreRow, score_cloze, score_letters
+from ensemble.engines.base import (
+    ENGINES,
+    ChoiceOutput,
+    ChoiceRequest,
+    EngineSpec,
+    GenOutput,
+    GenRequest,
+    Sample,
+    SamplingSettings,
+    softmax,
+)
+from ensemble.engines.hf.generate import GenRow, decode_batch
+from ensemble.engines.hf.load import (
+    attach_adapters,
+    contiguous_lm_head,
+    load_model,
+    pick_device,
+    pick_dtype,
+)
+from ensemble.engines.hf.lora import StackedLoRA, Unsupported
+from ensemble.engines.hf.score import ScoreRow, score_cloze, score_letters
+from ensemble.errors import EnsembleError
+from ensemble.registry import unknown_name
 
 log = logging.getLogger(__name__)
 BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
@@ -88,7 +104,7 @@ class HFEngine:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     @classmethod
-    def from_spec(cls, spec: EngineSpec) -> "HFEngine":
+    def from_spec(cls, spec: EngineSpec) -> HFEngine:
         opts = dict(spec.options)
         for key in opts:
             if key not in OPTIONS:
@@ -101,7 +117,7 @@ class HFEngine:
 
     @classmethod
     def from_model(cls, model: Any, tokenizer: Any, adapters: dict[str, str] | None = None,
-                   **options: Any) -> "HFEngine":
+                   **options: Any) -> HFEngine:
         """An engine over a model already in memory (tests, notebooks); adapters: name -> PEFT folder."""
         param = next(model.parameters())
         device = str(param.device)

@@ -10,12 +10,13 @@ i.e. the model's own probability of the chosen token, as OpenAI/vLLM report them
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
-from .base import SamplingSettings
+from ensemble.engines.base import SamplingSettings
 
 Forward = Callable[..., Any]  # forward(adapters: list[str], **model_kwargs) -> model output
 

@@ -13,17 +13,25 @@ accuracy, F1, calibration and the paired test are then absent.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from .errors import EnsembleError
-from .matrix import ABSTAIN, Decision, VoteMatrix
-from .metrics import (error_correlation, jsonable, mean_pairwise_disagreement, oracle, paired_test,
-                      score_decision, voter_decisions)
-from .registry import unknown_name
-from .voting import METHODS, vote
+from ensemble.errors import EnsembleError
+from ensemble.evaluation.metrics import (
+    error_correlation,
+    jsonable,
+    mean_pairwise_disagreement,
+    oracle,
+    paired_test,
+    score_decision,
+    voter_decisions,
+)
+from ensemble.predictions.matrix import ABSTAIN, Decision, VoteMatrix
+from ensemble.registry import unknown_name
+from ensemble.voting import METHODS, vote
 
 
 @dataclass(frozen=True, eq=False)

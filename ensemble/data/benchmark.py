@@ -14,23 +14,22 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from functools import lru_cache
+from functools import cache
 from itertools import permutations
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
-from .data import LETTERS
-from .errors import EnsembleError
-from .registry import Registry
+from ensemble.data.readers import LETTERS
+from ensemble.errors import EnsembleError
+from ensemble.registry import Registry
 
 ZH_SHARE = 0.25  # fraction of problems written in Chinese
 MAX_RETRIES = 1000  # duplicate problem texts in a row before giving up
 
-EN_NAMES = ("Anna Ben Carl Dora Emma Frank Grace Henry Iris Jack Kate Leo Mia Nora Oscar Paul Quinn Rosa "
-            "Sam Tina Uma Victor Wendy Yara Zoe Adam Bella Chris Diana Ethan Fiona George Hannah Ivan "
-            "Julia Kevin Laura Mark Nina Owen").split()
+EN_NAMES = ["Anna", "Ben", "Carl", "Dora", "Emma", "Frank", "Grace", "Henry", "Iris", "Jack", "Kate", "Leo", "Mia", "Nora", "Oscar", "Paul", "Quinn", "Rosa", "Sam", "Tina", "Uma", "Victor", "Wendy", "Yara", "Zoe", "Adam", "Bella", "Chris", "Diana", "Ethan", "Fiona", "George", "Hannah", "Ivan", "Julia", "Kevin", "Laura", "Mark", "Nina", "Owen"]
 ZH_NAMES = tuple("小" + c for c in "明红刚丽华军芳强梅亮杰玲兰伟雪东静龙燕平娟峰敏勇琳波月林婷涛")
 UNDECIDED = {False: "cannot be decided", True: "无法确定"}
 
@@ -182,10 +181,8 @@ def _arith(rng: random.Random, zh: bool) -> tuple[str, list[Question]]:
 #    Venn models: which of the 8 regions of three sets are non-empty, and the region
 #    the named individual is in. Every set is taken to be non-empty.
 
-TERMS_EN = ("wug blicket fep zorp glim tove florp quib vorn mib snerk plonk brill trog yem zib krell "
-            "dorf gimble norp").split()
-TERMS_ZH = tuple("卢姆 塔克 菲普 佐尔 格林 多克 米布 维恩 奎布 弗洛 "
-                 "布利 赞特 莫克 帕奇 索伦 提格 库伦 纳布 洛普 贝克".split())
+TERMS_EN = ["wug", "blicket", "fep", "zorp", "glim", "tove", "florp", "quib", "vorn", "mib", "snerk", "plonk", "brill", "trog", "yem", "zib", "krell", "dorf", "gimble", "norp"]
+TERMS_ZH = tuple(["卢姆", "塔克", "菲普", "佐尔", "格林", "多克", "米布", "维恩", "奎布", "弗洛", "布利", "赞特", "莫克", "帕奇", "索伦", "提格", "库伦", "纳布", "洛普", "贝克"])
 SAY_EN = {"all": "All {x}s are {y}s.", "no": "No {x}s are {y}s.", "some": "Some {x}s are {y}s.",
           "some_not": "Some {x}s are not {y}s.", "is": "{n} is a {x}.", "is_not": "{n} is not a {x}."}
 SAY_ZH = {"all": "所有{x}都是{y}。", "no": "没有{x}是{y}。", "some": "有些{x}是{y}。",
@@ -197,7 +194,7 @@ VERDICTS = {False: ("yes", "no", "cannot be decided"), True: ("是", "否", "无
 Stmt = tuple[str, int, int]  # (form, set i, set j); j = -1 for statements about the individual
 
 
-@lru_cache(maxsize=None)
+@cache
 def _models() -> tuple[tuple[int, int], ...]:
     """(mask of non-empty regions, the individual's region); region r has bit i iff inside set i."""
     return tuple((m, t) for m in range(1, 256) if all(any(r >> i & 1 for r in range(8) if m >> r & 1)
@@ -215,7 +212,7 @@ def _holds(s: Stmt, m: int, t: int) -> bool:
     return {"all": not any(miss), "no": not any(hit), "some": any(hit), "some_not": any(miss)}[form]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _mask(s: Stmt) -> int:
     """The models where s holds, as a bitset over _models()."""
     return sum(1 << k for k, (m, t) in enumerate(_models()) if _holds(s, m, t))
@@ -460,7 +457,7 @@ def ensure_benchmark(out_dir: str | Path, *, n_train: int, n_dev: int, n_test: i
     ``benchmark.json`` (written last, atomically) records the settings the files were
     made with, so a killed generation or a config that changed the sizes / kinds / seed
     regenerates instead of silently reusing the old files."""
-    from .io import atomic_write_text
+    from ensemble.io import atomic_write_text
 
     out_dir = Path(out_dir)
     settings = {"n_train": n_train, "n_dev": n_dev, "n_test": n_test, "seed": seed,

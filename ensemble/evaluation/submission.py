@@ -12,15 +12,16 @@ import io
 import json
 import random
 from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
-from .data import LETTERS, Item, Row, detect_format, read_rows
-from .data import FORMATS as DATA_FORMATS
-from .errors import EnsembleError, where
-from .io import atomic_write_text
-from .registry import Registry
+from ensemble.data.readers import FORMATS as DATA_FORMATS
+from ensemble.data.readers import LETTERS, Item, Row, detect_format, read_rows
+from ensemble.errors import EnsembleError, where
+from ensemble.io import atomic_write_text
+from ensemble.registry import Registry
 
 SHOWN = 5  # ids listed per problem in an error message
 

@@ -22,8 +22,9 @@ every module and resets requires_grad flags on entry and exit: ~50 ms a forward.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 

@@ -4,7 +4,7 @@ For each k (default 1..K) every subset of k voters is run through each method wh
 there are at most ``cap`` of them, else ``cap`` distinct subsets drawn with a seeded
 RNG (seeded per k, so a k's subsets do not depend on which other ks are asked for).
 Methods see the whole sub-matrix (they may fit on ``dev``); accuracy and macro-F1
-are measured on the eval items, as in ``ensemble.report.evaluate``: outside dev,
+are measured on the eval items, as in ``ensemble.evaluation.report.evaluate``: outside dev,
 with gold. Leave-one-out: each method with all voters vs. with one voter removed;
 ``delta = accuracy_without - accuracy_all``, so a positive delta means the voter hurts.
 
@@ -20,20 +20,21 @@ import io
 import itertools
 import json
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .errors import EnsembleError
-from .io import atomic_write_bytes, atomic_write_text
-from .matrix import VoteMatrix
-from .metrics import jsonable, macro_f1, voter_decisions
-from .report import check_dev, check_methods
-from .voting import vote
+from ensemble.errors import EnsembleError
+from ensemble.evaluation.metrics import jsonable, macro_f1, voter_decisions
+from ensemble.evaluation.report import check_dev, check_methods
+from ensemble.io import atomic_write_bytes, atomic_write_text
+from ensemble.predictions.matrix import VoteMatrix
+from ensemble.voting import vote
 
 SUMMARY_FIELDS = ("method", "k", "n_subsets", "n_possible", "exhaustive", "n_failed",
                   "mean", "std", "min", "max", "p2_5", "p97_5", "macro_f1_mean")

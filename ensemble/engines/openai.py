@@ -1,7 +1,7 @@
 """The OpenAI-compatible engine: voters are model names on a running server.
 
 The server can be ``vllm serve BASE --enable-lora --lora-modules a=PATH ...`` (see
-``ensemble.serve.vllm_serve_command``), ``vote serve`` (``ensemble.serve``), Ollama, or a
+``ensemble.serve.app.vllm_serve_command``), ``vote serve`` (``ensemble.serve.app``), Ollama, or a
 hosted API. Voter name -> served model name: the ``adapters`` value when it is a model
 name, the voter name itself when the value is empty or a local folder (the usual case:
 the same config that names PEFT folders for the HF / vLLM engines). ``adapter=None`` asks
@@ -34,15 +34,24 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
-from ..errors import EnsembleError
-from ..registry import unknown_name
-from .base import (ENGINES, ChoiceOutput, ChoiceRequest, EngineSpec, GenOutput, GenRequest, Sample,
-                   softmax)
-from .vllm_engine import MISSING_LOGPROB, TOP_LOGPROBS
+from ensemble.engines.base import (
+    ENGINES,
+    ChoiceOutput,
+    ChoiceRequest,
+    EngineSpec,
+    GenOutput,
+    GenRequest,
+    Sample,
+    softmax,
+)
+from ensemble.engines.vllm import MISSING_LOGPROB, TOP_LOGPROBS
+from ensemble.errors import EnsembleError
+from ensemble.registry import unknown_name
 
 DEFAULT_URL = "http://127.0.0.1:8000/v1"
 OPTIONS = {"base_url": DEFAULT_URL, "api_key_env": None, "concurrency": 16, "max_retries": 3, "timeout": 120.0,
@@ -50,7 +59,7 @@ OPTIONS = {"base_url": DEFAULT_URL, "api_key_env": None, "concurrency": 16, "max
 
 
 @ENGINES.register("openai")
-def make_openai_engine(spec: EngineSpec) -> "OpenAIEngine":
+def make_openai_engine(spec: EngineSpec) -> OpenAIEngine:
     try:
         import openai
     except ImportError:

@@ -18,14 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .config import check
+from ensemble.config.loader import check
 
 SPLIT_KINDS = ("full", "kfold", "bootstrap", "shard", "subsample")
 
 
 @dataclass(frozen=True)
 class BenchmarkConfig:
-    """Generate the bundled benchmark (ensemble.benchmark_data) into ``<out>/data``."""
+    """Generate the bundled benchmark (ensemble.data.benchmark) into ``<out>/data``."""
 
     n_train: int = 1200
     n_dev: int = 300
@@ -37,7 +37,7 @@ class BenchmarkConfig:
         for name in ("n_train", "n_dev", "n_test"):
             check(getattr(self, name) >= 0, f"data.benchmark.{name}", getattr(self, name), "use 0 or more")
         if self.kinds is not None:
-            from .benchmark_data import KINDS
+            from ensemble.data.benchmark import KINDS
 
             names = KINDS.names()
             check(len(self.kinds) > 0, "data.benchmark.kinds", list(self.kinds),
@@ -47,7 +47,7 @@ class BenchmarkConfig:
 
     def files(self, out_dir: str | Path) -> dict[str, Path]:
         """Generate (or reuse, when made with these settings) the benchmark in ``out_dir``."""
-        from .benchmark_data import ensure_benchmark
+        from ensemble.data.benchmark import ensure_benchmark
 
         return ensure_benchmark(out_dir, n_train=self.n_train, n_dev=self.n_dev, n_test=self.n_test,
                                 seed=self.seed, kinds=self.kinds)

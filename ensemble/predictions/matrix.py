@@ -15,8 +15,9 @@ several classes share the top score, the one that sorts first wins.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -30,7 +31,7 @@ class LabelEncoder:
     classes: tuple[str, ...]
 
     @classmethod
-    def fit(cls, values: Iterable[str | None]) -> "LabelEncoder":
+    def fit(cls, values: Iterable[str | None]) -> LabelEncoder:
         return cls(tuple(sorted({v for v in values if v not in (None, "")})))
 
     def __len__(self) -> int:
@@ -97,7 +98,7 @@ class VoteMatrix:
         return self.gold != ABSTAIN
 
     # -- sub-matrices (used by dev/test splits and ablation) --------------
-    def select_items(self, mask_or_index: np.ndarray) -> "VoteMatrix":
+    def select_items(self, mask_or_index: np.ndarray) -> VoteMatrix:
         idx = _as_index(mask_or_index)
         return replace(
             self,
@@ -109,7 +110,7 @@ class VoteMatrix:
             valid=None if self.valid is None else self.valid[idx],
         )
 
-    def select_voters(self, voters: Sequence[int] | Sequence[str]) -> "VoteMatrix":
+    def select_voters(self, voters: Sequence[int] | Sequence[str]) -> VoteMatrix:
         """Keep these voters, in this order (names or positions; repeats allowed)."""
         idx = np.array([self.voters.index(v) if isinstance(v, str) else int(v) for v in voters],
                        dtype=np.intp)

@@ -4,20 +4,21 @@
 ``key=value`` overrides (values parsed as YAML), and builds ``Config``. Unknown keys
 are rejected with the valid ones listed; wrong types and bad values name the field,
 the value and how to fix it. The schema classes themselves live in
-``ensemble.schema``; this module is the generic machinery.
+``ensemble.config.schema``; this module is the generic machinery.
 """
 from __future__ import annotations
 
 import dataclasses
 import types
 import typing
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence, TypeVar, Union
+from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
-from .errors import EnsembleError
-from .registry import unknown_name
+from ensemble.errors import EnsembleError
+from ensemble.registry import unknown_name
 
 T = TypeVar("T")
 
@@ -161,9 +162,9 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
-def load_config(path: str | Path, overrides: Sequence[str] = ()) -> "Config":
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
     """Load ``Config`` from a YAML file with optional ``key=value`` overrides."""
-    from .schema import Config
+    from ensemble.config.schema import Config
 
     data = apply_overrides(load_yaml(path), overrides)
     cfg = from_dict(Config, data, source=str(path))
@@ -171,4 +172,4 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> "Config":
 
 
 if typing.TYPE_CHECKING:  # pragma: no cover
-    from .schema import Config
+    from ensemble.config.schema import Config

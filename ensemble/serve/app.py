@@ -27,15 +27,22 @@ import queue
 import threading
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Sequence
+from typing import Any
 
-from .engines.base import ChoiceRequest, Engine, GenOutput, GenRequest, SamplingSettings
-from .engines.vllm_engine import ALLOWED_LORA_RANKS, max_lora_rank_for
-from .errors import EnsembleError
+from ensemble.engines.base import (
+    ChoiceRequest,
+    Engine,
+    GenOutput,
+    GenRequest,
+    SamplingSettings,
+)
+from ensemble.engines.vllm import ALLOWED_LORA_RANKS, max_lora_rank_for
+from ensemble.errors import EnsembleError
 
-__all__ = ["vllm_serve_command", "max_lora_rank_for", "Batcher", "EnsembleHTTPServer", "make_server", "run_server"]
+__all__ = ["Batcher", "EnsembleHTTPServer", "make_server", "max_lora_rank_for", "run_server", "vllm_serve_command"]
 log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 8 * 1024 * 1024
 
@@ -344,7 +351,7 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, fmt: str, *args: Any) -> None:
         log.debug("%s " + fmt, self.address_string(), *args)
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         if self.path.rstrip("/") == "/v1/models":
             self._send(200, self.server.models())
         elif self.path == "/health":
@@ -352,14 +359,14 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send_error(ApiError(404, f"no route GET {self.path}; routes: /v1/models, /health", code="not_found"))
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         try:
             self._send(200, self.server.handle_post(self.path.rstrip("/"), self._body()))
         except ApiError as e:
             self._send_error(e)
         except EnsembleError as e:
             self._send_error(ApiError(400, str(e)))
-        except Exception as e:  # noqa: BLE001  (the server keeps running; the client sees a 500)
+        except Exception as e:
             log.exception("request failed")
             self._send_error(ApiError(500, f"internal error: {type(e).__name__}: {e}", kind="server_error"))
 

@@ -3,25 +3,26 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from importlib import resources
 from pathlib import Path
 
 import click
 
-from .cli import handle_errors, main
-from .errors import EnsembleError
+from ensemble.cli.app import handle_errors, main
+from ensemble.errors import EnsembleError
 
 override_flag = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
                              help="Override a config value, e.g. --set run.samples=4 (repeatable).")
 
 
 def _load(config: str, overrides: tuple[str, ...]):
-    from .config import load_config
+    from ensemble.config.loader import load_config
 
     return load_config(config, overrides)
 
 
 def _print_run(result) -> None:
-    from .console import console, report_tables
+    from ensemble.cli.console import console, report_tables
 
     for table in report_tables(result.report.to_dict()):
         console.print(table)
@@ -44,8 +45,8 @@ def _print_run(result) -> None:
 @handle_errors
 def run_cmd(config: str, overrides: tuple[str, ...], restart: bool) -> None:
     """Ask every voter every question (resumable), vote, evaluate."""
-    from .console import progress_bar
-    from .run import run
+    from ensemble.cli.console import progress_bar
+    from ensemble.pipeline import run
 
     cfg = _load(config, overrides)
     with progress_bar("answering") as emit:
@@ -63,8 +64,8 @@ def train_cmd(config: str, overrides: tuple[str, ...]) -> None:
 
 
 def _train(cfg) -> None:
-    from .console import console, progress_bar
-    from .training import train_grid
+    from ensemble.cli.console import console, progress_bar
+    from ensemble.training import train_grid
 
     with progress_bar("training") as emit:
         manifest = train_grid(cfg, progress=emit)
@@ -76,11 +77,14 @@ def _train(cfg) -> None:
 
 
 def find_config(name: str) -> Path:
-    """A config in ./configs or in the source checkout's configs/ (editable installs)."""
-    for base in (Path.cwd() / "configs", Path(__file__).resolve().parents[1] / "configs"):
-        if (base / name).is_file():
-            return base / name
-    raise EnsembleError(f"configs/{name} not found here or next to the package; pass --config PATH")
+    """A config in ./configs, else the one shipped inside the package (works after a plain `pip install .`)."""
+    local = Path.cwd() / "configs" / name
+    if local.is_file():
+        return local
+    shipped = resources.files("ensemble") / "configs" / name
+    if shipped.is_file():
+        return Path(str(shipped))
+    raise EnsembleError(f"configs/{name} not found here or in the installed package; pass --config PATH")
 
 
 @main.command("quickstart")
@@ -89,10 +93,10 @@ def find_config(name: str) -> Path:
 @handle_errors
 def quickstart_cmd(config: str | None, overrides: tuple[str, ...]) -> None:
     """The whole mission on the default: SmolLM2 + bundled benchmark -> train K voters -> run -> vote -> ablate."""
-    from .ablation import ablate
-    from .console import ablation_table, console, progress_bar
-    from .models import resolve_model
-    from .run import run
+    from ensemble.cli.console import ablation_table, console, progress_bar
+    from ensemble.engines.models import resolve_model
+    from ensemble.evaluation.ablation import ablate
+    from ensemble.pipeline import run
 
     cfg = _load(str(config or find_config("quickstart.yaml")), overrides)
     console.rule("1/4 base model")
@@ -124,10 +128,10 @@ def serve_cmd(config: str, overrides: tuple[str, ...], engine: str, host: str, p
     """Serve the base model and every voter behind OpenAI-compatible routes (model = voter name)."""
     import shlex
 
-    from .engines.base import EngineSpec, build_engine
-    from .models import resolve_model
-    from .run import resolve_voters
-    from .serve import max_lora_rank_for, run_server, vllm_serve_command
+    from ensemble.engines.base import EngineSpec, build_engine
+    from ensemble.engines.models import resolve_model
+    from ensemble.pipeline import resolve_voters
+    from ensemble.serve.app import max_lora_rank_for, run_server, vllm_serve_command
 
     cfg = _load(config, overrides)
     voters = {k: v for k, v in resolve_voters(cfg).items() if v is not None}
@@ -157,7 +161,7 @@ def models_group() -> None:
 @handle_errors
 def models_pull(name: str, force: bool, gguf: str | None) -> None:
     """Fetch a default model and cache it as an HF folder."""
-    from .models import pull_model
+    from ensemble.engines.models import pull_model
 
     click.echo(str(pull_model(name, force=force, gguf=gguf)))
 
@@ -166,7 +170,7 @@ def models_pull(name: str, force: bool, gguf: str | None) -> None:
 @handle_errors
 def models_list() -> None:
     """Cached models."""
-    from .models import list_cached
+    from ensemble.engines.models import list_cached
 
     for entry in list_cached():
         click.echo(f"{entry.name}\t{entry.size_bytes / 1e6:.0f} MB\t{entry.path}")
@@ -184,8 +188,8 @@ def adapters_group() -> None:
 @handle_errors
 def adapters_add(path: str, config: str, name: str | None) -> None:
     """Check an adapter fits the base model, then register it as a voter of the run."""
-    from .models import resolve_model
-    from .training.adapters import register_adapter
+    from ensemble.engines.models import resolve_model
+    from ensemble.training.adapters import register_adapter
 
     cfg = _load(config, ())
     info = register_adapter(Path(cfg.out), Path(path), name=name, base=resolve_model(cfg.model))
@@ -207,7 +211,7 @@ def data_group() -> None:
 @handle_errors
 def data_generate(out_dir: str, n_train: int, n_dev: int, n_test: int, seed: int, kinds: tuple[str, ...]) -> None:
     """Generate the bundled multiple-choice reasoning benchmark (nested format)."""
-    from .benchmark_data import check_kinds, write_benchmark
+    from ensemble.data.benchmark import check_kinds, write_benchmark
 
     try:
         chosen = check_kinds(kinds or None)

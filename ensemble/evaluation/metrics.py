@@ -1,7 +1,7 @@
 """Metrics for one decision, the paired test between two, and voter diagnostics.
 
 Everything here works on encoded arrays (class codes, ``ABSTAIN = -1``) and returns
-plain JSON-safe dicts / floats. ``ensemble.report.evaluate`` puts it together over a
+plain JSON-safe dicts / floats. ``ensemble.evaluation.report.evaluate`` puts it together over a
 VoteMatrix and the registered voting methods.
 
 Abstentions: an ABSTAIN prediction is a wrong answer. It lowers accuracy, counts as
@@ -22,10 +22,23 @@ from typing import Any
 
 import numpy as np
 from scipy.stats import binomtest
-from sklearn.metrics import (accuracy_score, brier_score_loss, confusion_matrix, f1_score, log_loss,
-                             precision_recall_fscore_support)
+from sklearn.metrics import (
+    accuracy_score,
+    brier_score_loss,
+    confusion_matrix,
+    f1_score,
+    log_loss,
+    precision_recall_fscore_support,
+)
 
-from .matrix import ABSTAIN, Decision, VoteMatrix, argmax_with_ties, normalise, support
+from ensemble.predictions.matrix import (
+    ABSTAIN,
+    Decision,
+    VoteMatrix,
+    argmax_with_ties,
+    normalise,
+    support,
+)
 
 ECE_BINS = 15
 LOG_LOSS_EPS = 1e-12
@@ -252,9 +265,9 @@ def jsonable(x: Any) -> Any:
 
 
 def __getattr__(name: str) -> Any:
-    """``ensemble.metrics.evaluate`` / ``Report`` live in ensemble.report (which imports the
+    """``ensemble.evaluation.metrics.evaluate`` / ``Report`` live in ensemble.evaluation.report (which imports the
     voting methods); resolved lazily so the metric maths here imports without them."""
     if name in ("evaluate", "Report"):
-        from . import report
+        from ensemble.evaluation import report
         return getattr(report, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

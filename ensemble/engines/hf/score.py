@@ -14,12 +14,12 @@ attention implementation that takes a 4D additive mask (sdpa, the default, or ea
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 
-from .hf_generate import Forward, left_pad
+from ensemble.engines.hf.generate import Forward, left_pad
 
 
 @dataclass

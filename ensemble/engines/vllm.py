@@ -22,13 +22,22 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
-from ..errors import EnsembleError
-from ..registry import unknown_name
-from .base import (ENGINES, ChoiceOutput, ChoiceRequest, EngineSpec, GenOutput, GenRequest, Sample,
-                   softmax)
+from ensemble.engines.base import (
+    ENGINES,
+    ChoiceOutput,
+    ChoiceRequest,
+    EngineSpec,
+    GenOutput,
+    GenRequest,
+    Sample,
+    softmax,
+)
+from ensemble.errors import EnsembleError
+from ensemble.registry import unknown_name
 
 # vllm/config/lora.py: ``MaxLoRARanks = Literal[1, 8, 16, 32, 64, 128, 256, 320, 512]``.
 ALLOWED_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -71,7 +80,7 @@ def max_lora_rank_for(paths: Iterable[str | Path]) -> int:
 
 
 @ENGINES.register("vllm")
-def make_vllm_engine(spec: EngineSpec) -> "VLLMEngine":
+def make_vllm_engine(spec: EngineSpec) -> VLLMEngine:
     try:
         import vllm
         from vllm.lora.request import LoRARequest

@@ -1,20 +1,21 @@
 """`vote`: a thin click shell over the library. Errors print one line and exit 2.
 
 Offline commands (no model): eval, ablate, submit. Model commands (run, train, serve,
-models, adapters, data, quickstart) live in ensemble.cli_jobs and are added below.
+models, adapters, data, quickstart) live in ensemble.cli.jobs and are added below.
 """
 from __future__ import annotations
 
 import functools
 import json
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import click
 import numpy as np
 
-from .errors import EnsembleError
+from ensemble.errors import EnsembleError
 
 
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -89,7 +90,7 @@ def dev_mask(m: Any, fit_on: str, dev_fraction: float, dev_items: str | None, se
     if not has_gold.any():
         raise EnsembleError("--fit-on dev needs gold answers: pass --gold FILE or a 'gold' column")
     if dev_items:
-        from .data import read_gold
+        from ensemble.data.readers import read_gold
 
         path = Path(dev_items)
         ids = set(read_gold(path)) if path.suffix in (".jsonl", ".json", ".csv") else \
@@ -148,8 +149,8 @@ def with_fit_flags(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def prepare(pred: str, gold: str | None, methods: Sequence[str], weights: str | None, fit_on: str,
             dev_fraction: float, dev_items: str | None, seed: int, options: Sequence[str]):
-    from .predictions import load_predictions
-    from .voting import METHODS
+    from ensemble.predictions.rows import load_predictions
+    from ensemble.voting import METHODS
 
     m = load_predictions(pred, gold=gold)
     for name in methods:
@@ -170,7 +171,7 @@ def eval_cmd(pred: str, gold: str | None, methods: tuple[str, ...], weights: str
              dev_fraction: float, dev_items: str | None, seed: int, options: tuple[str, ...], n_boot: int,
              as_json: bool) -> None:
     """Combine the votes in PRED with each method and evaluate against gold."""
-    from .metrics import evaluate
+    from ensemble.evaluation.metrics import evaluate
 
     m, dev, chosen, method_options = prepare(pred, gold, methods, weights, fit_on, dev_fraction, dev_items,
                                              seed, options)
@@ -178,7 +179,7 @@ def eval_cmd(pred: str, gold: str | None, methods: tuple[str, ...], weights: str
     if as_json:
         click.echo(json.dumps(report, ensure_ascii=False))
         return
-    from .console import console, report_tables
+    from ensemble.cli.console import console, report_tables
 
     if m.meta.get("n_gold_without_votes"):
         console.print(f"[yellow]{m.meta['n_gold_without_votes']} gold items have no votes in {pred}; not evaluated[/]")
@@ -196,8 +197,8 @@ def ablate_cmd(pred: str, gold: str | None, methods: tuple[str, ...], weights: s
                dev_fraction: float, dev_items: str | None, seed: int, options: tuple[str, ...], out_dir: str,
                cap: int) -> None:
     """Accuracy against the number of voters: every subset (or a seeded sample), leave-one-out."""
-    from .ablation import ablate
-    from .console import ablation_table, console
+    from ensemble.cli.console import ablation_table, console
+    from ensemble.evaluation.ablation import ablate
 
     m, dev, chosen, method_options = prepare(pred, gold, methods, weights, fit_on, dev_fraction, dev_items,
                                              seed, options)
@@ -222,8 +223,8 @@ def submit_cmd(pred: str, gold: str | None, methods: tuple[str, ...], weights: s
                dev_fraction: float, dev_items: str | None, seed: int, options: tuple[str, ...],
                template: str | None, out_file: str, fallback: str) -> None:
     """Final answers for every item, as id,answer or filled into a competition template."""
-    from .metrics import evaluate
-    from .submission import write_answers
+    from ensemble.evaluation.metrics import evaluate
+    from ensemble.evaluation.submission import write_answers
 
     if len(methods) > 1:
         raise EnsembleError("vote submit takes one --method (the one whose answers are submitted)")
@@ -237,4 +238,4 @@ def submit_cmd(pred: str, gold: str | None, methods: tuple[str, ...], weights: s
                + (f" ({result.n_filled} filled by fallback '{fallback}')" if result.n_filled else ""))
 
 
-from . import cli_jobs  # noqa: E402,F401  (registers run/train/serve/models/adapters/data/quickstart)
+from ensemble.cli import jobs  # noqa: F401  (registers run/train/serve/models/adapters/data/quickstart)

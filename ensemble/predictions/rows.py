@@ -7,20 +7,21 @@ One row per vote::
     + anything else (raw text, n_tokens, latency_s...) kept on disk, ignored by voting
 
 Files are JSONL (the store's own format), CSV, or Parquet (when pyarrow is installed).
-``build_matrix`` encodes the labels once (sorted classes, see ensemble.matrix).
+``build_matrix`` encodes the labels once (sorted classes, see ensemble.predictions.matrix).
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from .data import json_cell
-from .data import read_rows as data_rows
-from .errors import EnsembleError
-from .matrix import ABSTAIN, LabelEncoder, VoteMatrix
+from ensemble.data.readers import json_cell
+from ensemble.data.readers import read_rows as data_rows
+from ensemble.errors import EnsembleError
+from ensemble.predictions.matrix import ABSTAIN, LabelEncoder, VoteMatrix
 
 Row = dict[str, Any]
 Key = tuple[str, str, int]  # (item, voter, sample)
@@ -189,7 +190,7 @@ def load_predictions(path: str | Path, gold: str | Path | Mapping[str, str] | No
     """
     rows = read_rows(path)
     if gold is not None and not isinstance(gold, Mapping):
-        from .data import read_gold
+        from ensemble.data.readers import read_gold
 
         gold = read_gold(gold)
     return build_matrix(rows, gold=gold)
