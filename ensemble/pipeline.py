@@ -57,6 +57,7 @@ class RunResult:
 # -- items -------------------------------------------------------------------
 def load_split_items(cfg: Config, splits: Sequence[str]) -> dict[str, list[Item]]:
     """Items of each requested split; generates the bundled benchmark when configured."""
+    from ensemble.config.preflight import check_items
     from ensemble.data.readers import read_items
 
     paths = data_paths(cfg)
@@ -69,6 +70,7 @@ def load_split_items(cfg: Config, splits: Sequence[str]) -> dict[str, list[Item]
         if cfg.data.limit:
             keep = list(dict.fromkeys(_problem_id(it) for it in items))[: cfg.data.limit]
             items = [it for it in items if _problem_id(it) in set(keep)]
+        check_items(cfg, split, path, items)
         out[split] = items
     if not out:
         raise EnsembleError(f"{cfg.source or 'config'}: no data for splits {', '.join(splits)}; "
@@ -79,7 +81,9 @@ def load_split_items(cfg: Config, splits: Sequence[str]) -> dict[str, list[Item]
 def data_paths(cfg: Config) -> dict[str, Path]:
     paths = {k: Path(v) for k in ("train", "dev", "test") if (v := getattr(cfg.data, k))}
     if cfg.data.benchmark is not None:
-        bench = cfg.data.benchmark.files(Path(cfg.out) / "data")
+        from ensemble.data.benchmark import ensure_benchmark
+
+        bench = ensure_benchmark(Path(cfg.out) / "data", **cfg.data.benchmark.settings())
         for split in ("train", "dev", "test"):
             paths.setdefault(split, bench[split])
     return paths
@@ -216,9 +220,12 @@ def probe_adapters(engine: Engine, items: Sequence[Item], voters: dict[str, str 
 def run(cfg: Config, *, restart: bool = False, progress: Progress | None = None,
         engine: Engine | None = None) -> RunResult:
     """Answer every split item with every voter (resuming), then vote and evaluate."""
+    from ensemble.config.preflight import preflight_run
     from ensemble.engines.models import resolve_model
     from ensemble.extraction import build_extractor
     from ensemble.prompts import get_template
+
+    preflight_run(cfg)  # data files and fitted methods' dev split, before any model is touched
 
     emit = progress or (lambda event, **info: None)
     out = Path(cfg.out)

@@ -114,7 +114,7 @@ def _coerce(tp: Any, value: Any, source: str, field: str) -> Any:
             raise ConfigError(f"{source}: field '{field}' is {value!r}; use one of {allowed}")
         return value
     if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value, source=source, prefix=field + ".")
+        return from_dict(tp, value, source=source, prefix=field + ".")  # type: ignore[arg-type]  # tp is a class here
     if origin is tuple:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             value = [value]  # a single value where a list is expected

@@ -11,13 +11,19 @@ One file describes a whole experiment; each command reads the sections it needs:
     run     `vote run`: engine, scoring mode, samples, voting methods, submission
 
 Relative paths are relative to the current directory (like LLaMA-Factory and torchtune).
+
+Every name is resolved when the config is built (ensemble.config.checks): methods and
+their options, extractor steps, engine, prompt templates, splits, submission method,
+fallback, data format. A config never reads or writes a file; the checks that need the
+filesystem (data files exist, fitted methods have dev items) run first thing in
+`vote run` / `vote train` (ensemble.config.preflight).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
+from ensemble.config import checks
 from ensemble.config.loader import check
 
 SPLIT_KINDS = ("full", "kfold", "bootstrap", "shard", "subsample")
@@ -45,12 +51,11 @@ class BenchmarkConfig:
             for kind in self.kinds:
                 check(kind in names, "data.benchmark.kinds", kind, f"valid kinds: {', '.join(names)}")
 
-    def files(self, out_dir: str | Path) -> dict[str, Path]:
-        """Generate (or reuse, when made with these settings) the benchmark in ``out_dir``."""
-        from ensemble.data.benchmark import ensure_benchmark
-
-        return ensure_benchmark(out_dir, n_train=self.n_train, n_dev=self.n_dev, n_test=self.n_test,
-                                seed=self.seed, kinds=self.kinds)
+    def settings(self) -> dict[str, Any]:
+        """Keyword arguments of ``ensemble.data.benchmark.ensure_benchmark`` (the callers,
+        `vote run` and `vote train`, generate the files; a config never does)."""
+        return {"n_train": self.n_train, "n_dev": self.n_dev, "n_test": self.n_test, "seed": self.seed,
+                "kinds": self.kinds}
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         check(self.limit is None or self.limit > 0, "data.limit", self.limit, "use a positive number or remove it")
+        checks.check_format(self.format)
 
 
 @dataclass(frozen=True)
@@ -83,6 +89,8 @@ class VariantConfig:
         check(self.rank > 0, "variant.rank", self.rank, "use a positive LoRA rank such as 8")
         check(split_kind(self.split) in SPLIT_KINDS, "variant.split", self.split,
               "use full, kfold:K, bootstrap, shard:K or subsample:F")
+        if self.prompt is not None:
+            checks.check_prompt_name(self.prompt, "variant.prompt")
 
 
 @dataclass(frozen=True)
@@ -115,6 +123,8 @@ class GridConfig:
         for s in self.splits:
             check(split_kind(s) in SPLIT_KINDS, "train.grid.splits", s,
                   "use full, kfold:K, bootstrap, shard:K or subsample:F")
+        for p in self.prompts:
+            checks.check_prompt_name(p, "train.grid.prompts")
 
 
 @dataclass(frozen=True)
@@ -179,6 +189,12 @@ class RunConfig:
               "several samples need mode: generate (choice scoring is deterministic)")
         check(self.samples == 1 or self.temperature > 0, "run.samples", self.samples,
               "several samples need temperature > 0, or they are identical")
+        checks.check_engine(self.engine)
+        checks.check_extractor(self.extractor)
+        checks.check_splits(self.splits)
+        checks.check_methods(self.methods)
+        checks.check_method_options(self.method_options)
+        checks.check_submission(self)
 
 
 @dataclass(frozen=True)
@@ -191,6 +207,14 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
     source: str = ""  # set by load_config: the file this came from
+
+    def __post_init__(self) -> None:
+        checks.check_prompt(self.prompt)
+        # A config that names data for `vote run` has its run section checked against it
+        # now; a training-only config (data.train alone) gets this check from `vote run`'s
+        # pre-flight instead, so `vote train` can load it.
+        if self.data.dev is not None or self.data.test is not None or self.data.benchmark is not None:
+            checks.check_run_data(self.data, self.run)
 
 
 def split_kind(split: str) -> str:

@@ -126,6 +126,10 @@ class EngineSpec:
 
 EngineFactory = Callable[[EngineSpec], Engine]
 ENGINES: Registry[EngineFactory] = Registry("engine")
+# The built-in engines, by name: configs check run.engine against this list at load without
+# importing the engine modules (the HF one imports torch). tests/test_config_checks.py keeps it
+# equal to what build_engine registers.
+ENGINE_NAMES = ("hf", "vllm", "openai")
 
 
 def build_engine(spec: EngineSpec) -> Engine:

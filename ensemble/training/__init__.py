@@ -76,7 +76,9 @@ def load_training_rows(cfg: Config, out: Path) -> list[Item | ChatExample]:
     data = cfg.data
     path = Path(data.train) if data.train else None
     if path is None and data.benchmark is not None:
-        path = data.benchmark.files(out / "data")["train"]
+        from ensemble.data.benchmark import ensure_benchmark
+
+        path = ensure_benchmark(out / "data", **data.benchmark.settings())["train"]
     if path is None:
         raise EnsembleError(f"{cfg.source or 'config'}: field 'data.train' is empty; give a training file "
                             "or set data.benchmark to generate one")
@@ -122,8 +124,11 @@ def _remove_partial(out: Path) -> None:
 
 def train_grid(cfg: Config, *, progress: Callable[..., None] | None = None) -> Manifest:
     """Train every variant of ``cfg.train.grid`` into ``cfg.out`` (resuming); return the manifest."""
+    from ensemble.config.preflight import preflight_train
     from ensemble.engines.models import resolve_model
     from ensemble.prompts import get_template
+
+    preflight_train(cfg)  # the training file exists, before the base model is resolved or converted
 
     progress = progress or (lambda event, **info: None)
     out = Path(cfg.out)
