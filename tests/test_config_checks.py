@@ -179,6 +179,25 @@ def test_training_config_run_is_checked_by_preflight(tmp_path, no_model):
         run(cfg)
 
 
+def test_manifest_weights_are_checked_before_any_model(tmp_path, no_model):
+    """weights_from: manifest without an accuracy for every voter used to fail after all inference."""
+    from ensemble.pipeline import run
+
+    dev, test, out = items_file(tmp_path / "dev.jsonl"), items_file(tmp_path / "test.jsonl"), tmp_path / "out"
+    text = (f"out: {out}\ndata: {{dev: {dev}, test: {test}}}\n"
+            "run: {include_base: true, methods: [majority, weighted], weights_from: manifest}\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: field 'run.weights_from' is 'manifest'; .*manifest.json: not "
+                                          r"found; run `vote train CONFIG`.*, or use weights_from: dev"):
+        run(load_config(write(tmp_path, text)))
+    (out / "adapters" / "v1").mkdir(parents=True)
+    (out / "adapters" / "v1" / "adapter_config.json").write_text("{}")
+    (out / "manifest.json").write_text(json.dumps({"base_model": {}, "variants": {
+        "v1": {"status": "done", "adapter": "adapters/v1", "heldout_accuracy": 0.6}}}))
+    with pytest.raises(ConfigError, match=r"bad.yaml: field 'run.weights_from' is 'manifest'; .*manifest.json has "
+                                          r"no held-out accuracy for voter\(s\) base: use weights_from: dev"):
+        run(load_config(write(tmp_path, text)))
+
+
 def test_train_preflight_before_the_model(tmp_path, monkeypatch):
     import ensemble.engines.models
     from ensemble.training import train_grid

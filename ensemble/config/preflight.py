@@ -3,7 +3,8 @@
 Loading a config resolves every name but touches no file (ensemble.config.checks). These
 run at the top of ``ensemble.pipeline.run`` and ``ensemble.training.train_grid``, before a
 model is resolved, loaded or downloaded: each split to read has data and its file
-exists, fitted methods have the dev split, and a file that reads as zero items fails
+exists, fitted methods have the dev split (or, for weighted with weights_from: manifest,
+a held-out accuracy for every voter), and a file that reads as zero items fails
 when it is read (``check_items``) rather than being skipped.
 """
 from __future__ import annotations
@@ -36,6 +37,30 @@ def preflight_run(cfg: Config) -> None:
         path = getattr(cfg.data, split)
         if path is not None:
             _check_file(cfg, f"data.{split}", path, f"fix the path, or remove {split} from run.splits")
+    _check_manifest_weights(cfg)
+
+
+def _check_manifest_weights(cfg: Config) -> None:
+    """weights_from: manifest needs a held-out accuracy for every voter (else the run
+    would fail only after every voter had answered every item)."""
+    run = cfg.run
+    if ("weighted" not in run.methods or run.weights_from != "manifest"
+            or "weights" in run.method_options.get("weighted", {})):
+        return
+    from ensemble.errors import EnsembleError
+    from ensemble.pipeline import resolve_voters
+    from ensemble.training.manifest import heldout_accuracies, load_manifest
+
+    field = f"{_source(cfg)}: field 'run.weights_from' is 'manifest'"
+    try:
+        accuracy = heldout_accuracies(load_manifest(cfg.out))
+    except EnsembleError as exc:
+        raise ConfigError(f"{field}; {exc}, or use weights_from: dev") from None
+    missing = [v for v in resolve_voters(cfg) if v not in accuracy]
+    if missing:
+        raise ConfigError(f"{field}; {Path(cfg.out) / 'manifest.json'} has no held-out accuracy for voter(s) "
+                          f"{', '.join(missing)}: use weights_from: dev, or give weighted its weights in "
+                          "run.method_options.weighted.weights")
 
 
 def preflight_train(cfg: Config) -> None:
