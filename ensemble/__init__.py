@@ -23,7 +23,7 @@ _API = {
     "from_arrays": "ensemble.predictions.matrix",
     "load_config": "ensemble.config.loader",
     "run": "ensemble.pipeline",
-    "read_items": "ensemble.data.readers",
+    "read_items": "ensemble.data.formats",
     "EnsembleError": "ensemble.errors",
 }
 

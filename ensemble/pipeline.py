@@ -26,7 +26,7 @@ import numpy as np
 
 from ensemble.config.loader import to_dict
 from ensemble.config.schema import Config
-from ensemble.data.readers import Item
+from ensemble.data.items import Item
 from ensemble.engines.base import (
     ChoiceRequest,
     Engine,
@@ -57,7 +57,7 @@ class RunResult:
 # -- items -------------------------------------------------------------------
 def load_split_items(cfg: Config, splits: Sequence[str]) -> dict[str, list[Item]]:
     """Items of each requested split; generates the bundled benchmark when configured."""
-    from ensemble.data.readers import read_items
+    from ensemble.data.formats import read_items
 
     paths = data_paths(cfg)
     out: dict[str, list[Item]] = {}

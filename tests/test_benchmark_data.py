@@ -30,7 +30,8 @@ from ensemble.data.benchmark import (
     solve_syllogism,
     write_benchmark,
 )
-from ensemble.data.readers import LETTERS, read_gold, read_items
+from ensemble.data.formats import read_gold, read_items
+from ensemble.data.items import LETTERS
 from ensemble.errors import EnsembleError
 from ensemble.evaluation.submission import validate_submission, write_answers
 

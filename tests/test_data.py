@@ -6,15 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from ensemble.data.readers import (
-    CHAT_FORMATS,
-    FORMATS,
-    ChatExample,
-    Item,
-    read_chat_examples,
-    read_gold,
-    read_items,
-)
+from ensemble.data.chat import CHAT_FORMATS, ChatExample, read_chat_examples
+from ensemble.data.formats import FORMATS, read_gold, read_items
+from ensemble.data.items import Item
 from ensemble.errors import EnsembleError
 
 DATA = Path(__file__).parent / "data"
