@@ -265,8 +265,11 @@ CHAT_ERRORS = [
      r"c\.jsonl:1: field 'messages': the last turn must be the assistant reply"),
     (jsonl({"messages": [{"role": "user", "content": [{"type": "text"}]}]}), "auto",
      r"c\.jsonl:1: field 'messages\[0\]': expected"),
-    (jsonl({"prompt": "q", "completion": "a"}), "auto", r"c\.jsonl:1: cannot tell the chat format from fields "
-                                                        r"\['completion', 'prompt'\]"),
+    # regression: an unhashable role was a raw TypeError ("unhashable type: 'list'")
+    (jsonl({"conversations": [{"from": ["human"], "value": "q"}]}), "auto",
+     r"c\.jsonl:1: field 'conversations\[0\]': expected \{'from': human\|gpt\|system"),
+    (jsonl({"prompt": "q", "completion": "a"}), "auto",
+     r"c\.jsonl:1: cannot tell the chat format from fields \['completion', 'prompt'\]"),
     (jsonl({"id": 1, "instruction": "a", "output": "b"}, {"id": 1, "instruction": "a", "output": "b"}), "auto",
      r"c\.jsonl:2: duplicate id '1' \(first on line 1\)"),
     (jsonl({"instruction": "a", "output": "b"}), "alpca", r"Unknown chat format 'alpca'\. Did you mean 'alpaca'\?"),

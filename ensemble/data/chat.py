@@ -60,7 +60,8 @@ def _sharegpt(path: Path, no: int, row: dict[str, Any]) -> tuple[Turns, str]:
     messages = [{"role": "system", "content": system}] if system else []
     for i, turn in enumerate(turns):
         field_ = f"{name}[{i}]"
-        role = ROLES.get(turn.get("from", turn.get("role"))) if isinstance(turn, dict) else None
+        # str(): a non-string role (a list, a number) is simply not a role
+        role = ROLES.get(str(turn.get("from", turn.get("role")))) if isinstance(turn, dict) else None
         text = turn.get("value", turn.get("content")) if isinstance(turn, dict) else None
         if role is None or not isinstance(text, str):
             raise EnsembleError(f"{where(path, no, field_)}: expected {{'from': human|gpt|system, 'value': text}} "

@@ -81,7 +81,8 @@ def _json_list_rows(path: Path, text: str) -> list[Row]:
         raise EnsembleError(f"{where(path, e.lineno)}: invalid JSON ({e.msg} at column {e.colno}); "
                             "fix the syntax (a .json file must hold one list of objects)") from None
     # walk the list element by element to know the line each one starts on
-    decoder, rows, pos = json.JSONDecoder(), [], text.index("[") + 1
+    decoder, pos = json.JSONDecoder(), text.index("[") + 1
+    rows: list[Row] = []
     line = text.count("\n", 0, pos) + 1
     while True:
         start = pos

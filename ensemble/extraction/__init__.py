@@ -83,7 +83,12 @@ def _make_take(which: str) -> Step:
         raise EnsembleError(f"extraction step 'take:{which}': the argument must be 'first' or 'last' "
                             "(the first / last non-empty line)")
     index = 0 if which == "first" else -1
-    return lambda text, item: (_lines(text) or [None])[index]
+
+    def take(text: str, item: Item) -> str | None:
+        lines = _lines(text)
+        return lines[index] if lines else None
+
+    return take
 
 
 STEPS.add("regex", StepFactory(_make_regex, "regex:<pattern with one ( ) group>"))
@@ -129,11 +134,12 @@ class Extractor:
 
     def extract(self, text: str, item: Item) -> str | None:
         """The answer label, or None (ABSTAIN) when a step cannot parse or nothing is left."""
-        out: str | None = text
+        out = text
         for fn in self._fns:
-            out = fn(out, item)
-            if not out:
+            step_out = fn(out, item)
+            if not step_out:
                 return None
+            out = step_out
         return out
 
 

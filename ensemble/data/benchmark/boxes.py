@@ -30,7 +30,7 @@ def _boxes(rng: random.Random, zh: bool) -> tuple[str, list[Question]]:
     colors, things = rng.sample(COLORS, n), rng.sample(THINGS, n)
     hidden = tuple(rng.sample(range(n), n))
     pool: list[Clue] = [("not", b, t, -1) for b in range(n) for t in range(n) if t != hidden[b]]
-    pool += [("either", hidden[b], *sorted((b, o))) for b in range(n) for o in range(n) if o != b]
+    pool += [("either", hidden[b], min(b, o), max(b, o)) for b in range(n) for o in range(n) if o != b]
     b = rng.randrange(n)
     pool.append(("is", b, hidden[b], -1))
     rng.shuffle(pool)

@@ -52,7 +52,8 @@ def generate_problems(n: int, seed: int, *, split: str, exclude: frozenset[str] 
 
     Each problem's kind is drawn uniformly from ``kinds`` (default: all registered)."""
     rng = random.Random(f"ensemble-benchmark/{seed}/{split}")
-    seen, out, kinds = set(exclude), [], list(check_kinds(kinds))
+    seen, kinds = set(exclude), list(check_kinds(kinds))
+    out: list[dict[str, Any]] = []
     while len(out) < n:
         kind, zh = rng.choice(kinds), rng.random() < ZH_SHARE
         for _ in range(MAX_RETRIES):  # retry the same kind and language, so the mix stays as drawn

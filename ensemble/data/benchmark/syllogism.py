@@ -83,6 +83,6 @@ def _syllogism(rng: random.Random, zh: bool) -> tuple[str, list[Question]]:
         if s not in premises:  # never ask what a premise states outright
             v = solve_syllogism(premises, s)
             q = ask[s[0]].format(x=words[s[1]], y=words[s[2]], n=name)
-            by_verdict.setdefault(v, []).append(candidate(q, verdicts[v], verdicts))  # type: ignore[index]
+            by_verdict.setdefault(v, []).append(candidate(q, verdicts[v], verdicts))  # type: ignore[index, arg-type]
     # balance yes / no / undecided: one question per verdict, verdicts in random order
     return text, [rng.choice(by_verdict[v]) for v in rng.sample(sorted(by_verdict), len(by_verdict))]
