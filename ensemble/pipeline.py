@@ -26,7 +26,7 @@ import numpy as np
 
 from ensemble.config.loader import to_dict
 from ensemble.config.schema import Config
-from ensemble.data.readers import Item
+from ensemble.data.items import Item
 from ensemble.engines.base import (
     ChoiceRequest,
     Engine,
@@ -58,7 +58,7 @@ class RunResult:
 def load_split_items(cfg: Config, splits: Sequence[str]) -> dict[str, list[Item]]:
     """Items of each requested split; generates the bundled benchmark when configured."""
     from ensemble.config.preflight import check_items
-    from ensemble.data.readers import read_items
+    from ensemble.data.formats import read_items
 
     paths = data_paths(cfg)
     out: dict[str, list[Item]] = {}
@@ -96,14 +96,13 @@ def _problem_id(item: Item) -> str:
 # -- voters ------------------------------------------------------------------
 def resolve_voters(cfg: Config) -> dict[str, str | None]:
     """Voter name -> adapter folder (None = the plain base model)."""
+    from ensemble.training.manifest import adapter_paths, find_manifest
+
     out_dir = Path(cfg.out)
     voters: dict[str, str | None] = {}
-    manifest = out_dir / "manifest.json"
-    if manifest.exists():
-        data = json.loads(manifest.read_text(encoding="utf-8"))
-        for name, v in data.get("variants", {}).items():
-            if v.get("status") == "done":
-                voters[name] = str(out_dir / v["adapter"])
+    manifest = find_manifest(out_dir)
+    if manifest is not None:  # trained variants ("done" only: stale ones are not voters)
+        voters.update({name: str(path) for name, path in adapter_paths(manifest, out_dir).items()})
     from ensemble.training.adapters import load_voters
 
     voters.update(load_voters(out_dir))  # registered with `vote adapters add`
@@ -308,10 +307,10 @@ def engine_defaults(cfg: Config) -> dict[str, Any]:
 
 def manifest_weights(cfg: Config, m: Any) -> dict[str, float]:
     """`weighted` weights from the training manifest's held-out accuracies (log-odds)."""
+    from ensemble.training.manifest import load_manifest
     from ensemble.voting.weighted import log_odds_weights
 
-    data = json.loads((Path(cfg.out) / "manifest.json").read_text(encoding="utf-8"))
-    acc = {n: v.get("heldout_accuracy") for n, v in data.get("variants", {}).items()}
+    acc = {n: v.get("heldout_accuracy") for n, v in load_manifest(cfg.out).variants.items()}
     missing = [v for v in m.voters if acc.get(v) is None]
     if missing:
         raise EnsembleError(f"run.weights_from: manifest has no held-out accuracy for voter(s) "

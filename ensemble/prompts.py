@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from ensemble.data.readers import Item
+from ensemble.data.items import Item
 from ensemble.errors import EnsembleError
 from ensemble.registry import Registry, unknown_name
 

@@ -24,7 +24,7 @@ import torch
 
 from ensemble.config.schema import GridConfig, TrainConfig
 from ensemble.data.benchmark import write_benchmark
-from ensemble.data.readers import read_items
+from ensemble.data.formats import read_items
 from ensemble.engines.models import resolve_model
 from ensemble.prompts import get_template
 from ensemble.training import recipe

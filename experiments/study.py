@@ -23,6 +23,7 @@ from ensemble.config.loader import load_config
 from ensemble.evaluation.ablation import ablate
 from ensemble.pipeline import run
 from ensemble.training import train_grid
+from ensemble.training.manifest import MANIFEST
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -34,9 +35,9 @@ def main() -> None:
     args = ap.parse_args()
     cfg = load_config(args.config)
     out = Path(cfg.out)
-    if args.reuse and not (out / "manifest.json").exists():
+    if args.reuse and not (out / MANIFEST).exists():
         out.mkdir(parents=True, exist_ok=True)
-        shutil.copy(Path(args.reuse) / "manifest.json", out / "manifest.json")
+        shutil.copy(Path(args.reuse) / MANIFEST, out / MANIFEST)
         shutil.copytree(Path(args.reuse) / "adapters", out / "adapters", dirs_exist_ok=True)
     t0 = time.time()
     manifest = train_grid(cfg)

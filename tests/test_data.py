@@ -6,15 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from ensemble.data.readers import (
-    CHAT_FORMATS,
-    FORMATS,
-    ChatExample,
-    Item,
-    read_chat_examples,
-    read_gold,
-    read_items,
-)
+from ensemble.data.chat import CHAT_FORMATS, ChatExample, read_chat_examples
+from ensemble.data.formats import FORMATS, read_gold, read_items
+from ensemble.data.items import Item
 from ensemble.errors import EnsembleError
 
 DATA = Path(__file__).parent / "data"
@@ -271,8 +265,11 @@ CHAT_ERRORS = [
      r"c\.jsonl:1: field 'messages': the last turn must be the assistant reply"),
     (jsonl({"messages": [{"role": "user", "content": [{"type": "text"}]}]}), "auto",
      r"c\.jsonl:1: field 'messages\[0\]': expected"),
-    (jsonl({"prompt": "q", "completion": "a"}), "auto", r"c\.jsonl:1: cannot tell the chat format from fields "
-                                                        r"\['completion', 'prompt'\]"),
+    # regression: an unhashable role was a raw TypeError ("unhashable type: 'list'")
+    (jsonl({"conversations": [{"from": ["human"], "value": "q"}]}), "auto",
+     r"c\.jsonl:1: field 'conversations\[0\]': expected \{'from': human\|gpt\|system"),
+    (jsonl({"prompt": "q", "completion": "a"}), "auto",
+     r"c\.jsonl:1: cannot tell the chat format from fields \['completion', 'prompt'\]"),
     (jsonl({"id": 1, "instruction": "a", "output": "b"}, {"id": 1, "instruction": "a", "output": "b"}), "auto",
      r"c\.jsonl:2: duplicate id '1' \(first on line 1\)"),
     (jsonl({"instruction": "a", "output": "b"}), "alpca", r"Unknown chat format 'alpca'\. Did you mean 'alpaca'\?"),

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from ensemble.data.readers import Item
+from ensemble.data.items import Item
 from ensemble.errors import EnsembleError
 from ensemble.prompts import (
     PROMPTS,

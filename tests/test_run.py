@@ -175,7 +175,7 @@ def test_vote_run_through_http_equals_in_process(tmp_path, tiny_model, tiny_adap
 @pytest.mark.parametrize("options", [(["a", "b"], ["c", "d"]), (["a", "b"], ["c", "d", "e"])])
 def test_probe_compares_item_by_item(options):
     """Equal and unequal option counts (equal ones once crashed the probe)."""
-    from ensemble.data.readers import Item
+    from ensemble.data.items import Item
     from ensemble.engines.base import ChoiceOutput
     from ensemble.pipeline import probe_adapters
     from ensemble.prompts import get_template

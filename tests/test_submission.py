@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from ensemble.data.readers import Item, read_gold
+from ensemble.data.formats import read_gold
+from ensemble.data.items import Item
 from ensemble.errors import EnsembleError
 from ensemble.evaluation.submission import (
     FALLBACKS,

@@ -16,7 +16,7 @@ import pytest
 
 from ensemble.config.loader import load_config
 from ensemble.config.schema import GridConfig, VariantConfig
-from ensemble.data.readers import Item
+from ensemble.data.items import Item
 from ensemble.errors import EnsembleError
 from ensemble.training.grid import Variant, expand_grid, parse_split
 from ensemble.training.splits import SPLITS, problem_groups, problem_key, split_indices

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from ensemble.config.schema import GridConfig, TrainConfig, VariantConfig
-from ensemble.data.readers import ChatExample, Item
+from ensemble.data.chat import ChatExample
+from ensemble.data.items import Item
 from ensemble.prompts import get_template
 from ensemble.testing import make_tiny_model
 from ensemble.training.grid import expand_grid

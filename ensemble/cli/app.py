@@ -90,7 +90,7 @@ def dev_mask(m: Any, fit_on: str, dev_fraction: float, dev_items: str | None, se
     if not has_gold.any():
         raise EnsembleError("--fit-on dev needs gold answers: pass --gold FILE or a 'gold' column")
     if dev_items:
-        from ensemble.data.readers import read_gold
+        from ensemble.data.formats import read_gold
 
         path = Path(dev_items)
         ids = set(read_gold(path)) if path.suffix in (".jsonl", ".json", ".csv") else \

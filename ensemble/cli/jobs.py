@@ -66,6 +66,7 @@ def train_cmd(config: str, overrides: tuple[str, ...]) -> None:
 def _train(cfg) -> None:
     from ensemble.cli.console import console, progress_bar
     from ensemble.training import train_grid
+    from ensemble.training.manifest import MANIFEST
 
     with progress_bar("training") as emit:
         manifest = train_grid(cfg, progress=emit)
@@ -73,7 +74,7 @@ def _train(cfg) -> None:
     for name, v in variants.items():
         acc = v.get("heldout_accuracy") if isinstance(v, dict) else getattr(v, "heldout_accuracy", None)
         console.print(f"{name}: held-out accuracy {acc:.3f}" if acc is not None else name)
-    console.print(f"run directory: {cfg.out} (manifest.json, adapters/)")
+    console.print(f"run directory: {cfg.out} ({MANIFEST}, adapters/)")
 
 
 def find_config(name: str) -> Path:

@@ -17,8 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ensemble.data.readers import FORMATS as DATA_FORMATS
-from ensemble.data.readers import LETTERS, Item, Row, detect_format, read_rows
+from ensemble.data.formats import FORMATS as DATA_FORMATS
+from ensemble.data.formats import detect_format
+from ensemble.data.items import LETTERS, Item
+from ensemble.data.rows import Row, read_rows
 from ensemble.errors import EnsembleError, where
 from ensemble.io import atomic_write_text
 from ensemble.registry import Registry

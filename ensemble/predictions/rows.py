@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from ensemble.data.readers import json_cell
-from ensemble.data.readers import read_rows as data_rows
+from ensemble.data.rows import json_cell
+from ensemble.data.rows import read_rows as data_rows
 from ensemble.errors import EnsembleError
 from ensemble.predictions.matrix import ABSTAIN, LabelEncoder, VoteMatrix
 
@@ -190,7 +190,7 @@ def load_predictions(path: str | Path, gold: str | Path | Mapping[str, str] | No
     """
     rows = read_rows(path)
     if gold is not None and not isinstance(gold, Mapping):
-        from ensemble.data.readers import read_gold
+        from ensemble.data.formats import read_gold
 
         gold = read_gold(gold)
     return build_matrix(rows, gold=gold)

@@ -27,7 +27,8 @@ from typing import Any
 
 from ensemble.config.loader import to_dict
 from ensemble.config.schema import Config, TrainConfig
-from ensemble.data.readers import ChatExample, Item
+from ensemble.data.chat import ChatExample
+from ensemble.data.items import Item
 from ensemble.errors import EnsembleError
 from ensemble.training.adapters import (
     AdapterInfo,
@@ -66,12 +67,9 @@ _NOT_RECIPE = ("grid", "eval_every")
 
 def load_training_rows(cfg: Config, out: Path) -> list[Item | ChatExample]:
     """The training file (or the generated benchmark's train split), first ``data.limit`` problems."""
-    from ensemble.data.readers import (
-        CHAT_FORMATS,
-        read_chat_examples,
-        read_items,
-        read_rows,
-    )
+    from ensemble.data.chat import CHAT_FORMATS, read_chat_examples
+    from ensemble.data.formats import read_items
+    from ensemble.data.rows import read_rows
 
     data = cfg.data
     path = Path(data.train) if data.train else None

@@ -164,14 +164,15 @@ def register_adapter(out_dir: str | Path, path: str | Path, name: str | None = N
 
     ``base`` defaults to the base model recorded in ``<out>/manifest.json``.
     """
-    from ensemble.training.manifest import load_manifest
+    from ensemble.training.manifest import MANIFEST, find_manifest
 
     out_dir, path = Path(out_dir), Path(path).resolve()
     if base is None:
-        if not (out_dir / "manifest.json").is_file():
-            raise EnsembleError(f"{out_dir / 'manifest.json'}: not found; give the base model "
+        manifest = find_manifest(out_dir)
+        if manifest is None:
+            raise EnsembleError(f"{out_dir / MANIFEST}: not found; give the base model "
                                 "(the config's model:) or run `vote train` into this folder first")
-        base = load_manifest(out_dir).base_model["path"]
+        base = manifest.base_model["path"]
     info = check_adapter(base, path, name)
     voters = load_voters(out_dir)
     if info.name in voters and Path(voters[info.name]).resolve() != path:

@@ -101,11 +101,16 @@ def write_manifest(out: str | Path, manifest: Manifest) -> Path:
     return atomic_write_text(path, json.dumps(manifest.to_json(), indent=1, ensure_ascii=False), fsync=True)
 
 
+def find_manifest(out: str | Path) -> Manifest | None:
+    """The manifest of ``out``, or None when nothing was trained there (a broken file still fails)."""
+    return load_manifest(out) if (Path(out) / MANIFEST).is_file() else None
+
+
 def open_manifest(out: str | Path, base_model: dict[str, Any]) -> Manifest:
     """The existing manifest of ``out`` if it was made for this base model, else a new one."""
-    if not (Path(out) / MANIFEST).is_file():
+    old = find_manifest(out)
+    if old is None:
         return new_manifest(base_model)
-    old = load_manifest(out)
     if old.base_model.get("config_hash") != base_model["config_hash"]:
         raise EnsembleError(
             f"{Path(out) / MANIFEST}: trained for base model {old.base_model.get('name')} "

@@ -42,7 +42,8 @@ from typing import Any
 import numpy as np
 
 from ensemble.config.schema import TrainConfig
-from ensemble.data.readers import ChatExample, Item
+from ensemble.data.chat import ChatExample
+from ensemble.data.items import Item
 from ensemble.errors import EnsembleError
 from ensemble.training.grid import Variant
 
