@@ -166,7 +166,8 @@ def check_prompt_name(name: str, field: str) -> None:
 
 
 def check_format(fmt: str) -> None:
-    from ensemble.data.readers import CHAT_FORMATS, FORMATS
+    from ensemble.data.chat import CHAT_FORMATS
+    from ensemble.data.formats import FORMATS
 
     check_name(fmt, ["auto", *FORMATS.names(), *CHAT_FORMATS.names()], "data.format", "data format")
 

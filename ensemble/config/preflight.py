@@ -49,7 +49,7 @@ def _check_manifest_weights(cfg: Config) -> None:
         return
     from ensemble.errors import EnsembleError
     from ensemble.pipeline import resolve_voters
-    from ensemble.training.manifest import heldout_accuracies, load_manifest
+    from ensemble.training.manifest import MANIFEST, heldout_accuracies, load_manifest
 
     field = f"{_source(cfg)}: field 'run.weights_from' is 'manifest'"
     try:
@@ -58,7 +58,7 @@ def _check_manifest_weights(cfg: Config) -> None:
         raise ConfigError(f"{field}; {exc}, or use weights_from: dev") from None
     missing = [v for v in resolve_voters(cfg) if v not in accuracy]
     if missing:
-        raise ConfigError(f"{field}; {Path(cfg.out) / 'manifest.json'} has no held-out accuracy for voter(s) "
+        raise ConfigError(f"{field}; {Path(cfg.out) / MANIFEST} has no held-out accuracy for voter(s) "
                           f"{', '.join(missing)}: use weights_from: dev, or give weighted its weights in "
                           "run.method_options.weighted.weights")
 
