@@ -162,7 +162,7 @@ def _from_mapping(spec: Mapping[str, object]) -> PromptTemplate:
     cjk = spec.get("cjk")
     return PromptTemplate(
         name=name,
-        user=spec["user"],  # type: ignore[arg-type]  (checked in __post_init__)
+        user=spec["user"],  # type: ignore[arg-type]  # checked in __post_init__
         system=spec.get("system"),  # type: ignore[arg-type]
         answer_prefix=spec.get("answer_prefix", ""),  # type: ignore[arg-type]
         cjk=None if cjk is None else get_template(cjk),  # type: ignore[arg-type]

@@ -56,8 +56,10 @@ def request_text(tok: Any, prompt: str | None, messages: Sequence[Message] | Non
     (the assistant prefix a choice is scored after)."""
     if (prompt is None) == (messages is None):
         raise EnsembleError("request: set exactly one of 'prompt' and 'messages'")
-    text, special = render(tok, messages) if messages is not None else (prompt, True)
-    return text + suffix, special  # type: ignore[operator]  (prompt is a str here)
+    if messages is not None:
+        text, special = render(tok, messages)
+        return text + suffix, special
+    return str(prompt) + suffix, True
 
 
 def prompt_ids(tok: Any, prompt: str | None = None, messages: Sequence[Message] | None = None) -> list[int]:

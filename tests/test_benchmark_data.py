@@ -11,7 +11,7 @@ import re
 from collections import Counter
 from collections.abc import Callable
 from fractions import Fraction
-from itertools import permutations, product
+from itertools import pairwise, permutations, product
 from pathlib import Path
 from typing import Any
 
@@ -155,7 +155,7 @@ def check_syllogism(problem: str, q: str) -> str:
 
 def check_sequence(problem: str, q: str) -> str:
     t = [int(x) for x in re.findall(r"-?\d+", problem)]
-    if len({b - a for a, b in zip(t, t[1:])}) == 1:
+    if len({b - a for a, b in pairwise(t)}) == 1:
         nxt, after = t[-1] + (t[-1] - t[-2]), t[-1] + 2 * (t[-1] - t[-2])
     else:
         assert all(t[i + 1] * t[i - 1] == t[i] ** 2 for i in range(1, len(t) - 1))  # geometric

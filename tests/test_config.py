@@ -1,6 +1,7 @@
 """Configs: every file in configs/ loads; unknown keys, bad types and bad values are named."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -36,7 +37,7 @@ def test_overrides_parse_yaml_values(tmp_path):
 
 def test_defaults_are_frozen(tmp_path):
     cfg = load_config(write(tmp_path, ""))
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.run.samples = 2  # type: ignore[misc]
 
 

@@ -271,8 +271,8 @@ CHAT_ERRORS = [
      r"c\.jsonl:1: field 'messages': the last turn must be the assistant reply"),
     (jsonl({"messages": [{"role": "user", "content": [{"type": "text"}]}]}), "auto",
      r"c\.jsonl:1: field 'messages\[0\]': expected"),
-    (jsonl({"prompt": "q", "completion": "a"}), "auto", r"c\.jsonl:1: cannot tell the chat format from fields "
-                                                        r"\['completion', 'prompt'\]"),
+    (jsonl({"prompt": "q", "completion": "a"}), "auto", (r"c\.jsonl:1: cannot tell the chat format from fields "
+                                                         r"\['completion', 'prompt'\]")),
     (jsonl({"id": 1, "instruction": "a", "output": "b"}, {"id": 1, "instruction": "a", "output": "b"}), "auto",
      r"c\.jsonl:2: duplicate id '1' \(first on line 1\)"),
     (jsonl({"instruction": "a", "output": "b"}), "alpca", r"Unknown chat format 'alpca'\. Did you mean 'alpaca'\?"),

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import cache
-from itertools import permutations
+from itertools import pairwise, permutations
 from pathlib import Path
 from typing import Any
 
@@ -182,7 +182,7 @@ def _arith(rng: random.Random, zh: bool) -> tuple[str, list[Question]]:
 #    the named individual is in. Every set is taken to be non-empty.
 
 TERMS_EN = ["wug", "blicket", "fep", "zorp", "glim", "tove", "florp", "quib", "vorn", "mib", "snerk", "plonk", "brill", "trog", "yem", "zib", "krell", "dorf", "gimble", "norp"]
-TERMS_ZH = tuple(["卢姆", "塔克", "菲普", "佐尔", "格林", "多克", "米布", "维恩", "奎布", "弗洛", "布利", "赞特", "莫克", "帕奇", "索伦", "提格", "库伦", "纳布", "洛普", "贝克"])
+TERMS_ZH = ("卢姆", "塔克", "菲普", "佐尔", "格林", "多克", "米布", "维恩", "奎布", "弗洛", "布利", "赞特", "莫克", "帕奇", "索伦", "提格", "库伦", "纳布", "洛普", "贝克")
 SAY_EN = {"all": "All {x}s are {y}s.", "no": "No {x}s are {y}s.", "some": "Some {x}s are {y}s.",
           "some_not": "Some {x}s are not {y}s.", "is": "{n} is a {x}.", "is_not": "{n} is not a {x}."}
 SAY_ZH = {"all": "所有{x}都是{y}。", "no": "没有{x}是{y}。", "some": "有些{x}是{y}。",
@@ -264,8 +264,8 @@ def _syllogism(rng: random.Random, zh: bool) -> tuple[str, list[Question]]:
 
 def continue_sequence(terms: Sequence[int], k: int) -> list[int]:
     """The next k terms, by a constant difference or else a constant ratio."""
-    diffs = {b - a for a, b in zip(terms, terms[1:])}
-    ratios = {Fraction(b, a) for a, b in zip(terms, terms[1:]) if a} if all(terms[:-1]) else set()
+    diffs = {b - a for a, b in pairwise(terms)}
+    ratios = {Fraction(b, a) for a, b in pairwise(terms) if a} if all(terms[:-1]) else set()
     if len(diffs) == 1:
         d, r = Fraction(diffs.pop()), Fraction(1)
     elif len(ratios) == 1:

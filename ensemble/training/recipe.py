@@ -231,6 +231,8 @@ def load_lora_model(base_path: str | Path, variant: Variant, cfg: TrainConfig) -
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from ensemble.engines.hf.lora import peft_wrap_quietly
+
     tok = AutoTokenizer.from_pretrained(base_path)
     base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
     torch.manual_seed(variant.seed)  # LoRA A init and dropout masks
@@ -238,7 +240,8 @@ def load_lora_model(base_path: str | Path, variant: Variant, cfg: TrainConfig) -
     lora = LoraConfig(r=variant.rank, lora_alpha=variant.alpha, target_modules=modules,
                       lora_dropout=cfg.lora_dropout, use_rslora=variant.flavour == "rslora",
                       use_dora=variant.flavour == "dora", task_type="CAUSAL_LM")
-    return get_peft_model(base, lora), tok
+    with peft_wrap_quietly():  # PEFT's own deprecated call (engines/hf/lora.py)
+        return get_peft_model(base, lora), tok
 
 
 def total_steps(n_train: int, cfg: TrainConfig) -> int:
