@@ -112,6 +112,13 @@ class StackedLoRA:
             if mod.merged_adapters:
                 raise Unsupported(f"adapters merged into the base weights ({', '.join(mod.merged_adapters)})")
         self._patched: list[Any] = []
+        try:
+            self._stack(layers)
+        except EnsembleError:
+            self.remove()  # leave the model as PEFT made it
+            raise
+
+    def _stack(self, layers: Sequence[Any]) -> None:
         probed: set[str] = set()
         for mod in layers:
             present = [n for n in self.names if n in mod.lora_A]
