@@ -92,7 +92,7 @@ FLOORS = [
     ("scikit-learn", (1, 7), "brier_score_loss(labels=..., scale_by_half=...)"),
     ("scipy", (1, 7), "scipy.stats.binomtest"),
     ("transformers", (5, 2), "TrainingArguments(train_sampling_strategy=...)"),
-    ("peft", (0, 18), "LoRA layers with lora_variant, as engines/hf/lora.py reads them"),
+    ("peft", (0, 18), "aLoRA: LoraConfig(alora_invocation_tokens=...)"),
     ("accelerate", (1, 1), "transformers' Trainer"),
     ("click", (8, 0), "click.version_option(package_name=...)"),
 ]
