@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 import string
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -162,7 +162,7 @@ def _from_mapping(spec: Mapping[str, object]) -> PromptTemplate:
     cjk = spec.get("cjk")
     return PromptTemplate(
         name=name,
-        user=spec["user"],  # type: ignore[arg-type]  (checked in __post_init__)
+        user=spec["user"],  # type: ignore[arg-type]  # checked in __post_init__
         system=spec.get("system"),  # type: ignore[arg-type]
         answer_prefix=spec.get("answer_prefix", ""),  # type: ignore[arg-type]
         cjk=None if cjk is None else get_template(cjk),  # type: ignore[arg-type]
@@ -225,10 +225,17 @@ def render_messages(template: PromptTemplate, item: Item) -> tuple[Message, ...]
     return tuple(messages)
 
 
+def plain_text(messages: Sequence[Message]) -> str:
+    """Chat messages as plain text, for a model without a chat template: each non-empty
+    content followed by a blank line, no role names (an empty system message, as in
+    ``mc_short``, leaves no gap). It ends where the reply starts."""
+    return "".join(m["content"] + "\n\n" for m in messages if m["content"])
+
+
 def render_text(template: PromptTemplate, item: Item) -> str:
-    """A plain prompt for engines without a chat template; it ends where the reply starts
-    (append ``scoring_prefix`` to score)."""
-    return "".join(m["content"] + "\n\n" for m in render_messages(template, item))
+    """A plain prompt for engines without a chat template (``plain_text`` of the messages;
+    append ``scoring_prefix`` to score)."""
+    return plain_text(render_messages(template, item))
 
 
 def scoring_prefix(template: PromptTemplate, item: Item) -> str:

@@ -99,7 +99,7 @@ class Child:
     """A configuration process kept alive between timed passes."""
 
     def __init__(self, cfg: dict) -> None:
-        self.log = tempfile.TemporaryFile("w+")  # stderr (progress bars) must not fill a pipe
+        self.log = tempfile.TemporaryFile("w+")  # noqa: SIM115  (lives as long as the child) stderr (progress bars) must not fill a pipe
         self.proc = subprocess.Popen([sys.executable, __file__, "--child", json.dumps(cfg)], text=True,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log)
         self._read()  # loaded and warmed up: children never load while another is timed

@@ -18,6 +18,7 @@ import json
 import statistics
 import tempfile
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import torch
@@ -64,7 +65,7 @@ def timed_run(base, variant, examples, cfg, kind: str) -> dict:
     finally:
         recipe.answer_loss, recipe.load_lora_model, recipe.trainer_batch = original, original_load, original_tb
     seconds = stamps[-1] - stamps[0]
-    per_step = [b - a for a, b in zip(stamps, stamps[1:])]
+    per_step = [b - a for a, b in pairwise(stamps)]
     return {"s_per_step": seconds / (len(stamps) - 1), "s_per_1k_padded_tokens": 1000 * seconds / sum(tokens),
             "step_seconds": per_step, "step_tokens": tokens,
             "padded_tokens_per_step": sum(tokens) / (len(stamps) - 1),

@@ -84,7 +84,7 @@ def run_ours(m: VoteMatrix, dev: np.ndarray) -> dict[str, dict[str, Any]]:
     test = ~dev
     out = {}
     for name in METHODS.names():
-        d, seconds = timed(lambda: vote(m, name, dev=dev if name in FITTED else None))
+        d, seconds = timed(lambda name=name: vote(m, name, dev=dev if name in FITTED else None))
         out[name] = {"seconds": seconds, "decision": d,
                      "test_accuracy": float((d.labels[test] == m.gold[test]).mean())}
     return out

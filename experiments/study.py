@@ -92,11 +92,11 @@ def markdown(summary: dict, report: dict, dev_acc: dict, ablation_rows: list) ->
     """The study's table: every voter and every method on the test split, side by side."""
     pick = summary["dev_selected_single"]["voter"]
     lines = [f"# Voting study: {summary['n_test_items']} test items, {summary['n_dev_items']} dev items",
-             "", f"Dev-selected single variant (the honest baseline): **{pick}**. "
+             "", (f"Dev-selected single variant (the honest baseline): **{pick}**. "
              f"Test-best single: {summary['test_best_single']['voter']}. Oracle (some voter right): "
              f"{_pct(report['diagnostics']['oracle'])}. Mean pairwise disagreement: "
              f"{_pct(report['diagnostics']['mean_pairwise_disagreement'])}; error correlation "
-             f"{report['diagnostics']['error_correlation']:.3f}.", "",
+             f"{report['diagnostics']['error_correlation']:.3f}."), "",
              "| voter / method | accuracy % [95% CI] | macro-F1 % | ECE % | Brier | vs dev-selected single |",
              "|---|---|---|---|---|---|"]
     for v, r in report["voters"].items():

@@ -80,7 +80,7 @@ def test_eval_errors_on_bad_files(tmp_path):
 
 def test_partial_gold_is_counted(tmp_path):
     gold = tmp_path / "g.jsonl"
-    gold.write_text("".join(line for i, line in enumerate(open(GOLD)) if i < 50))
+    gold.write_text("".join(Path(GOLD).read_text().splitlines(keepends=True)[:50]))
     report = json.loads(invoke("eval", PRED, "--gold", str(gold), "-m", "majority", "--json", "--n-boot", "50").output)
     assert report["n_eval_items"] == 50 and report["n_items_without_gold"] == 30
 

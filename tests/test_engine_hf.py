@@ -315,7 +315,7 @@ def test_unreachable_hub_id():
 def test_bad_requests(engine, monkeypatch):
     with pytest.raises(EnsembleError, match=r"Unknown adapter 'v1x'. Did you mean 'v1'"):
         engine.generate([greedy("v1x", prompt="x")])
-    with pytest.raises(EnsembleError, match=r"neither 'prompt' nor 'messages'"):
+    with pytest.raises(EnsembleError, match=r"set exactly one of 'prompt' and 'messages'"):
         engine.generate([GenRequest("v1")])
     with pytest.raises(EnsembleError, match=r"letter option 'Qz' is not a single token"):
         engine.score_choices([ChoiceRequest("v1", options=("A", "Qz"), prompt="x", mode="letter")])
@@ -331,9 +331,11 @@ def test_bad_requests(engine, monkeypatch):
         engine.generate([GenRequest("v1", prompt="x", sampling=SamplingSettings(temperature=-1.0, top_p=0.0))])
     with pytest.raises(EnsembleError, match=r"sampling settings: n 0 \(>= 1\); max_new_tokens 0 \(>= 1\)"):
         engine.generate([GenRequest("v1", prompt="x", sampling=SamplingSettings(n=0, max_new_tokens=0))])
+    # No chat template: messages are plain text with the tokenizer's BOS (ensemble.tokens), as a prompt.
     monkeypatch.setattr(engine.tokenizer, "chat_template", None)
-    with pytest.raises(EnsembleError, match=r"this model has no chat template; send 'prompt' strings"):
-        engine.generate([greedy("v1", messages=MSGS)])
+    as_messages, as_prompt = engine.generate([greedy("v1", messages=MSGS),
+                                              greedy("v1", prompt=MSGS[0]["content"] + "\n\n")])
+    assert as_messages.samples == as_prompt.samples
 
 
 # -- the real SmolLM2 (run with -m slow) -----------------------------------------------

@@ -10,6 +10,7 @@ from ensemble.prompts import (
     PromptTemplate,
     choice_continuations,
     get_template,
+    plain_text,
     render_messages,
     render_text,
     resolve,
@@ -127,6 +128,15 @@ def test_custom_template_with_system_message_and_text_prompt() -> None:
     assert render_text(t, NO_CONTEXT) == "You answer A-B.\n\nCan Tom fly?\nA. yes\nB. no\n\n"
     assert render_text(t, NO_CONTEXT) + scoring_prefix(t, NO_CONTEXT) + " A" == (
         "You answer A-B.\n\nCan Tom fly?\nA. yes\nB. no\n\nFinal: A")
+
+
+def test_plain_text_skips_empty_messages() -> None:
+    """A model without a chat template reads this (``ensemble.tokens``): an empty system
+    message (``mc_short``) must not leave a blank line before the question."""
+    system, user = render_messages(get_template("mc_short"), NO_CONTEXT)
+    assert system == {"role": "system", "content": ""}
+    assert plain_text((system, user)) == "Can Tom fly?\n\nA. yes\nB. no\n\n"
+    assert render_text(get_template("mc_short"), NO_CONTEXT) == plain_text((user,))
 
 
 def test_literal_braces_and_cjk_variant_from_config() -> None:

@@ -183,8 +183,8 @@ def test_validate_submission_finds_problems(tmp_path: Path) -> None:
         f"{sub}: 1 rows but {TEMPLATE} has 3; write one row per template row"
     sub.write_text("{oops\n")
     assert validate_submission(sub, TEMPLATE) == [
-        f"{sub}:1: invalid JSON (Expecting property name enclosed in double quotes at column 2); "
-        "each line must be one complete JSON object"]
+        (f"{sub}:1: invalid JSON (Expecting property name enclosed in double quotes at column 2); "
+         "each line must be one complete JSON object")]
 
 
 def test_validate_rejects_reordered_rows_and_keys(tmp_path: Path) -> None:

@@ -519,7 +519,7 @@ def test_permuting_voters_keeps_the_decision(name, generic):
 
 @pytest.mark.parametrize("name", METHODS.names())
 def test_all_abstain_matrix_stays_abstain(name, generic):
-    m, dev = generic
+    m, _ = generic
     empty = from_arrays(np.full((4, 2), ABSTAIN), m.classes[:2], confidence=np.full((4, 2), 0.5),
                         gold=np.array([0, 1, 0, 1]))
     if name in ("select", "weighted"):   # nothing to fit: their own errors say so

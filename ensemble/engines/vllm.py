@@ -13,7 +13,8 @@ list of LoRA requests (``None`` = base model); vLLM's scheduler then runs up to
   after the prefix; a letter's logprob is the max over its single-token spellings ("A",
   " A"); a letter with none of them in the top 20 gets ``MISSING_LOGPROB`` (its
   probability is then ~0 after the per-item softmax).
-* Tokenization follows the HF engine (lm-eval's context/continuation split), so both
+* Tokenization is ``ensemble.tokens`` (as in the HF engine and training: lm-eval's
+  context/continuation split, one rule for a model without a chat template), so both
   engines score the same token sequences.
 
 vLLM is imported lazily inside the factory: it needs a CUDA GPU and is an optional extra.
@@ -26,6 +27,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ensemble import tokens
 from ensemble.engines.base import (
     ENGINES,
     ChoiceOutput,
@@ -128,19 +130,6 @@ class VLLMEngine:
             raise EnsembleError(unknown_name("adapter", adapter, self._loras))
         return self._loras[adapter]
 
-    def _prompt_text(self, prompt: str | None, messages: Sequence[dict] | None, suffix: str = "") -> tuple[str, bool]:
-        """(text, add_special_tokens): raw text gets the tokenizer's BOS; chat messages are
-        rendered with the chat template, which writes its own special tokens."""
-        if (prompt is None) == (messages is None):
-            raise EnsembleError("request: set exactly one of 'prompt' and 'messages'")
-        if messages is not None:
-            text = self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
-            return text + suffix, False
-        return prompt + suffix, True
-
-    def _encode(self, text: str, special: bool) -> list[int]:
-        return list(self.tokenizer.encode(text, add_special_tokens=special))
-
     def _run(self, token_ids: list[list[int]], params: list[Any], loras: list[Any]) -> tuple[list[Any], float]:
         start = time.perf_counter()
         outs = self.llm.generate([{"prompt_token_ids": ids} for ids in token_ids], params,
@@ -153,7 +142,7 @@ class VLLMEngine:
         if not requests:
             return []
         params = [self._sampling(r) for r in requests]
-        ids = [self._encode(*self._prompt_text(r.prompt, r.messages)) for r in requests]
+        ids = [tokens.prompt_ids(self.tokenizer, r.prompt, r.messages) for r in requests]
         outs, elapsed = self._run(ids, params, [self._lora(r.adapter) for r in requests])
         results = []
         for r, out in zip(requests, outs):
@@ -186,13 +175,13 @@ class VLLMEngine:
                 raise EnsembleError("choice request: field 'options' is empty; give at least one option")
             if r.mode not in ("cloze", "letter"):
                 raise EnsembleError(unknown_name("scoring mode", r.mode, ("cloze", "letter")))
-            text, special = self._prompt_text(r.prompt, r.messages, r.assistant_prefix)
+            text, special = tokens.request_text(self.tokenizer, r.prompt, r.messages, r.assistant_prefix)
             if r.mode == "cloze":
-                prefix, conts = self._cloze_ids(text, special, r.options)
+                prefix, conts = tokens.cloze_ids(self.tokenizer, text, special, r.options)
                 rows = [prefix + c for c in conts]
                 params += [self._params(max_tokens=1, temperature=0.0, prompt_logprobs=1)] * len(rows)
             else:
-                prefix = self._encode(text, special) or [self.tokenizer.eos_token_id]
+                prefix = tokens.context_ids(self.tokenizer, text, special)
                 rows = [prefix]
                 params.append(self._params(max_tokens=1, temperature=0.0, logprobs=TOP_LOGPROBS))
             spans.append((len(prompts), len(prompts) + len(rows), len(prefix)))
@@ -206,32 +195,11 @@ class VLLMEngine:
                 logliks = tuple(_cloze_loglik(out, n_prefix, r.normalize) for out in outs[a:b])
             else:
                 top = outs[a].outputs[0].logprobs[0]  # {token_id: Logprob} at the first generated position
-                logliks = tuple(max((top[t].logprob for t in self._letter_ids(o) if t in top), default=MISSING_LOGPROB)
-                                for o in r.options)
+                spellings = [tokens.letter_ids(self.tokenizer, o) for o in r.options]
+                logliks = tuple(max((top[t].logprob for t in ids if t in top), default=MISSING_LOGPROB)
+                                for ids in spellings)
             results.append(ChoiceOutput(request=r, logliks=logliks, probs=softmax(logliks), latency_s=share * (b - a)))
         return results
-
-    def _cloze_ids(self, text: str, special: bool, options: Sequence[str]) -> tuple[list[int], list[list[int]]]:
-        """lm-eval's split (as the HF engine): trailing spaces of the context move to the
-        option, the context is encoded alone, each option is the tail of encode(context + option)."""
-        context = text.rstrip(" ")
-        spaces = text[len(context):]
-        prefix = self._encode(context, special)
-        conts = [self._encode(context + spaces + o, special)[len(prefix):] for o in options]
-        for k, c in enumerate(conts):
-            if not c:
-                raise EnsembleError(f"choice option {k} ({options[k]!r}) is empty after tokenization; "
-                                    "give every option some text")
-        return prefix or [self.tokenizer.eos_token_id], conts
-
-    def _letter_ids(self, letter: str) -> list[int]:
-        """Single-token spellings of an option letter: "A" and " A" (as the HF engine)."""
-        ids = {tuple(self._encode(v, False)) for v in (letter, " " + letter)}
-        single = sorted(t[0] for t in ids if len(t) == 1)
-        if not single:
-            raise EnsembleError(f"letter option {letter!r} is not a single token for this tokenizer; "
-                                "use mode='cloze' for multi-token options")
-        return single
 
 
 def _sample(c: Any, want_logprobs: bool) -> Sample:

@@ -73,15 +73,15 @@ class VoteMatrix:
     # -- shape helpers ---------------------------------------------------
     @property
     def n_items(self) -> int:
-        return self.labels.shape[0]
+        return int(self.labels.shape[0])
 
     @property
     def n_voters(self) -> int:
-        return self.labels.shape[1]
+        return int(self.labels.shape[1])
 
     @property
     def n_samples(self) -> int:
-        return self.labels.shape[2]
+        return int(self.labels.shape[2])
 
     @property
     def n_classes(self) -> int:
@@ -95,7 +95,8 @@ class VoteMatrix:
         """(I,) bool: items whose gold answer is known."""
         if self.gold is None:
             return np.zeros(self.n_items, dtype=bool)
-        return self.gold != ABSTAIN
+        known: np.ndarray = self.gold != ABSTAIN
+        return known
 
     # -- sub-matrices (used by dev/test splits and ablation) --------------
     def select_items(self, mask_or_index: np.ndarray) -> VoteMatrix:
@@ -174,7 +175,7 @@ def argmax_with_ties(scores: np.ndarray) -> np.ndarray:
     row maximum, the lowest class code wins, i.e. the class name that sorts first.
     ``np.argmax`` returns the first maximum, which is exactly that.
     """
-    out = np.argmax(scores, axis=1).astype(np.int32)
+    out: np.ndarray = np.argmax(scores, axis=1).astype(np.int32)
     out[~(scores.max(axis=1, initial=0.0) > 0)] = ABSTAIN
     return out
 

@@ -123,14 +123,14 @@ def check_adapter(base: Any, adapter_dir: str | Path, name: str | None = None) -
 
 
 def _check_shapes(name: str, weights: Path, shapes: dict[str, tuple[int, int]], said: str) -> None:
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     try:
         handle = safe_open(str(weights), framework="pt")
-    except Exception as exc:  # safetensors raises its own error types
+    except (SafetensorError, OSError) as exc:
         raise EnsembleError(f"{weights}: unreadable safetensors file ({exc}); re-save the adapter") from None
     with handle as f:
-        for key in f.keys():
+        for key in f.keys():  # noqa: SIM118  (a safetensors handle, not a dict: no __iter__)
             # 'base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight'
             #  -> module 'model.layers.0.self_attn.q_proj', part 'lora_A'
             module, _, part = key.removeprefix("base_model.model.").removesuffix(".weight").rpartition(".")

@@ -5,8 +5,9 @@ The recipe, top to bottom:
 1. examples: ``build_examples(items, template, mode)`` -> prompt messages + the
    assistant reply to learn (``prompts.training_target``: "Answer: B" / "Answer: Paris")
    + what to score for held-out accuracy (``prompts.choice_continuations``).
-2. tokens: chat template over the prompt (``add_generation_prompt=True``), then the
-   target tokens + EOS. Labels are -100 on the prompt: the loss is on the answer only.
+2. tokens (``ensemble.tokens``, as the engines): chat template over the prompt
+   (``add_generation_prompt=True``), then the target tokens + EOS. Labels are -100
+   on the prompt: the loss is on the answer only.
    Sequences are *left*-padded with explicit position ids, so every answer ends at
    the last position and the model computes logits for the last few positions only
    (``logits_to_keep``): full (B, T, vocab) logits cost SmolLM2 (vocab 49152, hidden
@@ -41,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from ensemble import tokens
 from ensemble.config.schema import TrainConfig
 from ensemble.data.chat import ChatExample
 from ensemble.data.items import Item
@@ -105,37 +107,30 @@ def build_examples(rows: Sequence[Item | ChatExample], template: Any, mode: str)
 
 
 def prompt_ids(tok: Any, messages: Sequence[Message]) -> list[int]:
-    """Chat template with the assistant turn opened; plain "content\\n\\n" blocks without one."""
-    if getattr(tok, "chat_template", None):
-        text = tok.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
-    else:
-        text = "".join(m["content"] + "\n\n" for m in messages)
-    return tok(text, add_special_tokens=False)["input_ids"]
+    """The prompt's ids, assistant turn opened (``ensemble.tokens``: chat template, or
+    plain text for a model without one)."""
+    return tokens.prompt_ids(tok, messages=messages)
 
 
 def encode(tok: Any, ex: Example, max_length: int) -> tuple[list[int], int]:
     """(prompt + target + EOS token ids, number of answer tokens at the end).
 
+    Prompt and target are split as the engines split context and option
+    (``tokens.split``), so the answer tokens are the ones later scored.
     Too long: the prompt loses tokens from its start (the answer is kept whole unless
     it alone is longer than ``max_length``; then its end is cut)."""
-    answer = (tok(ex.target, add_special_tokens=False)["input_ids"] + [tok.eos_token_id])[:max_length - 1]
-    prompt = prompt_ids(tok, ex.messages)
+    text, special = tokens.render(tok, ex.messages)
+    prompt, (target,) = tokens.split(tok, text, [ex.target], special)
+    answer = (target + [tok.eos_token_id])[:max_length - 1]
     return prompt[-(max_length - len(answer)):] + answer, len(answer)
 
 
 def choice_tokens(tok: Any, ex: Example, max_length: int) -> tuple[list[int], list[list[int]]]:
-    """(context ids = prompt + scoring prefix, one continuation id list per choice).
-
-    Each continuation is the tail of tokenize(prefix + choice), as in training (where
-    the whole target is tokenised at once); the context is cut from its start so that
-    context + the longest continuation fits ``max_length``."""
-    prompt = prompt_ids(tok, ex.messages)
-    pre = tok(ex.prefix, add_special_tokens=False)["input_ids"] if ex.prefix else []
-    conts = []
-    for choice in ex.choices:
-        full = tok(ex.prefix + choice, add_special_tokens=False)["input_ids"]
-        conts.append(full[len(pre):] if full[:len(pre)] == pre else tok(choice, add_special_tokens=False)["input_ids"])
-    context = prompt + pre
+    """(context ids = prompt + scoring prefix, one continuation id list per choice), by
+    ``tokens.cloze_ids`` as the engines score them; the context is cut from its start so
+    that context + the longest continuation fits ``max_length``."""
+    text, special = tokens.render(tok, ex.messages)
+    context, conts = tokens.cloze_ids(tok, text + ex.prefix, special, ex.choices, where=f"example '{ex.id}'")
     return context[-max(1, max_length - max(len(c) for c in conts)):], conts
 
 
@@ -237,6 +232,8 @@ def load_lora_model(base_path: str | Path, variant: Variant, cfg: TrainConfig) -
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from ensemble.engines.hf.lora import peft_wrap_quietly
+
     tok = AutoTokenizer.from_pretrained(base_path)
     base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
     torch.manual_seed(variant.seed)  # LoRA A init and dropout masks
@@ -244,7 +241,8 @@ def load_lora_model(base_path: str | Path, variant: Variant, cfg: TrainConfig) -
     lora = LoraConfig(r=variant.rank, lora_alpha=variant.alpha, target_modules=modules,
                       lora_dropout=cfg.lora_dropout, use_rslora=variant.flavour == "rslora",
                       use_dora=variant.flavour == "dora", task_type="CAUSAL_LM")
-    return get_peft_model(base, lora), tok
+    with peft_wrap_quietly():  # PEFT's own deprecated call (engines/hf/lora.py)
+        return get_peft_model(base, lora), tok
 
 
 def total_steps(n_train: int, cfg: TrainConfig) -> int:

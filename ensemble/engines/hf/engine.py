@@ -39,6 +39,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+from ensemble import tokens
 from ensemble.engines.base import (
     ENGINES,
     ChoiceOutput,
@@ -135,7 +136,7 @@ class HFEngine:
         rows: list[GenRow] = []
         owner: list[int] = []  # request index of each row
         for i, req in enumerate(requests):
-            ids, adapter, s = self._prompt_ids(req.prompt, req.messages), self._adapter(req.adapter), req.sampling
+            ids, adapter, s = tokens.prompt_ids(self.tokenizer, req.prompt, req.messages), self._adapter(req.adapter), req.sampling
             _check_sampling(s)
             seed = s.seed if s.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
             for j in range(1 if s.temperature == 0 else s.n):  # greedy: one row, copied n times
@@ -175,37 +176,16 @@ class HFEngine:
             raise EnsembleError(f"choice request {req.key!r}: no options to score")
         adapter = self._adapter(req.adapter)
         # The assistant's reply starts with req.assistant_prefix (e.g. "Answer:"); options are
-        # scored as continuations of the rendered prompt + that prefix.
-        text, special = self._prompt_text(req.prompt, req.messages)
-        text += req.assistant_prefix
+        # scored as continuations of the rendered prompt + that prefix (ensemble.tokens).
+        tok = self.tokenizer
+        text, special = tokens.request_text(tok, req.prompt, req.messages, req.assistant_prefix)
         if req.mode == "letter":
-            prefix = self._encode(text, special)
-            # Letters arrive as " A" (after "Answer:") or "A": compare both spellings' tokens.
-            return ScoreRow(prefix or [self.pad_id], adapter, [self._letter_ids(o.strip()) for o in req.options])
+            prefix = tokens.context_ids(tok, text, special)
+            return ScoreRow(prefix, adapter, [tokens.letter_ids(tok, o) for o in req.options])
         if req.normalize not in ("sum", "mean"):
             raise EnsembleError(f"choice request normalize '{req.normalize}': use 'sum' or 'mean'")
-        # lm-eval's split: trailing spaces of the context move to the continuation, the
-        # context is encoded alone, and each continuation is the tail of encode(context + option).
-        context = text.rstrip(" ")
-        spaces = text[len(context):]
-        prefix = self._encode(context, special)
-        conts = [self._encode(context + spaces + o, special)[len(prefix):] for o in req.options]
-        for k, c in enumerate(conts):
-            if not c:
-                raise EnsembleError(f"choice request {req.key!r}: option {k} ({req.options[k]!r}) is empty "
-                                    f"after tokenization; give every option some text")
-        if not prefix:  # nothing to condition on: start from EOS as lm-eval does
-            prefix = [self.tokenizer.eos_token_id]
+        prefix, conts = tokens.cloze_ids(tok, text, special, req.options, where=f"choice request {req.key!r}")
         return ScoreRow(prefix, adapter, conts, normalize=req.normalize)
-
-    def _letter_ids(self, letter: str) -> list[int]:
-        """Single-token spellings of an option letter: "A" and " A" (whichever exist)."""
-        ids = {tuple(self._encode(v, False)) for v in (letter, " " + letter)}
-        single = sorted(t[0] for t in ids if len(t) == 1)
-        if not single:
-            raise EnsembleError(f"letter option '{letter}' is not a single token for this tokenizer; "
-                                f"use mode='cloze' for multi-token options")
-        return single
 
     # -- shared plumbing ----------------------------------------------------------------
 
@@ -252,25 +232,6 @@ class HFEngine:
         if name not in self._adapters:
             raise EnsembleError(unknown_name("adapter", name, self._adapters or ["(none loaded)"]))
         return name
-
-    def _prompt_text(self, prompt: str | None, messages: Sequence[dict] | None) -> tuple[str, bool]:
-        """(text, add_special_tokens): chat messages rendered with the model's template."""
-        if messages is not None:
-            if not getattr(self.tokenizer, "chat_template", None):
-                raise EnsembleError("this model has no chat template; send 'prompt' strings instead of "
-                                    "'messages', or use an instruct model")
-            text = self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
-            return text, False  # the template already holds the special tokens
-        if prompt is None:
-            raise EnsembleError("request has neither 'prompt' nor 'messages'; set one")
-        return prompt, True
-
-    def _prompt_ids(self, prompt: str | None, messages: Sequence[dict] | None) -> list[int]:
-        text, special = self._prompt_text(prompt, messages)
-        return self._encode(text, special)
-
-    def _encode(self, text: str, special: bool) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=special)["input_ids"])
 
     def close(self) -> None:
         import torch

@@ -15,6 +15,13 @@ i.e. each row gets exactly its own adapter's delta; other adapters' columns are
 multiplied by zero. Results equal PEFT's up to float rounding (the scaling is
 folded into B and the second matmul sums over R instead of one adapter's rank).
 
+This reads PEFT internals (``LoraLayer`` / ``lora.layer.Linear``, their ``lora_A``,
+``lora_B``, ``scaling``, ``lora_dropout``, ``use_dora``, ``lora_variant``, ``lora_bias``,
+``merged_adapters``), tested with the PEFT versions pyproject allows (``PEFT_RANGE``).
+``check_peft`` stops with an EnsembleError naming the installed PEFT when one is missing,
+and a probe compares each adapter's stacked delta with PEFT's own forward on one layer,
+so a PEFT that computes LoRA differently stops the engine instead of giving wrong numbers.
+
 Each PEFT LoRA ``Linear`` gets an instance-level ``forward`` that, inside
 ``rows(...)``, returns ``base_layer(x) + delta`` and otherwise calls PEFT's own
 forward. (PEFT's ``disable_adapter()`` would do for the first half, but it walks
@@ -22,33 +29,97 @@ every module and resets requires_grad flags on entry and exit: ~50 ms a forward.
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import torch
 
+from ensemble.errors import EnsembleError
+
+PEFT_RANGE = ">=0.18,<0.22"  # keep equal to pyproject's peft requirement
+# Attributes of a PEFT LoRA layer that stacking reads (lora_dropout: it must be inactive).
+LAYER_ATTRS = ("lora_A", "lora_B", "scaling", "lora_dropout", "use_dora", "lora_variant", "lora_bias",
+               "merged_adapters", "get_base_layer")
+
 
 class Unsupported(Exception):
     """The adapters use something stacking does not cover (DoRA, LoRA bias, embeddings...)."""
 
 
+def peft_error(problem: str) -> EnsembleError:
+    """The error for a PEFT whose internals differ from what stacking was written against."""
+    import peft
+
+    return EnsembleError(
+        f"PEFT {peft.__version__}: {problem}. Stacked LoRA batching reads PEFT internals and is tested "
+        f"with peft{PEFT_RANGE}; install one (pip install 'peft{PEFT_RANGE}') or set the hf engine "
+        "option lora_batching: separate")
+
+
+@contextmanager
+def peft_wrap_quietly() -> Iterator[None]:
+    """Around ``get_peft_model`` / ``PeftModel.from_pretrained``: PEFT (<= 0.21) reads
+    transformers' deprecated ``model.is_gradient_checkpointing`` in ``PeftModel.__init__``
+    (peft/peft_model.py), a FutureWarning about PEFT's own call that no argument of ours
+    avoids. Only that warning is hidden, only here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
+                                category=FutureWarning)
+        yield
+
+
+def peft_layer_classes() -> tuple[Any, Any]:
+    """(LoraLayer, lora Linear) from PEFT, or a ``peft_error`` when PEFT moved them."""
+    try:
+        from peft.tuners.lora.layer import Linear, LoraLayer
+    except ImportError as exc:
+        raise peft_error(f"cannot import LoraLayer / Linear from peft.tuners.lora.layer ({exc})") from None
+    return LoraLayer, Linear
+
+
+def check_peft(mod: Any, names: Sequence[str]) -> None:
+    """``mod`` (a PEFT LoRA layer) has every attribute stacking reads, in the expected form."""
+    kind = type(mod).__name__
+    for attr in LAYER_ATTRS:
+        if not hasattr(mod, attr):
+            raise peft_error(f"LoRA layer {kind} has no attribute '{attr}'")
+    for n in names:
+        for key in ("lora_A", "lora_B"):
+            weight = getattr(getattr(mod, key)[n], "weight", None)
+            if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+                raise peft_error(f"LoRA layer {kind}: {key}['{n}'] is not a linear layer with a 2-D weight")
+        if not isinstance(mod.scaling.get(n), (int, float)):
+            raise peft_error(f"LoRA layer {kind}: scaling['{n}'] is {mod.scaling.get(n)!r}, not a number")
+
+
 class StackedLoRA:
     def __init__(self, model: Any, names: Sequence[str]) -> None:
-        from peft.tuners.lora.layer import Linear as LoraLinear
-        from peft.tuners.lora.layer import LoraLayer
-
+        lora_layer, lora_linear = peft_layer_classes()
         self.names = list(names)
         self.index = {n: i for i, n in enumerate(self.names)}
         self._rows: torch.Tensor | None = None  # (B,) adapter index per row, -1 = base model
         self._masks: dict[tuple[int, ...], torch.Tensor] = {}  # per forward: owner key -> (B, R) mask
-        layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+        layers: list[Any] = [m for m in model.modules() if isinstance(m, lora_layer)]
         for mod in layers:
-            present = [n for n in self.names if n in mod.lora_A]
-            if not isinstance(mod, LoraLinear) or any(
-                    mod.use_dora.get(n) or n in mod.lora_variant or mod.lora_bias.get(n) for n in present):
+            if not isinstance(mod, lora_linear):
+                raise Unsupported(f"{type(mod).__name__} layers (stacking covers linear layers)")
+            present = [n for n in self.names if n in mod.lora_A] if hasattr(mod, "lora_A") else []
+            check_peft(mod, present)
+            if any(mod.use_dora.get(n) or n in mod.lora_variant or mod.lora_bias.get(n) for n in present):
                 raise Unsupported(f"{type(mod).__name__} with DoRA / LoRA variants / bias")
-        self._patched = []
+            if mod.merged_adapters:
+                raise Unsupported(f"adapters merged into the base weights ({', '.join(mod.merged_adapters)})")
+        self._patched: list[Any] = []
+        try:
+            self._stack(layers)
+        except EnsembleError:
+            self.remove()  # leave the model as PEFT made it
+            raise
+
+    def _stack(self, layers: Sequence[Any]) -> None:
+        probed: set[str] = set()
         for mod in layers:
             present = [n for n in self.names if n in mod.lora_A]
             if not present:
@@ -59,6 +130,35 @@ class StackedLoRA:
             owner = [self.index[n] for n in present for _ in range(mod.lora_A[n].weight.shape[0])]
             mod.forward = self._make_forward(mod, a_all, b_all, tuple(owner))
             self._patched.append(mod)
+            for n in present:
+                if n not in probed:  # one layer per adapter: the computation is the class's
+                    probed.add(n)
+                    self._probe(mod, n)
+
+    def _probe(self, mod: Any, name: str) -> None:
+        """Stacked delta == PEFT's own (its mixed-batch forward) for adapter ``name`` on a
+        fixed random input (1, 2, in); a PEFT that computes LoRA differently fails here."""
+        base_layer = mod.get_base_layer()
+        w = base_layer.weight
+        x = torch.randn(1, 2, w.shape[1], generator=torch.Generator().manual_seed(0)).to(w.device, w.dtype)
+        was_training = mod.training
+        mod.eval()  # dropout off, as at inference
+        try:
+            with torch.no_grad():
+                base = base_layer(x)
+                want = type(mod).forward(mod, x, adapter_names=[name]) - base
+                with self.rows([name], w.device):
+                    got = mod.forward(x) - base
+        finally:
+            mod.train(was_training)
+        want, got = want.float(), got.float()
+        # bfloat16 rounds each product to ~3 digits; a changed formula is off by O(1).
+        tol = 0.02 * float(want.abs().max()) + 1e-6
+        if not torch.allclose(got, want, rtol=0.02, atol=tol):
+            err = float((got - want).abs().max())
+            raise peft_error(f"adapter '{name}': the stacked LoRA delta differs from PEFT's own forward by "
+                             f"{err:.3g} (largest delta {float(want.abs().max()):.3g}) in a {type(mod).__name__} "
+                             "layer, so PEFT now computes LoRA differently")
 
     @contextmanager
     def rows(self, adapters: Sequence[str], device: Any) -> Iterator[None]:

@@ -22,6 +22,8 @@ class ToyTokenizer:
 
     bos_token_id = BOS
     eos_token_id = EOS
+    chat_template = ("<s>{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}"
+                     "{% if add_generation_prompt %}<assistant>{% endif %}")  # what apply_chat_template does
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """Special tokens written as text ("<s>", "</s>") map to their ids, like HF tokenizers."""

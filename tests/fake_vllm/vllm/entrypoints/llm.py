@@ -6,7 +6,7 @@ import math
 import random
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from .._toy import EOS, VOCAB, ToyTokenizer, next_logprobs
 from ..logprobs import Logprob
@@ -22,14 +22,14 @@ _ENGINE_ARGS = {"dtype", "gpu_memory_utilization", "max_model_len", "enforce_eag
 
 
 class LLM:
-    instances: list[LLM] = []  # every LLM built, newest last (tests read the calls here)
+    instances: ClassVar[list[LLM]] = []  # every LLM built, newest last (tests read the calls here)
 
     def __init__(self, model: str, *, seed: int = 0, enable_lora: bool = False, max_loras: int = 1,
                  max_lora_rank: int = 16, max_cpu_loras: int | None = None, max_logprobs: int = 20,
                  **engine_args: Any) -> None:
         unknown = set(engine_args) - _ENGINE_ARGS
         if unknown:
-            raise TypeError(f"EngineArgs.__init__() got an unexpected keyword argument {sorted(unknown)[0]!r}")
+            raise TypeError(f"EngineArgs.__init__() got an unexpected keyword argument {min(unknown)!r}")
         if enable_lora:  # LoRAConfig's pydantic validation
             if max_lora_rank not in MAX_LORA_RANKS:
                 raise ValueError(f"max_lora_rank must be one of {MAX_LORA_RANKS}, got {max_lora_rank}")
