@@ -58,7 +58,8 @@ def test_explicit_weights_on_the_command_line():
     (["-m", "weighted", "--weights", "nobody=1"], "Weights name unknown voter 'nobody'"),
     (["-m", "weighted", "--weights", "abc"], "--weights: 'abc' is not VOTER=WEIGHT"),
     (["-m", "weighted", "--weights", "lora-s0-r8=x"], "--weights: every weight must be a number"),
-    (["--fit-on", "dev", "--dev-fraction", "1.5"], "--dev-fraction 1.5: use a value in (0, 1)"),
+    (["--fit-on", "dev", "--dev-fraction", "1.5"], "dev fraction 1.5 (--dev-fraction): use a value in (0, 1)"),
+    (["-m", "select"], "method(s) select fit on dev items, but there is no dev split: pass --fit-on dev"),
     (["--option", "confidence"], "--option 'confidence': expected METHOD.KEY=VALUE"),
     (["-m", "majority", "--option", "majority.samplez=voter"],
      "Unknown option for majority 'samplez'. Did you mean 'samples'? Available: samples"),
@@ -80,7 +81,7 @@ def test_eval_errors_on_bad_files(tmp_path):
 
 def test_partial_gold_is_counted(tmp_path):
     gold = tmp_path / "g.jsonl"
-    gold.write_text("".join(line for i, line in enumerate(open(GOLD)) if i < 50))
+    gold.write_text("".join(line for i, line in enumerate(Path(GOLD).read_text().splitlines(keepends=True)) if i < 50))
     report = json.loads(invoke("eval", PRED, "--gold", str(gold), "-m", "majority", "--json", "--n-boot", "50").output)
     assert report["n_eval_items"] == 50 and report["n_items_without_gold"] == 30
 
