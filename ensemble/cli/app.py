@@ -52,7 +52,7 @@ def parse_weights(spec: str | None) -> dict[str, float] | None:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
         if not isinstance(data, dict):
             raise EnsembleError(f"{path}: weights file must map voter names to numbers")
-        pairs = data.items()
+        pairs: list[tuple[Any, Any]] = list(data.items())
     else:
         pairs = []
         for part in filter(None, (p.strip() for p in spec.split(","))):
@@ -113,8 +113,7 @@ def with_fit_flags(fn: Callable[..., Any]) -> Callable[..., Any]:
 def prepare(pred: str, gold: str | None, methods: Sequence[str], weights: str | None, fit_on: str,
             dev_fraction: float, dev_items: str | None, seed: int, options: Sequence[str]):
     """The protocol's split and methods for these flags (ensemble.evaluation.protocol)."""
-    from ensemble.evaluation.protocol import runnable_methods
-    from ensemble.evaluation.splits import choose_split
+    from ensemble.evaluation.protocol import choose_split, runnable_methods
     from ensemble.predictions.rows import load_predictions
     from ensemble.voting import METHODS
 

@@ -39,6 +39,7 @@ from ensemble.evaluation.metrics import jsonable, macro_f1, voter_decisions
 from ensemble.evaluation.protocol import (
     by_voter_name,
     canonical,
+    gold_codes,
     mask_gold,
     require_dev,
     restrict_options,
@@ -107,22 +108,22 @@ def ablate(m: VoteMatrix, methods: Sequence[str] = ("majority",), *, dev: np.nda
     methods = list(methods)
     if on_error not in ("raise", "record"):
         raise EnsembleError(f"ablation on_error={on_error!r}: use 'raise' or 'record'")
-    dev = check_dev(m, dev.dev_mask(m) if isinstance(dev, Split) else dev)
+    given = check_dev(m, dev.dev_mask(m) if isinstance(dev, Split) else dev)
     options = by_voter_name(check_methods(methods, method_options), m.voters)
-    require_dev(methods, options, dev if dev.any() else None, m.gold)
+    require_dev(methods, options, given if given.any() else None, m.gold)
     m, order = canonical(m)
-    dev = dev[order]
-    eval_mask = m.has_gold() & ~dev
+    dev_mask = given[order]
+    eval_mask = m.has_gold() & ~dev_mask
     if not eval_mask.any():
         raise EnsembleError("ablation: no item outside dev has a gold answer, so there is "
                             "nothing to score. Load gold answers or leave some gold items out "
                             "of dev.")
     if not isinstance(cap, (int, np.integer)) or cap < 1:
         raise EnsembleError(f"ablation cap: got {cap!r}; give a whole number of subsets >= 1.")
-    K, gold = m.n_voters, m.gold[eval_mask]
+    K, gold = m.n_voters, gold_codes(m)[eval_mask]
     ks = check_ks(ks, K)
 
-    seen = mask_gold(m, dev)  # what every method may see: gold on dev only
+    seen = mask_gold(m, dev_mask)  # what every method may see: gold on dev only
     cache: dict[tuple[int, ...], dict[str, dict[str, Any]]] = {}
 
     def run(subset: tuple[int, ...]) -> dict[str, dict[str, Any]]:
@@ -130,7 +131,7 @@ def ablate(m: VoteMatrix, methods: Sequence[str] = ("majority",), *, dev: np.nda
         if subset not in cache:
             sub = seen.select_voters(list(subset))
             opts = restrict_options(options, m.voters, sub.voters)
-            cache[subset] = {n: _score(sub, n, opts.get(n, {}), dev, eval_mask, gold, on_error)
+            cache[subset] = {n: _score(sub, n, opts.get(n, {}), dev_mask, eval_mask, gold, on_error)
                              for n in methods}
         return cache[subset]
 

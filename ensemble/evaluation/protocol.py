@@ -1,7 +1,8 @@
 """The evaluation protocol: what runs, what each method sees, what it is compared with.
 
 Used by ``evaluate`` / ``ablate`` (and through them `vote eval`, `vote ablate`, `vote submit`,
-`vote run`, ``experiments/``); the dev/eval split itself is ``ensemble.evaluation.splits``.
+`vote run`, ``experiments/``). The dev/eval split (``Split``, ``choose_split``, ``split_dev``)
+is built in ``ensemble.evaluation.splits`` and importable from here too.
 
 * **Canonical order.** Methods run on the matrix with items and voters sorted by id /
   name (``canonical``), so no decision, fitted weight, chosen voter or metric depends on
@@ -29,9 +30,18 @@ from typing import Any
 import numpy as np
 
 from ensemble.errors import EnsembleError
-from ensemble.evaluation.splits import group_rank, problem_group
+from ensemble.evaluation.splits import (
+    Split,
+    choose_split,
+    group_rank,
+    problem_group,
+    split_dev,
+)
 from ensemble.predictions.matrix import ABSTAIN, Decision, VoteMatrix
 from ensemble.voting import METHODS, vote
+
+__all__ = ["Split", "baseline_voter", "best_on_dev", "canonical", "choose_split", "cross_fit", "dev_accuracies",
+           "evaluate_run", "mask_gold", "require_dev", "restrict_options", "runnable_methods", "split_dev"]
 
 DEV_FOLDS = 5
 EVALUATE_FIX = "pass dev= (a bool mask or a Split with gold dev items), or weights= for weighted"
@@ -139,6 +149,11 @@ def restrict_options(options: Mapping[str, Mapping[str, Any]], voters: Sequence[
 
 
 # -- baselines and the choice of method -----------------------------------------------
+def gold_codes(m: VoteMatrix) -> np.ndarray:
+    """(I,) gold class codes, ABSTAIN where unknown (all ABSTAIN without gold)."""
+    return np.full(m.n_items, ABSTAIN, dtype=np.int32) if m.gold is None else m.gold
+
+
 def baseline_voter(m: VoteMatrix, singles: Mapping[str, Decision], dev: np.ndarray,
                    eval_mask: np.ndarray) -> tuple[str | None, str | None]:
     """(voter, "dev" | "eval"): the single voter most often right on dev gold (else on eval).
@@ -149,7 +164,8 @@ def baseline_voter(m: VoteMatrix, singles: Mapping[str, Decision], dev: np.ndarr
     pick, where = (dev_gold, "dev") if dev_gold.any() else (eval_mask, "eval")
     if not pick.any():
         return None, None
-    right = {v: int(np.sum(d.labels[pick] == m.gold[pick])) for v, d in singles.items()}
+    gold = gold_codes(m)
+    right = {v: int(np.sum(d.labels[pick] == gold[pick])) for v, d in singles.items()}
     return min(right, key=lambda v: (-right[v], v)), where
 
 
@@ -158,7 +174,8 @@ def voter_accuracies(m: VoteMatrix, singles: Mapping[str, Decision], mask: np.nd
     keep = mask & m.has_gold()
     if not keep.any():
         return {}
-    return {v: float(np.mean(d.labels[keep] == m.gold[keep])) for v, d in singles.items()}
+    gold = gold_codes(m)
+    return {v: float(np.mean(d.labels[keep] == gold[keep])) for v, d in singles.items()}
 
 
 def dev_accuracies(seen: VoteMatrix, methods: Sequence[str], options: Mapping[str, Mapping[str, Any]],
@@ -184,7 +201,7 @@ def dev_accuracies(seen: VoteMatrix, methods: Sequence[str], options: Mapping[st
         except EnsembleError as exc:
             acc[name], errors[name] = None, str(exc)
             continue
-        acc[name] = float(np.mean(pred == seen.gold[idx])) if len(idx) else None
+        acc[name] = float(np.mean(pred == gold_codes(seen)[idx])) if len(idx) else None
     return acc, errors
 
 
@@ -241,7 +258,6 @@ def evaluate_run(m: VoteMatrix, methods: Sequence[str], method_options: Mapping[
     A method that cannot apply is recorded in the report; one that fits on dev without
     a dev split is an error."""
     from ensemble.evaluation.report import evaluate
-    from ensemble.evaluation.splits import Split
 
     split = None if dev_ids is None else Split.of(m, dev_ids, "data.dev")
     options = {k: dict(v) for k, v in method_options.items()}

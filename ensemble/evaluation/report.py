@@ -110,7 +110,7 @@ def _evaluate_canonical(m: VoteMatrix, methods: list[str], dev: np.ndarray,
     has_gold = m.has_gold()
     eval_mask = has_gold & ~dev
     scored = eval_mask if eval_mask.any() else ~dev  # without gold: coverage over non-dev items
-    gold = m.gold[eval_mask] if eval_mask.any() else None
+    gold = protocol.gold_codes(m)[eval_mask] if eval_mask.any() else None
     seen = protocol.mask_gold(m, dev)  # what every method may see: gold on dev only
 
     def score(d: Decision) -> dict[str, Any]:
