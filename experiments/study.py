@@ -52,7 +52,7 @@ def main() -> None:
     m, dev = result.matrix, result.dev
     test = ~dev & m.has_gold()
     voters = report["voters"]
-    dev_acc = report["diagnostics"]["voter_dev_accuracy"]
+    dev_acc = {v: r["dev_accuracy"] for v, r in voters.items()}
     dev_pick = report["diagnostics"]["best_voter"]  # the protocol's baseline, chosen on dev
     test_pick = max(voters, key=lambda v: (voters[v]["accuracy"], v))  # hindsight, for reference only
     scored = report["methods"]

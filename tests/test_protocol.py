@@ -210,6 +210,10 @@ def test_report_selects_on_dev_only(tmp_path) -> None:
     maj = evaluate(m, ["majority"], dev=split, n_boot=0)
     assert accs["majority"] == pytest.approx(np.mean(maj.decisions["majority"].labels[dev] == m.gold[dev]))
     assert evaluate(m, ["majority"], n_boot=0).to_dict()["selected_on_dev"] is None
+    # each voter's dev accuracy (what the baseline is chosen on) is reported with it
+    best = d["diagnostics"]["best_voter"]
+    assert d["voters"][best]["dev_accuracy"] == max(r["dev_accuracy"] for r in d["voters"].values())
+    assert d["voters"]["alpha"]["dev_accuracy"] == d["voters"]["beta"]["dev_accuracy"]
 
 
 # -- which methods run ----------------------------------------------------------------------

@@ -16,7 +16,7 @@ accuracy, F1, calibration and the paired test are then absent.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -147,14 +147,20 @@ def _evaluate_canonical(m: VoteMatrix, methods: list[str], dev: np.ndarray,
         "mean_pairwise_disagreement": mean_pairwise_disagreement(sub),
         "error_correlation": error_correlation(sub) if gold is not None else None,
         "best_voter": best, "best_voter_selected_on": selected_on,
-        "voter_dev_accuracy": protocol.voter_accuracies(m, singles, dev) or None,
     }
     return Report(
         n_items=m.n_items, n_eval_items=int(eval_mask.sum()), n_dev_items=int(dev.sum()),
         n_items_without_gold=int((~has_gold).sum()), classes=m.classes, methods=method_rows,
-        voters={v: score(d) for v, d in singles.items()}, diagnostics=jsonable(diagnostics),
+        voters=_voter_rows(m, singles, dev, score), diagnostics=jsonable(diagnostics),
         items=m.items, decisions=decisions, eval_mask=eval_mask, selected_on_dev=jsonable(selected),
     )
+
+
+def _voter_rows(m: VoteMatrix, singles: dict[str, Decision], dev: np.ndarray,
+                score: Callable[[Decision], dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each voter's eval metrics, plus ``dev_accuracy`` (what the baseline was chosen on) with dev gold."""
+    dev_acc = protocol.voter_accuracies(m, singles, dev)
+    return {v: {**score(d), **({"dev_accuracy": dev_acc[v]} if v in dev_acc else {})} for v, d in singles.items()}
 
 
 def _score(d: Decision, scored: np.ndarray, gold: np.ndarray | None, classes: tuple[str, ...],
