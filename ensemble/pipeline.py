@@ -64,8 +64,9 @@ def load_split_items(cfg: Config, splits: Sequence[str]) -> dict[str, list[Item]
     out: dict[str, list[Item]] = {}
     for split in splits:
         path = paths.get(split)
-        if path is None:
-            continue
+        if path is None:  # a split asked for but not given is an error, never skipped
+            raise EnsembleError(f"{cfg.source or 'config'}: run.splits asks for '{split}' but data.{split} is "
+                                f"not set; set data.{split} (or data.benchmark), or drop '{split}' from run.splits")
         items = read_items(path, format=cfg.data.format)
         if cfg.data.limit:
             keep = list(dict.fromkeys(_problem_id(it) for it in items))[: cfg.data.limit]
@@ -73,8 +74,8 @@ def load_split_items(cfg: Config, splits: Sequence[str]) -> dict[str, list[Item]
         check_items(cfg, split, path, items)
         out[split] = items
     if not out:
-        raise EnsembleError(f"{cfg.source or 'config'}: no data for splits {', '.join(splits)}; "
-                            "set data.test (and data.dev) or data.benchmark")
+        raise EnsembleError(f"{cfg.source or 'config'}: run.splits is empty; list the splits to answer, "
+                            "e.g. run.splits: [dev, test]")
     return out
 
 
@@ -261,8 +262,8 @@ def run(cfg: Config, *, restart: bool = False, progress: Progress | None = None,
 
 def finish(cfg: Config, store: PredictionStore, splits: dict[str, list[Item]], voters: dict[str, str | None],
            n_new: int, warnings: list[str]) -> RunResult:
-    """Stored rows -> vote matrix -> every method -> report (+ submission)."""
-    from ensemble.evaluation.metrics import evaluate
+    """Stored rows -> vote matrix -> every method (dev = data.dev; see evaluate_run) -> report (+ submission)."""
+    from ensemble.evaluation.protocol import evaluate_run
     from ensemble.predictions.rows import build_matrix
 
     items = {it.id: it for split_items in splits.values() for it in split_items}
@@ -270,31 +271,20 @@ def finish(cfg: Config, store: PredictionStore, splits: dict[str, list[Item]], v
     gold = {i: it.answer for i, it in items.items() if it.answer is not None}
     options = {i: it.letters for i, it in items.items() if it.options}
     m = build_matrix(rows, gold=gold, options=options or None)
-    dev_ids = {it.id for it in splits.get("dev", [])}
-    dev = np.array([i in dev_ids for i in m.items]) if dev_ids and "test" in splits else None
-    method_options = {k: dict(v) for k, v in cfg.run.method_options.items()}
-    if "weighted" in cfg.run.methods and cfg.run.weights_from == "manifest":
-        method_options.setdefault("weighted", {})["weights"] = manifest_weights(cfg, m)
-    methods = [x for x in cfg.run.methods if dev is not None or x not in ("select", "stack", "weighted")
-               or "weights" in method_options.get(x, {})]
-    report = evaluate(m, methods, dev=dev, method_options=method_options, on_error="record")
+    dev_ids = [it.id for it in splits["dev"]] if {"dev", "test"} <= set(splits) else None
+    report, split = evaluate_run(m, cfg.run.methods, cfg.run.method_options, dev_ids,
+                                 manifest_dir=cfg.out if cfg.run.weights_from == "manifest" else None)
     warnings += [f"method {k}: {v['error']}" for k, v in report.methods.items() if 'error' in v]
     abstain = {v: int((m.labels[:, j] < 0).sum()) for j, v in enumerate(m.voters)}
-    out = Path(cfg.out)
-    _write_json(out / "report.json", report.to_dict())
-    result = RunResult(out=out, matrix=m, report=report, n_new_rows=n_new, abstain_counts=abstain,
-                       dev=dev, warnings=warnings)
+    _write_json(Path(cfg.out) / "report.json", report.to_dict())
+    result = RunResult(out=Path(cfg.out), matrix=m, report=report, n_new_rows=n_new, abstain_counts=abstain,
+                       dev=None if split is None else split.dev_mask(m), warnings=warnings)
     if cfg.run.submission:
-        from ensemble.evaluation.submission import write_answers
+        from ensemble.evaluation.submission import write_test_answers
 
-        test_ids = {it.id for it in splits.get("test", [])}
-        answers = {k: v for k, v in report.answers(cfg.run.submission_method).items() if k in test_ids}
-        test_items = splits.get("test", [])
-        # Competition (nested) test files are filled in place; flat ones give an id,answer table.
-        nested = bool(test_items) and "problem_id" in test_items[0].meta
-        result.submission = write_answers(answers, Path(cfg.run.submission), items=test_items,
-                                          template=data_paths(cfg)["test"] if nested else None,
-                                          fallback=cfg.run.fallback)
+        result.submission = write_test_answers(report.answers(cfg.run.submission_method), splits.get("test", []),
+                                               cfg.run.submission, test_file=data_paths(cfg).get("test"),
+                                               fallback=cfg.run.fallback)
     return result
 
 
@@ -303,20 +293,6 @@ def engine_defaults(cfg: Config) -> dict[str, Any]:
     an OpenAI-compatible server decides both)."""
     return {"hf": {"batch_size": cfg.run.batch_size, "dtype": cfg.run.dtype},
             "vllm": {"dtype": cfg.run.dtype}}.get(cfg.run.engine, {})
-
-
-def manifest_weights(cfg: Config, m: Any) -> dict[str, float]:
-    """`weighted` weights from the training manifest's held-out accuracies (log-odds)."""
-    from ensemble.training.manifest import load_manifest
-    from ensemble.voting.weighted import log_odds_weights
-
-    acc = {n: v.get("heldout_accuracy") for n, v in load_manifest(cfg.out).variants.items()}
-    missing = [v for v in m.voters if acc.get(v) is None]
-    if missing:
-        raise EnsembleError(f"run.weights_from: manifest has no held-out accuracy for voter(s) "
-                            f"{', '.join(missing)}; use weights_from: dev")
-    w = log_odds_weights([acc[v] for v in m.voters], m.n_classes)
-    return {v: float(x) for v, x in zip(m.voters, w)}
 
 
 def _write_json(path: Path, data: Any) -> None:

@@ -46,7 +46,7 @@ def test_hand_case_numbers() -> None:
 
 def test_exhaustive_counts_are_binomials() -> None:
     m = synthetic(120, [.7, .6, .6, .5, .4], seed=3)
-    ab = ablate(m, ["majority", "weighted"], dev=np.arange(120) < 40)
+    ab = ablate(m, ["majority", "weighted"], dev=np.arange(120) < 40, on_error="record")  # {v4}: at chance
     for method in ("majority", "weighted"):
         for k in range(1, 6):
             r = row(ab, method, k)
@@ -57,10 +57,16 @@ def test_exhaustive_counts_are_binomials() -> None:
     assert ab.n_eval_items == 80
 
 
-def test_a_subset_the_method_refuses_is_recorded_not_fatal() -> None:
+def test_a_subset_the_method_refuses_fails_the_ablation_with_the_reason() -> None:
     # v4 is below chance on dev (9 of 40 right, chance 1/4): fitted weighted refuses {v4} alone.
     m = synthetic(120, [.7, .6, .6, .5, .4], seed=3)
-    ab = ablate(m, ["weighted"], dev=np.arange(120) < 40, ks=[1])
+    with pytest.raises(EnsembleError, match=r"method 'weighted' failed on the voter subset \{v4\}: .*at or below chance"):
+        ablate(m, ["weighted"], dev=np.arange(120) < 40, ks=[1])
+
+
+def test_a_subset_the_method_refuses_is_recorded_when_asked() -> None:
+    m = synthetic(120, [.7, .6, .6, .5, .4], seed=3)
+    ab = ablate(m, ["weighted"], dev=np.arange(120) < 40, ks=[1], on_error="record")
     r = row(ab, "weighted", 1)
     assert (r["n_subsets"], r["n_failed"]) == (5, 1)
     failed = [s for s in ab.subsets if s["error"]]
@@ -69,7 +75,9 @@ def test_a_subset_the_method_refuses_is_recorded_not_fatal() -> None:
     ok = [s["accuracy"] for s in ab.subsets if not s["error"]]
     assert r["mean"] == pytest.approx(np.mean(ok))
     with pytest.raises(EnsembleError, match="method 'majority' failed on every voter subset; first error: .*samples"):
-        ablate(m, ["majority"], method_options={"majority": {"samples": "evry"}})
+        ablate(m, ["majority"], method_options={"majority": {"samples": "evry"}}, on_error="record")
+    with pytest.raises(EnsembleError, match="ablation on_error='skip': use 'raise' or 'record'"):
+        ablate(m, ["majority"], on_error="skip")
 
 
 def test_sampled_when_above_cap_and_seeded() -> None:

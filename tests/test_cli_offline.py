@@ -58,7 +58,8 @@ def test_explicit_weights_on_the_command_line():
     (["-m", "weighted", "--weights", "nobody=1"], "Weights name unknown voter 'nobody'"),
     (["-m", "weighted", "--weights", "abc"], "--weights: 'abc' is not VOTER=WEIGHT"),
     (["-m", "weighted", "--weights", "lora-s0-r8=x"], "--weights: every weight must be a number"),
-    (["--fit-on", "dev", "--dev-fraction", "1.5"], "--dev-fraction 1.5: use a value in (0, 1)"),
+    (["--fit-on", "dev", "--dev-fraction", "1.5"], "dev fraction 1.5 (--dev-fraction): use a value in (0, 1)"),
+    (["-m", "select"], "method(s) select fit on dev items, but there is no dev split: pass --fit-on dev"),
     (["--option", "confidence"], "--option 'confidence': expected METHOD.KEY=VALUE"),
     (["-m", "majority", "--option", "majority.samplez=voter"],
      "Unknown option for majority 'samplez'. Did you mean 'samples'? Available: samples"),
@@ -121,3 +122,45 @@ def test_submit_into_nested_template_and_abstain_policy(tmp_path):
 def test_submit_takes_one_method(tmp_path):
     res = invoke("submit", PRED, "-m", "majority", "-m", "stack", "--out", str(tmp_path / "x.csv"))
     assert res.exit_code == 2 and "takes one --method" in res.output
+
+
+W5 = "lora-s0-r8=3,lora-s1-r8=1,lora-s2-r16=1,lora-s3-r4=1,lora-s4-r4=1"
+
+
+def test_ablate_with_weights_restricts_them_to_each_subset(tmp_path):
+    res = invoke("ablate", PRED, "--gold", GOLD, "-m", "weighted", "--weights", W5, "--out", str(tmp_path))
+    assert res.exit_code == 0, res.output
+    data = json.loads((tmp_path / "ablation.json").read_text())
+    assert [r["n_failed"] for r in data["summary"]] == [0] * 5
+    assert all(s["accuracy"] is not None for s in data["subsets"])
+    # a single voter alone under weighted equals that voter alone
+    singles = {s["voters"][0]: s["accuracy"] for s in data["subsets"] if s["k"] == 1}
+    assert singles == pytest.approx(data["single_voters"])
+
+
+def test_ablate_fails_when_a_subset_fails_and_says_why(tmp_path):
+    zero = "lora-s0-r8=1,lora-s1-r8=0,lora-s2-r16=0,lora-s3-r4=0,lora-s4-r4=0"
+    res = invoke("ablate", PRED, "--gold", GOLD, "-m", "weighted", "--weights", zero, "--out", str(tmp_path))
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert "method 'weighted' failed on the voter subset {lora-s1-r8}: weighted: every weight is 0" in res.output
+
+
+def test_eval_reports_the_method_best_on_dev():
+    res = invoke("eval", PRED, "--gold", GOLD, "--fit-on", "dev", "--json", "--n-boot", "0")
+    report = json.loads(res.output)
+    sel = report["selected_on_dev"]
+    assert sel["method"] in report["methods"] and set(sel["dev_accuracies"]) == set(report["methods"])
+    assert sel["dev_accuracy"] == max(a for a in sel["dev_accuracies"].values() if a is not None)
+    assert sel["eval_accuracy"] == report["methods"][sel["method"]]["accuracy"]
+    assert report["split"].startswith("drawn: 0.3 of the gold items by whole problem, seed 0")
+    text = invoke("eval", PRED, "--gold", GOLD, "--fit-on", "dev", "--n-boot", "0").output
+    assert f"best method on dev: {sel['method']} (dev accuracy {sel['dev_accuracy']:.3f}" in text
+    assert "best method on dev: – (no dev split" in invoke("eval", PRED, "--gold", GOLD, "--n-boot", "0").output
+
+
+def test_eval_fit_on_dev_is_independent_of_row_order(tmp_path):
+    lines = Path(PRED).read_text().splitlines(keepends=True)
+    shuffled = tmp_path / "shuffled.jsonl"
+    shuffled.write_text("".join(lines[::-1]))
+    args = ("--gold", GOLD, "--fit-on", "dev", "--json", "--n-boot", "100", "--seed", "4")
+    assert invoke("eval", str(shuffled), *args).output == invoke("eval", PRED, *args).output

@@ -269,16 +269,14 @@ def test_resolve_voters_broken_manifest_names_the_file(tmp_path: Path) -> None:
 
 def test_manifest_weights_without_manifest_says_train_first(tmp_path: Path) -> None:
     """Regression: weights_from: manifest with no training run was a raw FileNotFoundError."""
-    from ensemble.config.schema import Config
-    from ensemble.pipeline import manifest_weights
+    from ensemble.evaluation.protocol import manifest_weights
 
     with pytest.raises(EnsembleError, match=r"manifest.json: not found; run `vote train CONFIG` with out: "):
-        manifest_weights(Config(out=str(tmp_path)), None)
+        manifest_weights(str(tmp_path), None)
 
 
 def test_manifest_weights_reads_heldout_accuracy(tmp_path: Path) -> None:
-    from ensemble.config.schema import Config
-    from ensemble.pipeline import manifest_weights
+    from ensemble.evaluation.protocol import manifest_weights
     from ensemble.predictions.matrix import from_arrays
     from ensemble.voting.weighted import log_odds_weights
 
@@ -286,4 +284,4 @@ def test_manifest_weights_reads_heldout_accuracy(tmp_path: Path) -> None:
                          "b": {"status": "done", "adapter": "adapters/b", "heldout_accuracy": 0.6}})
     m = from_arrays(np.array([[0, 1], [1, 1]]), ["A", "B"], voters=["a", "b"])  # (I=2, V=2) labels
     expected = log_odds_weights([0.9, 0.6], 2)
-    assert manifest_weights(Config(out=str(tmp_path)), m) == pytest.approx(dict(zip(["a", "b"], expected)))
+    assert manifest_weights(str(tmp_path), m) == pytest.approx(dict(zip(["a", "b"], expected)))

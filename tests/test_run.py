@@ -62,6 +62,11 @@ def test_run_cloze_end_to_end(tmp_path, tiny_model, tiny_adapters):
     report = result.report.to_dict()
     assert report["n_dev_items"] == 4 and report["n_eval_items"] == 8
     assert set(report["methods"]) == {"majority", "weighted", "dawid_skene"}
+    # the method is chosen on the data.dev items only, and its test result is reported
+    sel = report["selected_on_dev"]
+    assert sel["n_dev_items"] == 4 and report["split"] == "data.dev"
+    assert sel["eval_accuracy"] == report["methods"][sel["method"]]["accuracy"]
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["selected_on_dev"] == sel
     rows = [json.loads(x) for x in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
     assert len(rows) == 36 and all(set(r["probs"]) == set("ABCD"[:len(r["probs"])]) for r in rows)
     assert all(abs(sum(r["probs"].values()) - 1) < 1e-6 for r in rows)
@@ -130,6 +135,7 @@ def test_cli_run_prints_tables_and_errors(tmp_path, tiny_model, tiny_adapters):
     res = CliRunner().invoke(main, ["run", str(cfg)], catch_exceptions=False)
     assert res.exit_code == 0, res.output
     assert "Voting methods" in res.output and "predictions.jsonl" in res.output
+    assert "best method on dev: " in res.output and "(dev accuracy" in res.output
     res = CliRunner().invoke(main, ["run", str(cfg), "--set", "run.mode=letter"], catch_exceptions=False)
     assert res.exit_code == 2 and "made with other settings (mode: 'cloze' -> 'letter')" in res.output
     bad = tmp_path / "bad.yaml"
@@ -188,3 +194,19 @@ def test_probe_compares_item_by_item(options):
     items = [Item(id=str(k), question="q", options=tuple(o)) for k, o in enumerate(options)]
     warnings = probe_adapters(Fake(), items, {"same": "p", "diff": "p"}, get_template("mc"), "cloze")
     assert len(warnings) == 1 and "voter 'same'" in warnings[0]
+
+
+def test_a_split_asked_for_but_not_given_is_an_error(tmp_path, tiny_model, tiny_adapters):
+    """`vote run` once skipped a configured split with no data and dropped the fitted methods."""
+    from dataclasses import replace
+
+    from ensemble.errors import EnsembleError
+    from ensemble.pipeline import load_split_items
+
+    cfg = load_config(write_config(tmp_path, tiny_model, tiny_adapters, tmp_path / "out", n=4))
+    # the config check refuses it before any work starts (the pipeline would refuse it too)
+    with pytest.raises(EnsembleError, match=r"field 'run.splits' is 'dev'; data.dev is not set"):
+        replace(cfg, data=replace(cfg.data, dev=None))
+    only_test = replace(cfg, data=replace(cfg.data, dev=None), run=replace(cfg.run, splits=("test",),
+                        methods=("majority",)))
+    assert set(load_split_items(only_test, ["test"])) == {"test"}

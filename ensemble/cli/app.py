@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-import numpy as np
 
 from ensemble.errors import EnsembleError
 
@@ -53,7 +52,7 @@ def parse_weights(spec: str | None) -> dict[str, float] | None:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
         if not isinstance(data, dict):
             raise EnsembleError(f"{path}: weights file must map voter names to numbers")
-        pairs = data.items()
+        pairs: list[tuple[Any, Any]] = list(data.items())
     else:
         pairs = []
         for part in filter(None, (p.strip() for p in spec.split(","))):
@@ -82,46 +81,10 @@ def parse_options(specs: Sequence[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def dev_mask(m: Any, fit_on: str, dev_fraction: float, dev_items: str | None, seed: int) -> np.ndarray | None:
-    """Which gold items the fitted methods may fit on (the rest are scored)."""
-    if fit_on == "none":
-        return None
-    has_gold = m.has_gold()
-    if not has_gold.any():
-        raise EnsembleError("--fit-on dev needs gold answers: pass --gold FILE or a 'gold' column")
-    if dev_items:
-        from ensemble.data.formats import read_gold
-
-        path = Path(dev_items)
-        ids = set(read_gold(path)) if path.suffix in (".jsonl", ".json", ".csv") else \
-            {x.strip() for x in path.read_text(encoding="utf-8").splitlines() if x.strip()}
-        mask = np.array([i in ids for i in m.items]) & has_gold
-        if not mask.any():
-            raise EnsembleError(f"{dev_items}: none of its ids are items with gold in the predictions")
-        return mask
-    if not 0 < dev_fraction < 1:
-        raise EnsembleError(f"--dev-fraction {dev_fraction}: use a value in (0, 1), e.g. 0.3")
-    gold_ix = np.flatnonzero(has_gold)
-    rng = np.random.default_rng(seed)
-    chosen = rng.choice(gold_ix, size=max(1, round(dev_fraction * len(gold_ix))), replace=False)
-    mask = np.zeros(m.n_items, dtype=bool)
-    mask[chosen] = True
-    return mask
+CLI_FIX = "pass --fit-on dev (or --dev-items FILE), or give weighted its --weights"
 
 
-def default_methods(m: Any, dev: np.ndarray | None, weights: dict[str, float] | None) -> list[str]:
-    methods = ["majority"]
-    if weights is not None or dev is not None:
-        methods.append("weighted")
-    if dev is not None:
-        methods += ["select", "stack"]
-    if m.confidence is not None or m.probs is not None:
-        methods.append("confidence")
-    return methods + ["dawid_skene"]
-
-
-def fit_options(method: Sequence[str], weights: dict[str, float] | None,
-                options: Sequence[str]) -> dict[str, dict[str, Any]]:
+def fit_options(weights: dict[str, float] | None, options: Sequence[str]) -> dict[str, dict[str, Any]]:
     method_options = parse_options(options)
     if weights is not None:
         method_options.setdefault("weighted", {})["weights"] = weights
@@ -133,8 +96,8 @@ fit_flags = [
     click.option("--method", "-m", "methods", multiple=True, help="Voting method (repeatable). Default: every method the data allows."),
     click.option("--weights", help="Voter weights for `weighted`: a=1,b=0.5 or a JSON/YAML file."),
     click.option("--fit-on", type=click.Choice(["none", "dev"]), default="none", show_default=True,
-                 help="Fit weighted/select/stack on dev items; metrics then cover only the other items."),
-    click.option("--dev-fraction", type=float, default=0.3, show_default=True, help="Share of gold items used as dev."),
+                 help="Fit weighted/select/stack on dev items and choose the method on dev; metrics cover only the other items."),
+    click.option("--dev-fraction", type=float, default=0.3, show_default=True, help="Share of gold items used as dev: whole problems (<id>#k together), drawn by a seeded hash of the id."),
     click.option("--dev-items", type=click.Path(dir_okay=False), help="File of dev item ids (one per line, or a dataset)."),
     click.option("--seed", type=int, default=0, show_default=True, help="Seed for the dev split and bootstrap."),
     click.option("--option", "options", multiple=True, help="Method option METHOD.KEY=VALUE (repeatable)."),
@@ -149,16 +112,29 @@ def with_fit_flags(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def prepare(pred: str, gold: str | None, methods: Sequence[str], weights: str | None, fit_on: str,
             dev_fraction: float, dev_items: str | None, seed: int, options: Sequence[str]):
+    """The protocol's split and methods for these flags (ensemble.evaluation.protocol)."""
+    from ensemble.evaluation.protocol import choose_split, runnable_methods
     from ensemble.predictions.rows import load_predictions
     from ensemble.voting import METHODS
 
     m = load_predictions(pred, gold=gold)
     for name in methods:
         METHODS.get(name)  # unknown names fail before any work
-    w = parse_weights(weights)
-    dev = dev_mask(m, fit_on, dev_fraction, dev_items, seed)
-    chosen = list(methods) or default_methods(m, dev, w)
-    return m, dev, chosen, fit_options(chosen, w, options)
+    method_options = fit_options(parse_weights(weights), options)
+    split = choose_split(m, fit_on=fit_on, fraction=dev_fraction, dev_items=dev_items, seed=seed)
+    dev = None if split is None else split.dev_mask(m)
+    chosen = runnable_methods(m, methods, method_options, dev, CLI_FIX)
+    return m, split, chosen, method_options
+
+
+def selected_line(report: dict[str, Any]) -> str:
+    """One line naming the method best on dev and its eval accuracy (the number to quote)."""
+    sel = report.get("selected_on_dev")
+    if not sel:
+        return "best method on dev: – (no dev split; pass --fit-on dev to choose a method on dev)"
+    acc = sel.get("eval_accuracy")
+    return (f"best method on dev: {sel['method']} (dev accuracy {sel['dev_accuracy']:.3f}; eval accuracy "
+            + ("–" if acc is None else f"{acc:.3f}") + f" on {report['n_eval_items']} items)")
 
 
 @main.command("eval")
@@ -173,9 +149,9 @@ def eval_cmd(pred: str, gold: str | None, methods: tuple[str, ...], weights: str
     """Combine the votes in PRED with each method and evaluate against gold."""
     from ensemble.evaluation.metrics import evaluate
 
-    m, dev, chosen, method_options = prepare(pred, gold, methods, weights, fit_on, dev_fraction, dev_items,
-                                             seed, options)
-    report = evaluate(m, chosen, dev=dev, method_options=method_options, n_boot=n_boot, seed=seed).to_dict()
+    m, split, chosen, method_options = prepare(pred, gold, methods, weights, fit_on, dev_fraction, dev_items,
+                                               seed, options)
+    report = evaluate(m, chosen, dev=split, method_options=method_options, n_boot=n_boot, seed=seed).to_dict()
     if as_json:
         click.echo(json.dumps(report, ensure_ascii=False))
         return
@@ -185,6 +161,7 @@ def eval_cmd(pred: str, gold: str | None, methods: tuple[str, ...], weights: str
         console.print(f"[yellow]{m.meta['n_gold_without_votes']} gold items have no votes in {pred}; not evaluated[/]")
     for table in report_tables(report):
         console.print(table)
+    console.print(selected_line(report))
 
 
 @main.command("ablate")
@@ -200,11 +177,11 @@ def ablate_cmd(pred: str, gold: str | None, methods: tuple[str, ...], weights: s
     from ensemble.cli.console import ablation_table, console
     from ensemble.evaluation.ablation import ablate
 
-    m, dev, chosen, method_options = prepare(pred, gold, methods, weights, fit_on, dev_fraction, dev_items,
-                                             seed, options)
+    m, split, chosen, method_options = prepare(pred, gold, methods, weights, fit_on, dev_fraction, dev_items,
+                                               seed, options)
     if not m.has_gold().any():
         raise EnsembleError("vote ablate needs gold answers: pass --gold FILE")
-    result = ablate(m, chosen, dev=dev, method_options=method_options, cap=cap, seed=seed)
+    result = ablate(m, chosen, dev=split, method_options=method_options, cap=cap, seed=seed)
     paths = result.write(Path(out_dir))
     console.print(ablation_table(result.to_rows()))
     for kind, path in paths.items():
@@ -228,9 +205,9 @@ def submit_cmd(pred: str, gold: str | None, methods: tuple[str, ...], weights: s
 
     if len(methods) > 1:
         raise EnsembleError("vote submit takes one --method (the one whose answers are submitted)")
-    m, dev, chosen, method_options = prepare(pred, gold, methods or ("majority",), weights, fit_on,
-                                             dev_fraction, dev_items, seed, options)
-    report = evaluate(m, chosen[:1], dev=dev, method_options=method_options, n_boot=0)
+    m, split, chosen, method_options = prepare(pred, gold, methods or ("majority",), weights, fit_on,
+                                               dev_fraction, dev_items, seed, options)
+    report = evaluate(m, chosen[:1], dev=split, method_options=method_options, n_boot=0)
     answers = report.answers(chosen[0])
     result = write_answers(answers, Path(out_file), template=Path(template) if template else None,
                            fallback=fallback, seed=seed)

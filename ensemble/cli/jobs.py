@@ -22,10 +22,12 @@ def _load(config: str, overrides: tuple[str, ...]):
 
 
 def _print_run(result) -> None:
+    from ensemble.cli.app import selected_line
     from ensemble.cli.console import console, report_tables
 
     for table in report_tables(result.report.to_dict()):
         console.print(table)
+    console.print(selected_line(result.report.to_dict()))
     unparsed = {v: n for v, n in result.abstain_counts.items() if n}
     if unparsed:
         console.print("abstentions (unparseable or missing answers) per voter: "

@@ -8,10 +8,15 @@ are measured on the eval items, as in ``ensemble.evaluation.report.evaluate``: o
 with gold. Leave-one-out: each method with all voters vs. with one voter removed;
 ``delta = accuracy_without - accuracy_all``, so a positive delta means the voter hurts.
 
-A method that refuses one subset with an EnsembleError (weighted, when every voter
-in it is at chance on dev) has that subset recorded as failed (``error``, counted
-in ``n_failed``) and left out of the statistics; one that fails on every subset
-raises.
+The protocol of ``evaluate`` holds here too (``ensemble.evaluation.protocol``): methods
+run on the canonical (sorted) matrix with gold masked outside dev, so results do not
+depend on row or voter order; options that name voters (``weights={voter: w}``) are cut
+down to each subset's voters.
+
+A method that refuses a subset (EnsembleError, e.g. weighted when every voter in it is
+at chance on dev) makes ``ablate`` raise, naming the subset and the reason. With
+``on_error="record"`` that subset is instead recorded as failed (``error``, counted in
+``n_failed``) and left out of the statistics; a method failing on every subset raises.
 """
 from __future__ import annotations
 
@@ -31,7 +36,16 @@ from matplotlib.figure import Figure
 
 from ensemble.errors import EnsembleError
 from ensemble.evaluation.metrics import jsonable, macro_f1, voter_decisions
+from ensemble.evaluation.protocol import (
+    by_voter_name,
+    canonical,
+    gold_codes,
+    mask_gold,
+    require_dev,
+    restrict_options,
+)
 from ensemble.evaluation.report import check_dev, check_methods
+from ensemble.evaluation.splits import Split
 from ensemble.io import atomic_write_bytes, atomic_write_text
 from ensemble.predictions.matrix import VoteMatrix
 from ensemble.voting import vote
@@ -87,30 +101,37 @@ class Ablation:
         return paths
 
 
-def ablate(m: VoteMatrix, methods: Sequence[str] = ("majority",), *, dev: np.ndarray | None = None,
+def ablate(m: VoteMatrix, methods: Sequence[str] = ("majority",), *, dev: np.ndarray | Split | None = None,
            method_options: dict[str, dict[str, Any]] | None = None, cap: int = 2000, seed: int = 0,
-           ks: Sequence[int] | None = None) -> Ablation:
+           ks: Sequence[int] | None = None, on_error: str = "raise") -> Ablation:
     """Accuracy / macro-F1 of each method over subsets of k voters, plus leave-one-out."""
     methods = list(methods)
-    options = check_methods(methods, method_options)
-    dev = check_dev(m, dev)
-    eval_mask = m.has_gold() & ~dev
+    if on_error not in ("raise", "record"):
+        raise EnsembleError(f"ablation on_error={on_error!r}: use 'raise' or 'record'")
+    given = check_dev(m, dev.dev_mask(m) if isinstance(dev, Split) else dev)
+    options = by_voter_name(check_methods(methods, method_options), m.voters)
+    require_dev(methods, options, given if given.any() else None, m.gold)
+    m, order = canonical(m)
+    dev_mask = given[order]
+    eval_mask = m.has_gold() & ~dev_mask
     if not eval_mask.any():
         raise EnsembleError("ablation: no item outside dev has a gold answer, so there is "
                             "nothing to score. Load gold answers or leave some gold items out "
                             "of dev.")
     if not isinstance(cap, (int, np.integer)) or cap < 1:
         raise EnsembleError(f"ablation cap: got {cap!r}; give a whole number of subsets >= 1.")
-    K, gold = m.n_voters, m.gold[eval_mask]
+    K, gold = m.n_voters, gold_codes(m)[eval_mask]
     ks = check_ks(ks, K)
 
+    seen = mask_gold(m, dev_mask)  # what every method may see: gold on dev only
     cache: dict[tuple[int, ...], dict[str, dict[str, Any]]] = {}
 
     def run(subset: tuple[int, ...]) -> dict[str, dict[str, Any]]:
         """{method: {accuracy, macro_f1, error}} for these voter positions (run once each)."""
         if subset not in cache:
-            sub = m.select_voters(list(subset))
-            cache[subset] = {n: _score(sub, n, options.get(n, {}), dev, eval_mask, gold)
+            sub = seen.select_voters(list(subset))
+            opts = restrict_options(options, m.voters, sub.voters)
+            cache[subset] = {n: _score(sub, n, opts.get(n, {}), dev_mask, eval_mask, gold, on_error)
                              for n in methods}
         return cache[subset]
 
@@ -132,15 +153,19 @@ def ablate(m: VoteMatrix, methods: Sequence[str] = ("majority",), *, dev: np.nda
 
 
 def _score(sub: VoteMatrix, method: str, options: dict[str, Any], dev: np.ndarray,
-           eval_mask: np.ndarray, gold: np.ndarray) -> dict[str, Any]:
-    """Accuracy and macro-F1 of one method on one voter subset, or the error it raised.
+           eval_mask: np.ndarray, gold: np.ndarray, on_error: str) -> dict[str, Any]:
+    """Accuracy and macro-F1 of one method on one voter subset (``sub``: gold masked).
 
     A method may refuse a subset it cannot fit (weighted when every voter in it is
-    at chance on dev): that subset is recorded as failed, not the whole ablation.
+    at chance on dev): that raises, naming the subset, or with ``on_error="record"``
+    the subset is recorded as failed.
     """
     try:
         pred = vote(sub, method, dev=dev, **options).labels[eval_mask]  # (E,)
     except EnsembleError as e:
+        if on_error != "record":
+            raise EnsembleError(f"ablation: method '{method}' failed on the voter subset "
+                                f"{{{', '.join(sub.voters)}}}: {e}") from None
         return {"accuracy": None, "macro_f1": None, "error": str(e)}
     return {"accuracy": float(np.mean(pred == gold)), "macro_f1": macro_f1(gold, pred),
             "error": None}

@@ -1,11 +1,14 @@
 """``evaluate``: run voting methods over a VoteMatrix and score them against gold.
 
-Protocol. ``dev`` (I,) bool marks the items fitted methods may fit on; every
-metric is computed on the *eval items*: outside dev and with a known gold answer.
+Protocol (``ensemble.evaluation.protocol``). ``dev`` (I,) bool marks the items fitted
+methods may fit on; methods see gold on dev only, on the canonical (sorted) matrix.
+Every metric is computed on the *eval items*: outside dev and with a known gold answer.
 Items without gold are counted (``n_items_without_gold``), never scored. The best
 single voter, the baseline every method is tested against, is chosen on dev when
 dev has gold items (an honest choice), else on the eval items themselves (an
-optimistic baseline); ``best_voter_selected_on`` says which.
+optimistic baseline); ``best_voter_selected_on`` says which; ties go to the voter
+name that sorts first. ``selected_on_dev`` names the method best on dev (None
+without dev) and gives its eval result: the one number to quote.
 
 Without any eval item (no gold at all, or all gold items in dev) the report still
 holds every method's decisions and its coverage over the items outside dev;
@@ -13,13 +16,14 @@ accuracy, F1, calibration and the paired test are then absent.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from ensemble.errors import EnsembleError
+from ensemble.evaluation import protocol
 from ensemble.evaluation.metrics import (
     error_correlation,
     jsonable,
@@ -29,6 +33,7 @@ from ensemble.evaluation.metrics import (
     score_decision,
     voter_decisions,
 )
+from ensemble.evaluation.splits import Split
 from ensemble.predictions.matrix import ABSTAIN, Decision, VoteMatrix
 from ensemble.registry import unknown_name
 from ensemble.voting import METHODS, vote
@@ -49,6 +54,8 @@ class Report:
     items: tuple[str, ...] = ()
     decisions: dict[str, Decision] = field(default_factory=dict)
     eval_mask: np.ndarray | None = None  # (I,) bool: the items the metrics are computed on
+    selected_on_dev: dict[str, Any] | None = None  # protocol.best_on_dev: the method chosen on dev
+    split_how: str | None = None  # how the dev items were chosen (a Split's ``how``)
 
     def to_dict(self) -> dict[str, Any]:
         """The ``vote eval --json`` contract (keys may be added, never renamed)."""
@@ -56,7 +63,8 @@ class Report:
             "n_items": self.n_items, "n_eval_items": self.n_eval_items,
             "n_dev_items": self.n_dev_items, "n_items_without_gold": self.n_items_without_gold,
             "classes": list(self.classes), "methods": self.methods, "voters": self.voters,
-            "diagnostics": self.diagnostics,
+            "diagnostics": self.diagnostics, "selected_on_dev": self.selected_on_dev,
+            "split": self.split_how,
         })
 
     def answers(self, method: str) -> dict[str, str | None]:
@@ -70,41 +78,56 @@ class Report:
 
 
 def evaluate(m: VoteMatrix, methods: Sequence[str] = ("majority",), *,
-             dev: np.ndarray | None = None, method_options: dict[str, dict[str, Any]] | None = None,
+             dev: np.ndarray | Split | None = None, method_options: dict[str, dict[str, Any]] | None = None,
              n_boot: int = 1000, seed: int = 0, on_error: str = "raise") -> Report:
     """Run each registered method in ``methods`` on ``m`` and score it on the eval items.
 
+    ``dev``: an (I,) bool mask over ``m.items`` or a ``Split``. Methods see gold on dev
+    only (``protocol.mask_gold``) and run on the canonical (sorted) matrix, so the
+    report does not depend on row or voter order; ``Report.decisions`` follow ``m.items``.
     ``on_error="record"``: a method that cannot apply to this data (EnsembleError, e.g.
     `weighted` when every voter is at chance on dev) gets ``{"error": message}`` in the
     report and no decision, and the other methods go on (used by `vote run`, where one
-    method's refusal must not throw away a long inference job's report).
+    method's refusal must not throw away a long inference job's report). A method that
+    fits on dev without a dev split with gold is always an error.
     """
     methods = list(methods)
-    options = check_methods(methods, method_options)
-    dev = check_dev(m, dev)
+    how = dev.how if isinstance(dev, Split) else None
+    dev = check_dev(m, dev.dev_mask(m) if isinstance(dev, Split) else dev)
+    options = protocol.by_voter_name(check_methods(methods, method_options), m.voters)
+    protocol.require_dev(methods, options, dev if dev.any() else None, m.gold)
+    c, order = protocol.canonical(m)
+    report = _evaluate_canonical(c, methods, dev[order], options, n_boot, seed, on_error)
+    decisions = {k: protocol.restore_order(d, order) for k, d in report.decisions.items()}
+    return replace(report, items=m.items, decisions=decisions, eval_mask=m.has_gold() & ~dev,
+                   split_how=how)
+
+
+def _evaluate_canonical(m: VoteMatrix, methods: list[str], dev: np.ndarray,
+                        options: dict[str, dict[str, Any]], n_boot: int, seed: int,
+                        on_error: str) -> Report:
+    """``evaluate`` on a matrix already in canonical order."""
     has_gold = m.has_gold()
     eval_mask = has_gold & ~dev
     scored = eval_mask if eval_mask.any() else ~dev  # without gold: coverage over non-dev items
-    gold = m.gold[eval_mask] if eval_mask.any() else None
+    gold = protocol.gold_codes(m)[eval_mask] if eval_mask.any() else None
+    seen = protocol.mask_gold(m, dev)  # what every method may see: gold on dev only
 
     def score(d: Decision) -> dict[str, Any]:
         return _score(d, scored, gold, m.classes, n_boot, seed)
 
     singles = voter_decisions(m)
-    best, selected_on = best_voter(m, singles, dev, eval_mask)
+    best, selected_on = protocol.baseline_voter(m, singles, dev, eval_mask)
     decisions: dict[str, Decision] = {}
-    method_rows: dict[str, dict[str, Any]] = {}
+    method_rows: dict[str, dict[str, Any]] = {name: {} for name in methods}  # report in the given order
     for name in methods:
         try:
-            decisions[name] = vote(m, name, dev=dev, **options.get(name, {}))
+            decisions[name] = vote(seen, name, dev=dev, **options.get(name, {}))
         except EnsembleError as exc:
             if on_error != "record":
                 raise
             method_rows[name] = {"error": str(exc)}
-    method_rows = {name: method_rows.get(name, {}) for name in methods}  # report in the given order
-    for name in methods:
-        if name not in decisions:
-            continue  # recorded as an error above; keep the methods' order
+            continue
         d = decisions[name]
         row = score(d)
         row["info"] = jsonable(d.info)
@@ -114,6 +137,10 @@ def evaluate(m: VoteMatrix, methods: Sequence[str] = ("majority",), *,
             row["vs_best_voter"] = {**test, "voter": best, "selected_on": selected_on}
         method_rows[name] = row
 
+    dev_acc, dev_errors = protocol.dev_accuracies(seen, methods, options, dev, decisions, seed=seed)
+    selected = protocol.best_on_dev(dev_acc, method_rows, int((dev & has_gold).sum()))
+    if selected is not None and dev_errors:
+        selected["dev_errors"] = dev_errors
     sub = m.select_items(scored)
     diagnostics = {
         "oracle": float(oracle(sub).mean()) if gold is not None else None,
@@ -124,9 +151,16 @@ def evaluate(m: VoteMatrix, methods: Sequence[str] = ("majority",), *,
     return Report(
         n_items=m.n_items, n_eval_items=int(eval_mask.sum()), n_dev_items=int(dev.sum()),
         n_items_without_gold=int((~has_gold).sum()), classes=m.classes, methods=method_rows,
-        voters={v: score(d) for v, d in singles.items()}, diagnostics=jsonable(diagnostics),
-        items=m.items, decisions=decisions, eval_mask=eval_mask,
+        voters=_voter_rows(m, singles, dev, score), diagnostics=jsonable(diagnostics),
+        items=m.items, decisions=decisions, eval_mask=eval_mask, selected_on_dev=jsonable(selected),
     )
+
+
+def _voter_rows(m: VoteMatrix, singles: dict[str, Decision], dev: np.ndarray,
+                score: Callable[[Decision], dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each voter's eval metrics, plus ``dev_accuracy`` (what the baseline was chosen on) with dev gold."""
+    dev_acc = protocol.voter_accuracies(m, singles, dev)
+    return {v: {**score(d), **({"dev_accuracy": dev_acc[v]} if v in dev_acc else {})} for v, d in singles.items()}
 
 
 def _score(d: Decision, scored: np.ndarray, gold: np.ndarray | None, classes: tuple[str, ...],
@@ -138,20 +172,6 @@ def _score(d: Decision, scored: np.ndarray, gold: np.ndarray | None, classes: tu
         return {"n": int(scored.sum()), "coverage": coverage}
     return jsonable(score_decision(gold, pred, len(classes), scores=d.scores[scored],
                                    class_names=classes, n_boot=n_boot, seed=seed))
-
-
-def best_voter(m: VoteMatrix, singles: dict[str, Decision], dev: np.ndarray,
-               eval_mask: np.ndarray) -> tuple[str | None, str | None]:
-    """The single voter with the highest accuracy on dev's gold items (else on eval items).
-
-    Ties go to the voter listed first. (None, None) when neither set has gold.
-    """
-    dev_gold = dev & m.has_gold()
-    pick, where = (dev_gold, "dev") if dev_gold.any() else (eval_mask, "eval")
-    if not pick.any():
-        return None, None
-    acc = [np.mean(d.labels[pick] == m.gold[pick]) for d in singles.values()]
-    return list(singles)[int(np.argmax(acc))], where
 
 
 def check_methods(methods: list[str], method_options: dict[str, dict[str, Any]] | None

@@ -178,6 +178,16 @@ def write_answers(answers: Mapping[str, str | None], out: Path, *, template: Pat
     return SubmissionReport(len(final), len(filled), tuple(filled), out)
 
 
+def write_test_answers(answers: Mapping[str, str | None], test_items: Sequence[Item], out: str | Path, *,
+                       test_file: Path | None, fallback: str = "none") -> SubmissionReport:
+    """`vote run`'s submission: the answers for the test items only. A competition (nested)
+    test file is filled in place; a flat one gives an id,answer table."""
+    test_ids = {it.id for it in test_items}
+    nested = bool(test_items) and "problem_id" in test_items[0].meta
+    return write_answers({k: v for k, v in answers.items() if k in test_ids}, Path(out), items=test_items,
+                         template=test_file if nested else None, fallback=fallback)
+
+
 # ---------------------------------------------------------------------------
 # Checking a written file against the template.
 
