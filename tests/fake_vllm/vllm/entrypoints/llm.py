@@ -1,42 +1,31 @@
 """Fake ``vllm.LLM``: records calls, validates like vLLM, generates from the toy model."""
 from __future__ import annotations
 
-import json
 import math
 import random
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from .._toy import EOS, VOCAB, ToyTokenizer, next_logprobs
+from ..config.lora import validate_lora_config
+from ..engine.arg_utils import EngineArgs
 from ..logprobs import Logprob
+from ..lora.peft_helper import PEFTHelper
 from ..lora.request import LoRARequest
 from ..outputs import CompletionOutput, RequestOutput
 from ..sampling_params import SamplingParams
 
-MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vllm/config/lora.py: MaxLoRARanks
-# A few real EngineArgs names; anything else is a TypeError, as in vLLM.
-_ENGINE_ARGS = {"dtype", "gpu_memory_utilization", "max_model_len", "enforce_eager",
-                "tensor_parallel_size", "trust_remote_code", "enable_prefix_caching",
-                "max_num_seqs", "quantization", "lora_dtype", "tokenizer"}
-
 
 class LLM:
-    instances: list[LLM] = []  # every LLM built, newest last (tests read the calls here)
+    instances: ClassVar[list[LLM]] = []  # every LLM built, newest last (tests read the calls here)
 
     def __init__(self, model: str, *, seed: int = 0, enable_lora: bool = False, max_loras: int = 1,
                  max_lora_rank: int = 16, max_cpu_loras: int | None = None, max_logprobs: int = 20,
                  **engine_args: Any) -> None:
-        unknown = set(engine_args) - _ENGINE_ARGS
-        if unknown:
-            raise TypeError(f"EngineArgs.__init__() got an unexpected keyword argument {sorted(unknown)[0]!r}")
-        if enable_lora:  # LoRAConfig's pydantic validation
-            if max_lora_rank not in MAX_LORA_RANKS:
-                raise ValueError(f"max_lora_rank must be one of {MAX_LORA_RANKS}, got {max_lora_rank}")
-            if max_loras < 1:
-                raise ValueError(f"max_loras must be >= 1, got {max_loras}")
-            if max_cpu_loras is not None and max_cpu_loras < max_loras:
-                raise ValueError(f"max_cpu_loras ({max_cpu_loras}) must be >= max_loras ({max_loras})")
+        self.engine_args = EngineArgs(model=model, **engine_args)  # unknown names: TypeError, as in vLLM
+        if enable_lora:
+            validate_lora_config(max_lora_rank, max_loras, max_cpu_loras)
         self.model = model
         self.init_kwargs = {"model": model, "seed": seed, "enable_lora": enable_lora, "max_loras": max_loras,
                             "max_lora_rank": max_lora_rank, "max_cpu_loras": max_cpu_loras,
@@ -84,12 +73,9 @@ class LLM:
             if (seen.lora_name, seen.lora_path) != (lr.lora_name, lr.lora_path):
                 raise ValueError(f"lora_int_id {lr.lora_int_id} used for both {seen.lora_name} and {lr.lora_name}")
             return
-        cfg_path = Path(lr.lora_path) / "adapter_config.json"
-        if not cfg_path.exists():
+        if not (Path(lr.lora_path) / "adapter_config.json").exists():
             raise ValueError(f"Loading lora {lr.lora_name} failed: No adapter found for {lr.lora_path}")
-        rank = int(json.loads(cfg_path.read_text())["r"])
-        if rank > self.init_kwargs["max_lora_rank"]:
-            raise ValueError(f"LoRA rank {rank} is greater than max_lora_rank {self.init_kwargs['max_lora_rank']}.")
+        PEFTHelper.from_local_dir(lr.lora_path).validate_legal(self.init_kwargs["max_lora_rank"])
         self._loras[lr.lora_int_id] = lr
 
     # -- the toy forward pass ---------------------------------------------------------------
