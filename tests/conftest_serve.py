@@ -109,3 +109,23 @@ def http(method: str, url: str, body: Any = None, raw: bytes | None = None) -> t
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read())
+
+
+def install_fake_vllm(monkeypatch: Any, fake_dir: str) -> Any:
+    """Put the fake ``vllm`` (tests/fake_vllm) first on sys.path for one test; return the package.
+    The caller's fixture removes the modules afterwards with ``forget_vllm()``."""
+    import sys
+
+    monkeypatch.syspath_prepend(fake_dir)
+    for name in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
+        monkeypatch.delitem(sys.modules, name)
+    import vllm
+
+    return vllm
+
+
+def forget_vllm() -> None:
+    import sys
+
+    for name in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
+        del sys.modules[name]

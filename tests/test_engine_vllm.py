@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest_serve import forget_vllm, install_fake_vllm
 
 from ensemble.engines.base import (
     ENGINES,
@@ -25,14 +26,8 @@ FAKE = Path(__file__).parent / "fake_vllm"
 @pytest.fixture
 def fake_vllm(monkeypatch):
     """Put the fake vllm on sys.path for this test only; return the package."""
-    monkeypatch.syspath_prepend(str(FAKE))
-    for name in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
-        monkeypatch.delitem(sys.modules, name)
-    import vllm
-
-    yield vllm
-    for name in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
-        del sys.modules[name]
+    yield install_fake_vllm(monkeypatch, str(FAKE))
+    forget_vllm()
 
 
 def write_adapter(root: Path, name: str, rank: int, **fields) -> Path:

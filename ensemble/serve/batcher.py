@@ -63,6 +63,9 @@ class Batcher:
             first = self._queue.get()
             if first is None:
                 return
+            if first.kind == "call":  # not batched: answer at once
+                self._run([first])
+                continue
             jobs, size, stop = [first], len(first.requests), False
             deadline = time.monotonic() + self.max_wait_s
             while size < self.max_batch and (left := deadline - time.monotonic()) > 0:
@@ -73,6 +76,9 @@ class Batcher:
                 if job is None:
                     stop = True
                     break
+                if job.kind == "call":  # e.g. a /tokenize while a batch fills: run it, keep waiting
+                    self._run([job])
+                    continue
                 jobs.append(job)
                 size += len(job.requests)
             self._run(jobs)

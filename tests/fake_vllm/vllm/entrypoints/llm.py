@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from .._toy import EOS, VOCAB, ToyTokenizer, next_logprobs
+from .._toy import VOCAB, SentencePieceTokenizer, ToyTokenizer, next_logprobs
 from ..config.lora import validate_lora_config
 from ..engine.arg_utils import EngineArgs
 from ..logprobs import Logprob
@@ -32,11 +32,16 @@ class LLM:
                             "max_logprobs": max_logprobs, **engine_args}
         self.calls: list[dict[str, Any]] = []
         self._loras: dict[int, LoRARequest] = {}  # int id -> the request that loaded it
-        self._tokenizer = ToyTokenizer()
+        toy = engine_args.get("tokenizer") == "toy-sentencepiece"
+        self._tokenizer: Any = SentencePieceTokenizer() if toy else ToyTokenizer()
+        self._vocab = list(SentencePieceTokenizer.PIECES) if toy else VOCAB
         LLM.instances.append(self)
 
-    def get_tokenizer(self) -> ToyTokenizer:
+    def get_tokenizer(self) -> Any:
         return self._tokenizer
+
+    def _lp(self, name: str | None, context: Sequence[int]) -> list[float]:
+        return next_logprobs(name, context, len(self._vocab))
 
     def generate(self, prompts: Any, sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
                  *, use_tqdm: bool = True, lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None,
@@ -85,11 +90,11 @@ class LLM:
             ids, text = self._tokenizer.encode(prompt), prompt
         else:
             ids, text = list(prompt["prompt_token_ids"]), None
-            if any(not 0 <= i < len(VOCAB) for i in ids):
+            if any(not 0 <= i < len(self._vocab) for i in ids):
                 raise ValueError("Token id out of vocabulary")
         prompt_lps = None
         if p.prompt_logprobs is not None:
-            prompt_lps = [None] + [_top(next_logprobs(name, ids[:t]), ids[t], p.prompt_logprobs)
+            prompt_lps = [None] + [_top(self._lp(name, ids[:t]), ids[t], p.prompt_logprobs, self._tokenizer)
                                    for t in range(1, len(ids))]
         outs = [self._sample(j, ids, p, name, lr) for j in range(p.n)]
         return RequestOutput(request_id, text, ids, prompt_lps, outs, lora_request=lr)
@@ -100,13 +105,13 @@ class LLM:
         context, out, lps = list(ids), [], []
         finish, stop_reason, text = "length", None, ""
         for _ in range(p.max_tokens or 16):
-            lp = next_logprobs(name, context)
+            lp = self._lp(name, context)
             tok = _pick(lp, p, rng)
             out.append(tok)
             context.append(tok)
             if p.logprobs is not None:
-                lps.append(_top(lp, tok, p.logprobs))
-            if tok == EOS:
+                lps.append(_top(lp, tok, p.logprobs, self._tokenizer))
+            if tok == self._tokenizer.eos_token_id:
                 finish = "stop"
                 break
             text = self._tokenizer.decode(out, skip_special_tokens=True)
@@ -114,7 +119,7 @@ class LLM:
             if hit:
                 text, finish, stop_reason = text[: text.index(hit[0])], "stop", hit[0]
                 break
-        cum = sum(next_logprobs(name, ids + out[:t])[out[t]] for t in range(len(out)))
+        cum = sum(self._lp(name, ids + out[:t])[out[t]] for t in range(len(out)))
         return CompletionOutput(index, text, out, cum, lps if p.logprobs is not None else None,
                                 finish, stop_reason, lr)
 
@@ -141,9 +146,10 @@ def _pick(lp: list[float], p: SamplingParams, rng: random.Random) -> int:
     return rng.choices(kept, weights=[weights[v] for v in kept])[0]
 
 
-def _top(lp: list[float], chosen: int, k: int) -> dict[int, Logprob]:
-    """vLLM's per-position dict: the top-k tokens plus the chosen one, with 1-based ranks."""
+def _top(lp: list[float], chosen: int, k: int, tokenizer: Any) -> dict[int, Logprob]:
+    """vLLM's per-position dict: the top-k tokens plus the chosen one, with 1-based ranks;
+    ``decoded_token`` is the token decoded alone (a SentencePiece "▁B" gives "B")."""
     order = sorted(range(len(lp)), key=lambda v: (-lp[v], v))
     rank = {v: r + 1 for r, v in enumerate(order)}
     keep = order[: len(lp) if k == -1 else k] + [chosen]
-    return {v: Logprob(lp[v], rank[v], VOCAB[v]) for v in keep}
+    return {v: Logprob(lp[v], rank[v], tokenizer.decode([v])) for v in keep}
