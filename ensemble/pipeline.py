@@ -228,7 +228,8 @@ def run(cfg: Config, *, restart: bool = False, progress: Progress | None = None,
     template, extractor = get_template(cfg.prompt), build_extractor(cfg.run.extractor)
     # An OpenAI-compatible server holds the model itself: its name is passed through as-is.
     model_path = cfg.model if cfg.run.engine == "openai" else str(resolve_model(cfg.model))
-    spec = EngineSpec(engine=cfg.run.engine, model=model_path, options={**engine_defaults(cfg), **cfg.run.engine_options},
+    spec = EngineSpec(engine=cfg.run.engine, model=model_path,
+                      options={**engine_defaults(cfg), **cfg.run.engine_options},
                       adapters={k: v for k, v in voters.items() if v is not None})
     prints = {name: fingerprint(path) for name, path in voters.items()}
     if cfg.run.engine == "openai":  # what answers is the server's model behind each name: ask it first

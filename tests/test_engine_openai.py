@@ -348,6 +348,22 @@ def test_openai_over_vllm_server_equals_the_vllm_engine(sp_vllm):
     assert letter["return_tokens_as_token_ids"] is True and letter["logprobs"] == 20
 
 
+def test_generation_over_vllm_server_equals_the_vllm_engine(sp_vllm):
+    server, local, adapters = sp_vllm
+    chat = ({"role": "user", "content": "Q: Which is B?"},)
+    reqs = [GenRequest(adapter="a", prompt="Q: The", sampling=SamplingSettings(max_new_tokens=6)),
+            GenRequest(adapter="b", messages=chat, sampling=SamplingSettings(n=3, temperature=0.7, seed=5,
+                                                                             max_new_tokens=5)),
+            GenRequest(adapter=None, prompt="Answer:", sampling=SamplingSettings(n=2, max_new_tokens=4, stop=("o",)))]
+    remote = openai_engine(server.url, {k: str(v) for k, v in adapters.items()}, model="toy")
+    try:
+        assert_same_generation(remote.generate(reqs), local.generate(reqs))
+        with pytest.raises(EnsembleError, match=r"temperature 2.5 is outside \[0, 2\]"):
+            remote.generate([GenRequest(adapter="a", prompt="x", sampling=SamplingSettings(temperature=2.5))])
+    finally:
+        remote.close()
+
+
 # --- fingerprints: what is behind a served name ---------------------------------------------------
 
 

@@ -1,11 +1,11 @@
 """The OpenAI-compatible engine: voters are model names on a running server.
 
-The server can be ``vllm serve BASE --enable-lora --lora-modules a=PATH ...`` (see
-``ensemble.serve.app.vllm_serve_command``), ``vote serve`` (``ensemble.serve.app``), Ollama, or a
-hosted API. Voter name -> served model name: the ``adapters`` value when it is a model
-name, the voter name itself when the value is empty or a local folder (the usual case:
-the same config that names PEFT folders for the HF / vLLM engines). ``adapter=None`` asks
-for ``spec.model``.
+The server can be ``vllm serve BASE --enable-lora --lora-modules {JSON} ...`` (see
+``ensemble.serve.vllm_command``; ``vote serve --engine vllm --print`` writes it), ``vote
+serve`` (``ensemble.serve.app``), Ollama, or a hosted API. Voter name -> served model
+name: the ``adapters`` value when it is a model name, the voter name itself when the value
+is empty or a local folder (the usual case: the same config that names PEFT folders for
+the HF / vLLM engines). ``adapter=None`` asks for ``spec.model``.
 
 Options: ``base_url`` (default http://127.0.0.1:8000/v1), ``api_key_env`` (name of the
 environment variable holding the key; none -> "EMPTY"), ``concurrency`` (requests in

@@ -111,11 +111,11 @@ class VLLMEngine:
         try:
             self.llm = llm_cls(model=spec.model, **kwargs)
         except TypeError as e:  # LLM passes unknown options on to EngineArgs(...), which refuses them
-            bad = re.search(r"unexpected keyword argument '(\w+)'", str(e))
-            if bad is None:
+            hit = re.search(r"unexpected keyword argument '(\w+)'", str(e))
+            if hit is None:
                 raise
-            raise EnsembleError(f"engine 'vllm': option '{bad[1]}' is not a vLLM engine argument "
-                                f"(vllm/engine/arg_utils.py EngineArgs).{_close_engine_arg(bad[1])} Fix or remove "
+            raise EnsembleError(f"engine 'vllm': option '{hit[1]}' is not a vLLM engine argument "
+                                f"(vllm/engine/arg_utils.py EngineArgs).{_close_engine_arg(hit[1])} Fix or remove "
                                 "it in run.engine_options") from None
         self._params = sampling_cls
         # int ids must be >= 1 and unique per adapter: 1..K in load order.
@@ -146,7 +146,7 @@ class VLLMEngine:
         if messages is not None:
             text = self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
             return text + suffix, False
-        return prompt + suffix, True
+        return (prompt or "") + suffix, True
 
     def _encode(self, text: str, special: bool) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=special))

@@ -85,7 +85,7 @@ class EnsembleHTTPServer(ThreadingHTTPServer):
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
-        return f"http://{host}:{port}/v1"
+        return f"http://{host!s}:{port}/v1"
 
     def _model_cards(self, base_root: str | None, roots: dict[str, str]) -> list[dict[str, Any]]:
         from ensemble.predictions.store import fingerprint
@@ -97,7 +97,8 @@ class EnsembleHTTPServer(ThreadingHTTPServer):
                 entry["ensemble_fingerprint"] = fingerprint(root)
             return entry
 
-        base = {**card(self.base_model, base_root or self.base_model, None), "max_model_len": _max_model_len(self.engine)}
+        base = {**card(self.base_model, base_root or self.base_model, None),
+                "max_model_len": _max_model_len(self.engine)}
         return [card(a, roots.get(a, a), self.base_model) for a in self.engine.adapters] + [base]
 
     def adapter_for(self, model: Any) -> str | None:
