@@ -155,6 +155,7 @@ REFUSED = [
      r"Activated LoRA \(aLoRA\)"),
     ("layer_replication", {"layer_replication": [[0, 2], [1, 2]]}, "layer_replication", "layer_replication"),
     ("rank", {"r": 600, "lora_alpha": 16}, "rank 600 is above vLLM's largest max_lora_rank 512", "LoRA rank 600 is greater"),
+    ("rank_zero", {"r": 0}, r"rank 0 \(r must be a positive integer\)", "must be a positive integer"),
     ("rank_pattern", {"rank_pattern": {"v_proj": 1024}}, "rank 1024 is above vLLM's largest max_lora_rank 512", "LoRA rank 1024"),
 ]
 

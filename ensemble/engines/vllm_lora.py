@@ -126,22 +126,19 @@ def vllm_refusals(cfg: Mapping[str, Any], max_lora_rank: int, largest: int | Non
     return why
 
 
-def check_vllm_adapters(adapters: Mapping[str, str | Path], max_lora_rank: int | None = None) -> int:
-    """Refuse (naming the voter) any adapter vLLM would refuse; return the max_lora_rank to use.
-
-    ``max_lora_rank`` defaults to the smallest allowed value that fits every adapter vLLM
-    can take (ranks above the largest allowed value are refused per voter)."""
+def check_vllm_adapters(adapters: Mapping[str, str | Path]) -> int:
+    """Refuse (naming the voter) any adapter vLLM would refuse; return the ``max_lora_rank``
+    to start vLLM with: the smallest allowed value that fits every adapter."""
     allowed = allowed_lora_ranks()
     configs = {name: read_config(path) for name, path in adapters.items()}
-    if max_lora_rank is None:
-        fitting = []
-        for cfg in configs.values():
-            try:
-                fitting.append(config_rank(cfg))
-            except EnsembleError:
-                pass
-        need = max((r for r in fitting if r <= allowed[-1]), default=0)
-        max_lora_rank = next((v for v in allowed if v >= need), allowed[-1]) if fitting else DEFAULT_MAX_LORA_RANK
+    ranks = []
+    for cfg in configs.values():
+        try:
+            ranks.append(config_rank(cfg))
+        except EnsembleError:
+            pass  # refused per voter below
+    fitting = [r for r in ranks if 0 < r <= allowed[-1]]
+    max_lora_rank = next(v for v in allowed if v >= max(fitting)) if fitting else DEFAULT_MAX_LORA_RANK
     for name, cfg in configs.items():
         why = vllm_refusals(cfg, max_lora_rank, allowed[-1])
         if why:
