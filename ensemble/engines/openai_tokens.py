@@ -22,10 +22,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from ensemble.engines.base import ChoiceRequest
+from ensemble.engines.vllm import MISSING_LOGPROB, TOP_LOGPROBS
 from ensemble.errors import EnsembleError
-
-TOP_LOGPROBS = 20  # vLLM's default max_logprobs
-MISSING_LOGPROB = -1e4
 
 
 class NoTokenizeRoute(Exception):
