@@ -3,10 +3,9 @@
 The pipeline reads top to bottom:
 
     items      the config's data splits (dev items let fitted methods fit; test items are scored)
-    voters     adapters of a trained run (<out>/manifest.json), registered extras, config voters
+    voters     adapters of a trained run (its manifest), registered extras, config voters
     engine     one process: the base model once + every adapter (ensemble.engines)
-    answers    each (item, voter) asked once per missing sample; rows appended to
-               <out>/predictions.jsonl as they arrive (the unit of resume)
+    answers    each missing (item, voter, sample) asked once; rows appended to the store as they arrive
     votes      the stored rows -> VoteMatrix -> every configured method -> Report
 
 Killed at any point and rerun, it recomputes only (item, voter, sample) keys missing
@@ -235,17 +234,23 @@ def run(cfg: Config, *, restart: bool = False, progress: Progress | None = None,
     template, extractor = get_template(cfg.prompt), build_extractor(cfg.run.extractor)
     # An OpenAI-compatible server holds the model itself: its name is passed through as-is.
     model_path = cfg.model if cfg.run.engine == "openai" else str(resolve_model(cfg.model))
+    spec = EngineSpec(engine=cfg.run.engine, model=model_path,
+                      options={**engine_defaults(cfg), **cfg.run.engine_options},
+                      adapters={k: v for k, v in voters.items() if v is not None})
+    prints = {name: fingerprint(path) for name, path in voters.items()}
+    if cfg.run.engine == "openai":  # what answers is the server's model behind each name: ask it first
+        engine = engine or build_engine(spec)
+    if hasattr(engine, "fingerprint"):
+        prints = {name: engine.fingerprint(None if path is None else name) for name, path in voters.items()}
     store = PredictionStore.open(out / "predictions.jsonl", run_settings(cfg, model_path), restart=restart,
-                                 voters={name: fingerprint(path) for name, path in voters.items()})
+                                 voters=prints)
     todo = pending(store, items, list(voters), cfg.run.samples)
     warnings: list[str] = []
     n_new = 0
     if todo:
         if engine is None:
             emit("status", message=f"loading {model_path} with {len(voters)} voters")
-            options = {**engine_defaults(cfg), **cfg.run.engine_options}
-            engine = build_engine(EngineSpec(engine=cfg.run.engine, model=model_path, options=options,
-                                             adapters={k: v for k, v in voters.items() if v is not None}))
+            engine = build_engine(spec)
         if cfg.run.probe:
             warnings += probe_adapters(engine, items, voters, template, cfg.run.mode)
             for w in warnings:

@@ -27,13 +27,33 @@ def _h(*parts: Any) -> int:
     return zlib.crc32("\0".join(map(str, parts)).encode())
 
 
+class CharTokenizer:
+    """One token per character (id = code point + 2), BOS = 1; a tiny chat template."""
+
+    bos_token_id, eos_token_id = 1, 0
+    model_max_length = 4096
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return ([self.bos_token_id] if add_special_tokens else []) + [ord(c) + 2 for c in text]
+
+    def apply_chat_template(self, conversation: Sequence[dict[str, str]], *, tokenize: bool = False,
+                            add_generation_prompt: bool = False, continue_final_message: bool = False) -> str:
+        text = "".join(f"<{m['role']}>{m['content']}" + ("" if continue_final_message and k == len(conversation) - 1
+                                                         else "\n") for k, m in enumerate(conversation))
+        return text + ("<assistant>" if add_generation_prompt else "")
+
+    def convert_ids_to_tokens(self, ids: Sequence[int]) -> list[str]:
+        return ["<s>" if i == self.bos_token_id else chr(i - 2) for i in ids]
+
+
 class FakeEngine:
     """Outputs depend only on (adapter, prompt, sample index, seed): never on the batch."""
 
     name = "fake"
 
-    def __init__(self, adapters: Sequence[str] = ("a", "b")) -> None:
+    def __init__(self, adapters: Sequence[str] = ("a", "b"), tokenizer: Any = None) -> None:
         self._adapters = list(adapters)
+        self.tokenizer = tokenizer
         self.calls: list[tuple[str, list[Any]]] = []  # ("generate" | "score", the batch)
         self.lock = threading.Lock()
 
@@ -89,3 +109,23 @@ def http(method: str, url: str, body: Any = None, raw: bytes | None = None) -> t
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read())
+
+
+def install_fake_vllm(monkeypatch: Any, fake_dir: str) -> Any:
+    """Put the fake ``vllm`` (tests/fake_vllm) first on sys.path for one test; return the package.
+    The caller's fixture removes the modules afterwards with ``forget_vllm()``."""
+    import sys
+
+    monkeypatch.syspath_prepend(fake_dir)
+    for name in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
+        monkeypatch.delitem(sys.modules, name)
+    import vllm
+
+    return vllm
+
+
+def forget_vllm() -> None:
+    import sys
+
+    for name in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
+        del sys.modules[name]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -56,9 +57,11 @@ def test_serve_vllm_print(tmp_path, tiny_model, tiny_adapters):
     cfg = config(tmp_path, tiny_model, voters={k: v for k, v in tiny_adapters.items()})
     res = invoke("serve", cfg, "--engine", "vllm", "--print", "--port", "8123")
     assert res.exit_code == 0, res.output
-    cmd = res.output.strip()
-    assert cmd.startswith(f"vllm serve {tiny_model} --enable-lora")
-    assert f"v1={tiny_adapters['v1']}" in cmd and "--max-lora-rank 8" in cmd and "--port 8123" in cmd
+    cmd = shlex.split(res.output.strip())
+    assert cmd[:3] == ["vllm", "serve", str(tiny_model)] and "--enable-lora" in cmd
+    modules = [json.loads(x) for x in cmd[cmd.index("--lora-modules") + 1:cmd.index("--host")]]
+    assert {"name": "v1", "path": str(tiny_adapters["v1"])} in [{k: m[k] for k in ("name", "path")} for m in modules]
+    assert cmd[cmd.index("--max-lora-rank") + 1] == "8" and cmd[cmd.index("--port") + 1] == "8123"
 
 
 def test_data_generate(tmp_path):

@@ -8,10 +8,13 @@ import socket
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest_serve import FakeEngine
+from conftest_serve import FakeEngine, forget_vllm, http, install_fake_vllm
+from test_engine_vllm import FAKE, write_adapter
+from test_engine_vllm import build as build_vllm
 
 from ensemble.engines.base import (
     ENGINES,
@@ -188,17 +191,10 @@ class Stub:
         self.thread.join(timeout=10)
 
 
-ECHO = {"Q: yes": (["<s>", "Q", ": y", "es"], [None, -1.0, -0.5, -0.25]),  # ": y" straddles the boundary
-        "Q: no": (["<s>", "Q:", " no"], [None, -1.0, -2.0])}
-CHAT_TAIL = {" yes": [(" y", -0.5), ("es", -0.25)], " no": [(" no", -2.0)]}
-
-
-def vllm_like(path: str, body: dict) -> tuple[int, dict]:
-    if path == "/v1/completions" and body.get("echo"):
-        choices = [{"index": i, "text": p, "finish_reason": "length", "logprobs": {
-            "tokens": ECHO[p][0], "token_logprobs": ECHO[p][1], "top_logprobs": None, "text_offset": None}}
-            for i, p in enumerate(body["prompt"])]
-        return 200, {"id": "c", "object": "text_completion", "created": 0, "model": body["model"], "choices": choices}
+def hosted_like(path: str, body: dict) -> tuple[int, dict]:
+    """An OpenAI-compatible server without vLLM's /tokenize (canned answers, token *text* keys)."""
+    if path == "/tokenize":
+        return 404, {"error": {"message": "Not Found", "type": "not_found"}}
     if path == "/v1/completions" and body.get("logprobs") == 20:
         top = {" A": -0.1, " B": -2.5, "A": -3.0}
         return 200, {"id": "c", "object": "text_completion", "created": 0, "model": body["model"], "choices": [
@@ -210,13 +206,6 @@ def vllm_like(path: str, body: dict) -> tuple[int, dict]:
             {"index": 1, "text": " two", "finish_reason": "stop", "logprobs": None},
             {"index": 0, "text": " 2", "finish_reason": "length",
              "logprobs": {"tokens": [" 2"], "token_logprobs": [-0.3], "top_logprobs": None, "text_offset": [0]}}]}
-    if "prompt_logprobs" in body:  # vLLM chat extra: one {id: Logprob} per prompt token, first None
-        tail = CHAT_TAIL[body["messages"][-1]["content"].removeprefix("Answer:")]
-        rows = [None, {"7": {"logprob": -4.0, "rank": 3, "decoded_token": "<|user|>"}}] + [
-            {str(10 + i): {"logprob": lp, "rank": 1, "decoded_token": tok}} for i, (tok, lp) in enumerate(tail)]
-        return 200, {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                     "prompt_logprobs": rows, "choices": [{"index": 0, "finish_reason": "length",
-                                                           "message": {"role": "assistant", "content": "."}}]}
     top = [{"token": " B", "logprob": -0.2, "bytes": None}, {"token": " A", "logprob": -1.7, "bytes": None}]
     return 200, {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"], "choices": [
         {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": " B"},
@@ -225,32 +214,19 @@ def vllm_like(path: str, body: dict) -> tuple[int, dict]:
 
 @pytest.fixture
 def stub_engine():
-    stub = Stub(vllm_like)
+    stub = Stub(hosted_like)
     remote = openai_engine(stub.url, {"a": ""})
     yield stub, remote
     remote.close()
     stub.close()
 
 
-@pytest.mark.parametrize("normalize, expected", [("sum", (-0.75, -2.0)), ("mean", (-0.375, -2.0))])
-def test_cloze_via_echo(stub_engine, normalize, expected):
-    stub, remote = stub_engine
-    assert remote.ensemble_server is False
-    out = remote.score_choices([ChoiceRequest(adapter="a", prompt="Q:", options=(" yes", " no"), normalize=normalize)])[0]
-    assert out.logliks == pytest.approx(expected)
-    path, body = stub.bodies[-1]
-    assert path == "/v1/completions" and body["prompt"] == ["Q: yes", "Q: no"]
-    assert (body["echo"], body["logprobs"], body["max_tokens"]) == (True, 1, 0)
-
-
-def test_cloze_chat_via_vllm_prompt_logprobs(stub_engine):
-    stub, remote = stub_engine
-    out = remote.score_choices([ChoiceRequest(adapter="a", messages=MSGS, options=(" yes", " no"), normalize="sum",
-                                              assistant_prefix="Answer:")])[0]
-    assert out.logliks == pytest.approx((-0.75, -2.0))
-    body = stub.bodies[-1][1]
-    assert body["messages"][-1] == {"role": "assistant", "content": "Answer: no"}
-    assert (body["continue_final_message"], body["add_generation_prompt"], body["prompt_logprobs"]) == (True, False, 0)
+def test_cloze_needs_tokenize(stub_engine):
+    """Token text cannot mark the option's tokens (see test_sentencepiece_*): without /tokenize, refuse."""
+    _, remote = stub_engine
+    with pytest.raises(EnsembleError, match=r"has no /tokenize route, so cloze scoring cannot tell the prompt's "
+                                            r"tokens from the option's; use vLLM or vote serve, or mode 'letter'"):
+        remote.score_choices([ChoiceRequest(adapter="a", prompt="Q:", options=(" yes", " no"))])
 
 
 def test_letter_via_top_logprobs(stub_engine):
@@ -295,13 +271,151 @@ def test_refused_scoring_names_the_mode():
     stub = Stub(lambda path, body: (400, {"error": {"message": "echo is not supported", "type": "invalid_request_error"}}))
     remote = openai_engine(stub.url, {"a": ""})
     try:
-        with pytest.raises(EnsembleError, match=r"refused cloze scoring \(prompt logprobs.*model 'a' \(HTTP 400: echo is not supported\)"):
+        with pytest.raises(EnsembleError, match=r"refused cloze scoring \(/tokenize.*model 'a' \(HTTP 400: echo is not supported\)"):
             remote.score_choices([ChoiceRequest(adapter="a", prompt="Q:", options=(" yes",))])
         with pytest.raises(EnsembleError, match=r"refused letter scoring"):
             remote.score_choices([ChoiceRequest(adapter="a", prompt="Q:", options=(" A",), mode="letter")])
     finally:
         remote.close()
         stub.close()
+
+
+# --- against the fake vLLM server with a SentencePiece-style tokenizer -----------------------------
+
+SP = {"tokenizer": "toy-sentencepiece"}
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch):
+    yield install_fake_vllm(monkeypatch, str(FAKE))
+    forget_vllm()
+
+
+@pytest.fixture
+def sp_vllm(fake_vllm, tmp_path):
+    """(fake vLLM server over the toy model, the in-process vLLM engine on the same toy, adapters)."""
+    from vllm.entrypoints.openai.api_server import FakeVLLMServer
+
+    adapters = {"a": write_adapter(tmp_path, "a", 8), "b": write_adapter(tmp_path, "b", 16)}
+    llm = fake_vllm.LLM(model="/models/toy", enable_lora=True, max_loras=2, max_lora_rank=16, **SP)
+    server = FakeVLLMServer(llm, "toy", {k: str(v) for k, v in adapters.items()})
+    local = build_vllm(adapters, **SP)
+    yield server, local, adapters
+    server.close()
+
+
+def sp_requests() -> list[ChoiceRequest]:
+    chat = ({"role": "user", "content": "Q: Which is B?"},)
+    return [ChoiceRequest(adapter=a, options=opts, mode=mode, normalize=norm, assistant_prefix=pre, **text)
+            for a in ("a", "b", None)
+            for mode, opts in (("cloze", (" B", " C", " London")), ("letter", ("A", "B", "C", "D")))
+            for norm, pre, text in (("sum", "", {"prompt": "Q: Which is B? Answer:"}),
+                                    ("mean", "Answer: ", {"prompt": "Q: The"}),
+                                    ("sum", "Answer:", {"messages": chat}))]
+
+
+def test_sentencepiece_option_boundary_is_found_by_token_ids(sp_vllm):
+    """"▁B" decodes alone to "B" (one character for the two of " B"): counting characters
+    would take a prompt token into the option. By ids, the option is exactly its tokens."""
+    from vllm._toy import SentencePieceTokenizer, next_logprobs
+
+    server, _, _ = sp_vllm
+    tok = SentencePieceTokenizer()
+    prefix, full = tok.encode("Q: Which is B? Answer:"), tok.encode("Q: Which is B? Answer: B")
+    assert full[:len(prefix)] == prefix and len(full) == len(prefix) + 1 and tok.decode(full[-1:]) == "B"
+    remote = openai_engine(server.url, {"a": ""}, model="toy")
+    try:
+        out = remote.score_choices([ChoiceRequest(adapter="a", prompt="Q: Which is B? Answer:", options=(" B",),
+                                                  normalize="sum")])[0]
+    finally:
+        remote.close()
+    assert out.logliks == pytest.approx((next_logprobs("a", prefix, len(tok))[full[-1]],))
+    echo = next(b for p, b in server.bodies if p == "/v1/completions")
+    assert echo["prompt"] == [full] and (echo["echo"], echo["logprobs"], echo["max_tokens"]) == (True, 1, 0)
+
+
+def test_openai_over_vllm_server_equals_the_vllm_engine(sp_vllm):
+    """Cloze (prompt, trailing-space prompt, chat + assistant prefix) and letter scores over
+    HTTP equal the in-process vLLM engine's on the same toy model and SentencePiece tokenizer."""
+    server, local, adapters = sp_vllm
+    remote = openai_engine(server.url, {k: str(v) for k, v in adapters.items()}, model="toy")
+    try:
+        assert remote.ensemble_server is False
+        assert_same_scores(remote.score_choices(sp_requests()), local.score_choices(sp_requests()))
+    finally:
+        remote.close()
+    letter = next(b for p, b in server.bodies if p == "/v1/completions" and b.get("max_tokens") == 1)
+    assert letter["return_tokens_as_token_ids"] is True and letter["logprobs"] == 20
+
+
+def test_generation_over_vllm_server_equals_the_vllm_engine(sp_vllm):
+    server, local, adapters = sp_vllm
+    chat = ({"role": "user", "content": "Q: Which is B?"},)
+    reqs = [GenRequest(adapter="a", prompt="Q: The", sampling=SamplingSettings(max_new_tokens=6)),
+            GenRequest(adapter="b", messages=chat, sampling=SamplingSettings(n=3, temperature=0.7, seed=5,
+                                                                             max_new_tokens=5)),
+            GenRequest(adapter=None, prompt="Answer:", sampling=SamplingSettings(n=2, max_new_tokens=4, stop=("o",)))]
+    remote = openai_engine(server.url, {k: str(v) for k, v in adapters.items()}, model="toy")
+    try:
+        assert_same_generation(remote.generate(reqs), local.generate(reqs))
+        with pytest.raises(EnsembleError, match=r"temperature 2.5 is outside \[0, 2\]"):
+            remote.generate([GenRequest(adapter="a", prompt="x", sampling=SamplingSettings(temperature=2.5))])
+    finally:
+        remote.close()
+
+
+# --- fingerprints: what is behind a served name ---------------------------------------------------
+
+
+def test_fingerprint_follows_the_model_the_server_reports(fake_vllm, tmp_path):
+    from vllm.entrypoints.openai.api_server import FakeVLLMServer
+
+    first, second = write_adapter(tmp_path, "first", 8), write_adapter(tmp_path, "second", 8)
+    llm = fake_vllm.LLM(model="/models/toy", enable_lora=True, max_lora_rank=8)
+    prints, port = [], 0
+    for folder in (first, first, second):  # one URL throughout: only the adapter behind "a" changes
+        server = FakeVLLMServer(llm, "toy", {"a": str(folder)}, port=port)
+        port = server.server.server_address[1]
+        remote = openai_engine(server.url, {"a": "a"}, model="toy")
+        prints.append((remote.fingerprint("a"), remote.fingerprint(None)))
+        remote.close()
+        server.close()
+    assert prints[0] == prints[1]  # same server, same model
+    assert prints[2][0] != prints[0][0] and len(prints[2][0]) == 16  # root: another adapter folder
+    assert prints[2][1] == prints[0][1]  # the base model did not change
+
+
+def test_resumed_run_refuses_a_different_model_behind_the_same_name(tmp_path):
+    """vote serve on one port: the same adapter resumes; another folder behind the same name is refused."""
+    from test_run import write_config
+
+    from ensemble.config.loader import load_config
+    from ensemble.pipeline import run
+
+    folders = {"old": write_adapter(tmp_path, "old", 8), "new": write_adapter(tmp_path, "new", 8)}
+
+    def serve(folder: str, port: int = 0):
+        return make_server(FakeEngine(adapters=("v1",)), "127.0.0.1", port, base_model="tiny",
+                           adapter_roots={"v1": str(folders[folder])})
+
+    server, thread = serve("old")
+    port = server.server_address[1]
+    cfg = write_config(tmp_path, Path("tiny"), {"v1": "v1"}, tmp_path / "out", n=4,
+                       run_extra=f"  engine: openai\n  probe: false\n  engine_options: {{base_url: '{server.url}'}}\n")
+    try:
+        assert run(load_config(cfg)).n_new_rows > 0
+        assert run(load_config(cfg)).n_new_rows == 0  # same server, same model: resumes
+    finally:
+        server.close()
+        thread.join(timeout=10)
+    server, thread = serve("new", port)  # same URL, same name, another adapter folder behind it
+    try:
+        with pytest.raises(EnsembleError, match=r"voter 'v1' changed since its predictions were stored \(its "
+                                                r"adapter files, or the model its server reports, differ\)"):
+            run(load_config(cfg))
+    finally:
+        server.close()
+        thread.join(timeout=10)
 
 
 # --- end to end: the HF engine on the tiny model, served and asked over HTTP ------------------------
@@ -351,8 +465,22 @@ def test_hf_engine_over_http_equals_in_process(hf_engine, tiny_adapters, monkeyp
         assert remote.adapters == ["v1", "v2", "v3"] and remote.ensemble_server
         assert_same_generation(remote.generate(gen), want_gen)
         assert_same_scores(remote.score_choices(score), want_score)
+        # vote serve's /tokenize and usage count with the engine's own tokenizer (what vLLM reports)
+        tok = hf_engine.tokenizer
+        assert remote._scorer.tokenize("tiny-base", prompt="Every bird") == tok.encode("Every bird")
+        assert remote._scorer.tokenize("tiny-base", messages=list(chat)) == tok.encode(
+            tok.apply_chat_template(list(chat), tokenize=False, add_generation_prompt=True), add_special_tokens=False)
+        texts = ["The answer is", "Every bird", "Which number", "A B C"]  # 4 = max_batch: no batching wait
+        _, resp = http("POST", server.url + "/completions", {"model": "v1", "prompt": texts, "max_tokens": 5,
+                                                             "temperature": 0})
+        done = hf_engine.generate([GenRequest(adapter="v1", prompt=p, sampling=SamplingSettings(max_new_tokens=5))
+                                   for p in texts])
+        prompt_tokens = sum(len(tok.encode(p)) for p in texts)
+        completion_tokens = sum(o.samples[0].n_tokens for o in done)
+        assert resp["usage"] == {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                                 "total_tokens": prompt_tokens + completion_tokens}
     finally:
         remote.close()
         server.close()
         thread.join(timeout=10)
-    assert gen_sizes == [4] and score_sizes == [4]
+    assert gen_sizes == [4, 4, 4] and score_sizes == [4]  # remote.generate, POST /completions, the direct call

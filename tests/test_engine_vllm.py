@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest_serve import forget_vllm, install_fake_vllm
 
 from ensemble.engines.base import (
     ENGINES,
@@ -25,20 +26,17 @@ FAKE = Path(__file__).parent / "fake_vllm"
 @pytest.fixture
 def fake_vllm(monkeypatch):
     """Put the fake vllm on sys.path for this test only; return the package."""
-    monkeypatch.syspath_prepend(str(FAKE))
-    for name in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
-        monkeypatch.delitem(sys.modules, name)
-    import vllm
-
-    yield vllm
-    for name in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
-        del sys.modules[name]
+    yield install_fake_vllm(monkeypatch, str(FAKE))
+    forget_vllm()
 
 
-def write_adapter(root: Path, name: str, rank: int) -> Path:
+def write_adapter(root: Path, name: str, rank: int, **fields) -> Path:
+    """A PEFT-shaped adapter_config.json (no weights: the fake vLLM reads only the config)."""
     path = root / name
     path.mkdir(parents=True)
-    (path / "adapter_config.json").write_text(json.dumps({"r": rank, "lora_alpha": 2 * rank}))
+    cfg = {"peft_type": "LORA", "r": rank, "lora_alpha": 2 * rank, "target_modules": ["q_proj", "v_proj"],
+           "bias": "none", "init_lora_weights": True, **fields}
+    (path / "adapter_config.json").write_text(json.dumps(cfg))
     return path
 
 
@@ -74,22 +72,31 @@ def test_llm_constructor_args(fake_vllm, adapters):
     assert engine.adapters == ["a", "b"] and engine.name == "vllm"
 
 
-@pytest.mark.parametrize("ranks, expected", [([1], 1), ([4], 8), ([8], 8), ([9, 2], 16), ([33], 64),
+@pytest.mark.parametrize("ranks, expected", [([1], 8), ([4], 8), ([8], 8), ([9, 2], 16), ([33], 64),
                                              ([257], 320), ([512], 512), ([], 16)])
 def test_max_lora_rank_rounds_up_to_an_allowed_value(tmp_path, ranks, expected):
+    """Without vLLM to ask, vLLM 0.10's ranks (no 1: the extra pins vllm>=0.10)."""
     from ensemble.engines.vllm import ALLOWED_LORA_RANKS, max_lora_rank_for
 
     paths = [write_adapter(tmp_path, f"x{i}", r) for i, r in enumerate(ranks)]
     assert max_lora_rank_for(paths) == expected
-    assert expected in ALLOWED_LORA_RANKS
+    assert expected in ALLOWED_LORA_RANKS and 1 not in ALLOWED_LORA_RANKS
+
+
+def test_rank_1_only_where_the_installed_vllm_allows_it(fake_vllm, tmp_path):
+    """The fake mirrors vLLM >= 0.11.1, whose MaxLoRARanks holds 1."""
+    from ensemble.engines.vllm import max_lora_rank_for
+
+    path = write_adapter(tmp_path, "one", 1)
+    assert max_lora_rank_for([path]) == 1
+    build({"one": path})
+    assert fake_vllm.LLM.instances[-1].init_kwargs["max_lora_rank"] == 1
 
 
 def test_rank_pattern_counts(tmp_path):
     from ensemble.engines.vllm import adapter_rank
 
-    path = write_adapter(tmp_path, "p", 8)
-    (path / "adapter_config.json").write_text(json.dumps({"r": 8, "rank_pattern": {"q_proj": 40}}))
-    assert adapter_rank(path) == 40
+    assert adapter_rank(write_adapter(tmp_path, "p", 8, rank_pattern={"q_proj": 40})) == 40
 
 
 def test_rank_above_512_is_an_error(tmp_path):
@@ -128,6 +135,89 @@ def test_option_and_spec_errors(fake_vllm, adapters):
 
     with pytest.raises(EnsembleError, match="field 'model' is empty"):
         ENGINES.get("vllm")(EngineSpec(engine="vllm", model=""))
+
+
+# --- adapters vLLM refuses (PEFTHelper._validate_features / validate_legal) ---------------------
+
+# (folder, adapter_config edit, our reason, the fake vLLM's own message for it)
+REFUSED = [
+    ("dora", {"use_dora": True}, r"DoRA \(use_dora: true\)", "does not yet support DoRA"),
+    ("bias", {"bias": "lora_only"}, r"bias 'lora_only' \(vLLM supports bias 'none' only\)", "Adapter bias is not"),
+    ("lora_bias", {"lora_bias": True}, r"LoRA bias \(lora_bias: true\)", r"LoRA bias \(lora_bias\)"),
+    ("modules_to_save", {"modules_to_save": ["lm_head", "score"]}, r"modules_to_save \['lm_head'\]",
+     r"Unsupported modules_to_save: \['lm_head'\]"),
+    ("pissa", {"init_lora_weights": "pissa_niter_4"}, r"init_lora_weights 'pissa_niter_4' \(PiSSA",
+     "init_lora_weights='pissa_niter_4'"),
+    ("olora", {"init_lora_weights": "olora"}, r"init_lora_weights 'olora'", "init_lora_weights='olora'"),
+    ("loftq", {"init_lora_weights": "loftq"}, r"init_lora_weights 'loftq'", "init_lora_weights='loftq'"),
+    ("corda", {"init_lora_weights": "corda"}, r"init_lora_weights 'corda'", "init_lora_weights='corda'"),
+    ("alora", {"alora_invocation_tokens": [31, 7]}, r"it is an aLoRA adapter \(alora_invocation_tokens\)",
+     r"Activated LoRA \(aLoRA\)"),
+    ("layer_replication", {"layer_replication": [[0, 2], [1, 2]]}, "layer_replication", "layer_replication"),
+    ("rank", {"r": 600, "lora_alpha": 16}, "rank 600 is above vLLM's largest max_lora_rank 512", "LoRA rank 600 is greater"),
+    ("rank_zero", {"r": 0}, r"rank 0 \(r must be a positive integer\)", "must be a positive integer"),
+    ("rank_pattern", {"rank_pattern": {"v_proj": 1024}}, "rank 1024 is above vLLM's largest max_lora_rank 512", "LoRA rank 1024"),
+]
+
+
+@pytest.mark.parametrize("folder, edit, reason, _", REFUSED, ids=[r[0] for r in REFUSED])
+def test_engine_refuses_what_vllm_refuses_naming_voter_and_reason(fake_vllm, tmp_path, folder, edit, reason, _):
+    good = write_adapter(tmp_path, "good", 8)
+    bad = write_adapter(tmp_path, folder, 8, **edit)
+    n_built = len(fake_vllm.LLM.instances)
+    with pytest.raises(EnsembleError, match=rf"voter 'v_{folder}' \(.*{folder}\): vLLM cannot load this adapter: "
+                                            rf"{reason}.*; use the hf engine for it"):
+        build({"good": good, f"v_{folder}": bad})
+    assert len(fake_vllm.LLM.instances) == n_built  # refused before vLLM starts loading the model
+
+
+@pytest.mark.parametrize("folder, edit, _, vllm_says", REFUSED, ids=[r[0] for r in REFUSED])
+def test_fake_vllm_refuses_the_same_adapters(fake_vllm, tmp_path, folder, edit, _, vllm_says):
+    """The fake's PEFTHelper refuses them too, so the engine's check is not the only gate."""
+    from vllm.lora.request import LoRARequest
+
+    llm = fake_vllm.LLM(model="m", enable_lora=True, max_lora_rank=512)
+    bad = LoRARequest(folder, 1, str(write_adapter(tmp_path, folder, 8, **edit)))
+    with pytest.raises(ValueError, match=vllm_says):
+        llm.generate(["x"], fake_vllm.SamplingParams(max_tokens=1), lora_request=[bad])
+
+
+def test_adapters_vllm_accepts(fake_vllm, tmp_path):
+    ok = {"heads": write_adapter(tmp_path, "heads", 8, modules_to_save=["classifier", "score"]),
+          "gauss": write_adapter(tmp_path, "gauss", 8, init_lora_weights="gaussian"),
+          "rs": write_adapter(tmp_path, "rs", 16, use_rslora=True, rank_pattern={"q_proj": 32}),
+          "plain_alora": write_adapter(tmp_path, "plain_alora", 8, alora_invocation_tokens=None)}
+    engine = build(ok)
+    assert fake_vllm.LLM.instances[-1].init_kwargs["max_lora_rank"] == 32
+    out = engine.score_choices([ChoiceRequest(adapter=a, options=(" x", " y"), prompt="Q:") for a in ok])
+    assert len(out) == 4  # the fake loaded every adapter through its PEFTHelper
+
+
+def test_missing_required_fields_are_named(fake_vllm, tmp_path):
+    path = tmp_path / "bare"
+    path.mkdir()
+    (path / "adapter_config.json").write_text(json.dumps({"r": 8}))
+    with pytest.raises(EnsembleError, match=r"voter 'bare' .*lacks lora_alpha, target_modules.*use the hf engine"):
+        build({"bare": path})
+
+
+def test_real_engine_args_are_accepted(fake_vllm, adapters):
+    """vLLM's own EngineArgs names pass through options (the old fake refused these)."""
+    build(adapters, max_num_batched_tokens=4096, enable_chunked_prefill=True, kv_cache_dtype="fp8",
+          max_model_len=2048)
+    kw = fake_vllm.LLM.instances[-1].init_kwargs
+    assert (kw["max_num_batched_tokens"], kw["enable_chunked_prefill"], kw["kv_cache_dtype"]) == (4096, True, "fp8")
+    assert kw["generation_config"] == "vllm"  # vLLM's sampling defaults, as vote serve --engine vllm passes
+    with pytest.raises(EnsembleError, match=r"engine 'vllm': option 'max_num_batched_token' is not a vLLM engine "
+                                            r"argument.*Did you mean 'max_num_batched_tokens'"):
+        build(adapters, max_num_batched_token=4096)
+
+
+def test_temperature_above_2_is_refused(fake_vllm, adapters):
+    engine = build(adapters)
+    with pytest.raises(EnsembleError, match=r"temperature 2.5 is outside \[0, 2\].*set run.temperature <= 2"):
+        engine.generate([GenRequest(adapter="a", prompt="x", sampling=SamplingSettings(temperature=2.5))])
+    engine.generate([GenRequest(adapter="a", prompt="x", sampling=SamplingSettings(temperature=2.0, max_new_tokens=2))])
 
 
 # --- generate -----------------------------------------------------------------------------
@@ -291,6 +381,11 @@ def test_fake_vllm_validates(fake_vllm, tmp_path):
         fake_vllm.LLM(model="m", enable_lora=True, max_loras=3, max_cpu_loras=2)
     with pytest.raises(ValueError, match="n must be 1 when using greedy sampling"):
         fake_vllm.SamplingParams(n=2, temperature=0.0)
+    with pytest.raises(ValueError, match="temperature must be non-negative"):
+        fake_vllm.SamplingParams(temperature=-0.1)
+    assert fake_vllm.SamplingParams(temperature=0.001).temperature == 0.01  # vLLM raises tiny temperatures
+    with pytest.raises(TypeError, match="unexpected keyword argument 'max_num_batched_token'"):
+        fake_vllm.LLM(model="m", max_num_batched_token=1)
     llm = fake_vllm.LLM(model="m", enable_lora=True, max_lora_rank=8)
     big = LoRARequest("big", 1, str(write_adapter(tmp_path, "big", 16)))
     with pytest.raises(ValueError, match="LoRA rank 16 is greater than max_lora_rank 8"):

@@ -3,12 +3,15 @@ in-process engine (loopback, port 0), their error JSON, and the cross-adapter ba
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest_serve import FakeEngine, http
+from conftest_serve import CharTokenizer, FakeEngine, http
+from test_engine_vllm import REFUSED, write_adapter
 
 from ensemble.engines.base import ChoiceRequest, GenRequest, SamplingSettings
 from ensemble.errors import EnsembleError
@@ -34,29 +37,94 @@ def served():
 # --- vllm serve command ---------------------------------------------------------------------
 
 
+def parse_lora_modules_like_vllm(item: str) -> dict:
+    """vLLM's LoRAParserAction rule (vllm/entrypoints/openai/cli_args.py), restated: an item
+    with '=' and no ',' is ``name=path`` (split on '='), anything else is a JSON LoRAModulePath."""
+    if "=" in item and "," not in item:
+        name, path = item.split("=")  # more than one '=' raises here, as in vLLM
+        return {"name": name, "path": path}
+    return json.loads(item)
+
+
 def test_vllm_serve_command_exact():
     cmd = vllm_serve_command("/m/base", {"a": "/ad/a", "b": "/ad/b"}, max_lora_rank=16, host="0.0.0.0", port=9000,
-                             extra=["--dtype", "bfloat16"])
-    assert cmd == ["vllm", "serve", "/m/base", "--enable-lora", "--max-loras", "2", "--max-lora-rank", "16",
-                   "--max-cpu-loras", "2", "--lora-modules", "a=/ad/a", "b=/ad/b",
+                             served_model_name="smollm2", extra=["--dtype", "bfloat16"])
+    assert cmd == ["vllm", "serve", "/m/base", "--served-model-name", "smollm2", "--generation-config", "vllm",
+                   "--enable-lora", "--max-loras", "2", "--max-lora-rank", "16", "--max-cpu-loras", "2",
+                   "--lora-modules", '{"name": "a", "path": "/ad/a", "base_model_name": "smollm2"}',
+                   '{"name": "b", "path": "/ad/b", "base_model_name": "smollm2"}',
                    "--host", "0.0.0.0", "--port", "9000", "--dtype", "bfloat16"]
+
+
+def test_lora_modules_use_the_json_form_for_paths_with_equals_and_commas():
+    adapters = {"x": "/runs/lr=1e-4,r=8/adapters/x", "y=z": "/a,b", "w": "/plain"}
+    cmd = vllm_serve_command("/m", adapters, max_lora_rank=8)
+    items = cmd[cmd.index("--lora-modules") + 1:cmd.index("--host")]
+    assert [parse_lora_modules_like_vllm(i) for i in items] == [{"name": n, "path": p} for n, p in adapters.items()]
+    with pytest.raises(ValueError):  # the old name=path form breaks on such a path
+        parse_lora_modules_like_vllm("x=/runs/lr=1e-4")
 
 
 def test_vllm_serve_command_without_adapters():
     assert vllm_serve_command("/m/base", {}, max_lora_rank=16) == [
-        "vllm", "serve", "/m/base", "--host", "127.0.0.1", "--port", "8000"]
+        "vllm", "serve", "/m/base", "--generation-config", "vllm", "--host", "127.0.0.1", "--port", "8000"]
 
 
 def test_vllm_serve_command_errors():
     with pytest.raises(EnsembleError, match="max_lora_rank 12 is not one vLLM accepts"):
         vllm_serve_command("/m", {"a": "/a"}, max_lora_rank=12)
-    with pytest.raises(EnsembleError, match="adapter name 'a=b' cannot be served"):
-        vllm_serve_command("/m", {"a=b": "/a"}, max_lora_rank=16)
+    with pytest.raises(EnsembleError, match="max_lora_rank 1 is not one vLLM accepts"):  # no vLLM >= 0.11.1 here
+        vllm_serve_command("/m", {"a": "/a"}, max_lora_rank=1)
+    with pytest.raises(EnsembleError, match="adapter name ' ' cannot be served"):
+        vllm_serve_command("/m", {" ": "/a"}, max_lora_rank=16)
 
 
 def test_max_lora_rank_for_is_exported(tmp_path: Path):
     (tmp_path / "adapter_config.json").write_text(json.dumps({"r": 24}))
     assert max_lora_rank_for([tmp_path]) == 32
+
+
+# --- vote serve --engine vllm (--print) ------------------------------------------------------
+
+
+def serve_config(tmp_path: Path, voters: dict[str, Path]) -> Path:
+    model = tmp_path / "base-model"
+    model.mkdir(exist_ok=True)
+    (model / "config.json").write_text("{}")
+    cfg = tmp_path / "serve.yaml"
+    lines = "\n".join(f"  {k}: {v}" for k, v in voters.items())
+    cfg.write_text(f"model: {model}\nout: {tmp_path / 'out'}\nvoters:\n{lines}\n")
+    return cfg
+
+
+@pytest.mark.parametrize("folder, edit, reason, _", REFUSED, ids=[r[0] for r in REFUSED])
+def test_vote_serve_vllm_print_refuses_what_vllm_refuses(tmp_path, folder, edit, reason, _):
+    from click.testing import CliRunner
+
+    from ensemble.cli.app import main
+
+    voters = {"ok": write_adapter(tmp_path, "ok", 8), f"v_{folder}": write_adapter(tmp_path, folder, 8, **edit)}
+    res = CliRunner().invoke(main, ["serve", str(serve_config(tmp_path, voters)), "--engine", "vllm", "--print"])
+    assert res.exit_code == 2, res.output
+    assert re.search(rf"voter 'v_{folder}' .*vLLM cannot load this adapter: {reason}.*use the hf engine for it",
+                     " ".join(res.output.split()))
+    assert "vllm serve" not in res.output
+
+
+def test_vote_serve_vllm_print_shows_the_command(tmp_path):
+    from click.testing import CliRunner
+
+    from ensemble.cli.app import main
+
+    voters = {"a": write_adapter(tmp_path / "lr=1e-4,r=4", "a", 4), "b": write_adapter(tmp_path, "b", 12)}
+    cfg = serve_config(tmp_path, voters)
+    res = CliRunner().invoke(main, ["serve", str(cfg), "--engine", "vllm", "--print", "--port", "9001"])
+    assert res.exit_code == 0, res.output
+    cmd = shlex.split(res.output.strip())
+    assert cmd[:3] == ["vllm", "serve", str(tmp_path / "base-model")]
+    assert cmd[cmd.index("--max-lora-rank") + 1] == "16" and cmd[cmd.index("--generation-config") + 1] == "vllm"
+    items = cmd[cmd.index("--lora-modules") + 1:cmd.index("--host")]
+    assert [parse_lora_modules_like_vllm(i)["path"] for i in items] == [str(p) for p in voters.values()]
 
 
 # --- routes ---------------------------------------------------------------------------------
@@ -69,6 +137,78 @@ def test_models_lists_adapters_and_base(served):
     assert [m["id"] for m in body["data"]] == ["a", "b", "base"]
     assert {m["owned_by"] for m in body["data"]} == {"ensemble"}
     assert [m["parent"] for m in body["data"]] == ["base", "base", None]
+
+
+def test_models_report_roots_like_vllm(tmp_path):
+    """root = the adapter folder / base path, parent = the base name, and a hash of the adapter's
+    files that changes when the adapter is retrained in place."""
+    from ensemble.predictions.store import fingerprint
+
+    folder = write_adapter(tmp_path, "a", 8)
+    server, thread = make_server(FakeEngine(), base_model="base", base_root="/models/base",
+                                 adapter_roots={"a": str(folder)})
+    try:
+        cards = {m["id"]: m for m in http("GET", server.url + "/models")[1]["data"]}
+    finally:
+        server.close()
+        thread.join(timeout=10)
+    assert (cards["a"]["root"], cards["a"]["parent"]) == (str(folder), "base")
+    assert cards["a"]["ensemble_fingerprint"] == fingerprint(folder)
+    assert (cards["b"]["root"], "ensemble_fingerprint" in cards["b"]) == ("b", False)  # no folder given
+    assert (cards["base"]["root"], cards["base"]["parent"]) == ("/models/base", None)
+
+
+@pytest.fixture
+def tokenized():
+    engine = FakeEngine(tokenizer=CharTokenizer())
+    server, thread = make_server(engine, "127.0.0.1", 0, base_model="base")
+    yield engine, server
+    server.close()
+    thread.join(timeout=10)
+
+
+def test_tokenize_route_mirrors_vllm(tokenized):
+    _, server = tokenized
+    root = server.url.removesuffix("/v1")
+    tok = CharTokenizer()
+    status, resp = http("POST", root + "/tokenize", {"model": "a", "prompt": "Hi"})
+    assert status == 200 and resp == {"count": 3, "max_model_len": 4096, "tokens": tok.encode("Hi"), "token_strs": None}
+    _, resp = http("POST", root + "/tokenize", {"model": "a", "prompt": "Hi", "add_special_tokens": False,
+                                                "return_token_strs": True})
+    assert resp["tokens"] == tok.encode("Hi", add_special_tokens=False) and resp["token_strs"] == ["H", "i"]
+    msgs = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "Answer:"}]
+    _, resp = http("POST", root + "/tokenize", {"model": "base", "messages": msgs, "add_generation_prompt": False,
+                                                "continue_final_message": True})
+    assert resp["tokens"] == tok.encode("<user>Q\n<assistant>Answer:", add_special_tokens=False)
+    status, resp = http("POST", root + "/tokenize", {"model": "a", "messages": msgs, "continue_final_message": True})
+    assert status == 400 and "Cannot set both" in resp["error"]["message"]
+    assert http("POST", root + "/tokenize", {"model": "zz", "prompt": "x"})[0] == 404
+
+
+def test_tokenize_without_a_tokenizer_is_501(served):
+    _, server = served
+    status, resp = http("POST", server.url.removesuffix("/v1") + "/tokenize", {"model": "a", "prompt": "x"})
+    assert status == 501 and "exposes no tokenizer" in resp["error"]["message"]
+
+
+def test_usage_counts_are_real_token_counts(tokenized, served):
+    engine, server = tokenized
+    tok = CharTokenizer()
+    body = {"model": "a", "prompt": ["Q1?", "Longer question"], "n": 2, "temperature": 0.5, "seed": 1, "max_tokens": 9}
+    _, resp = http("POST", server.url + "/completions", body)
+    outs = engine.generate(engine.calls[0][1])
+    completion = sum(smp.n_tokens for out in outs for smp in out.samples)
+    prompt = len(tok.encode("Q1?")) + len(tok.encode("Longer question"))
+    assert resp["usage"] == {"prompt_tokens": prompt, "completion_tokens": completion,
+                             "total_tokens": prompt + completion}
+    msgs = [{"role": "user", "content": "Hi"}]
+    _, resp = http("POST", server.url + "/chat/completions", {"model": "base", "messages": msgs})
+    chat_prompt = tok.encode(tok.apply_chat_template(msgs, add_generation_prompt=True), add_special_tokens=False)
+    assert resp["usage"]["prompt_tokens"] == len(chat_prompt)
+    plain, no_tok = served  # an engine without a tokenizer: prompt tokens unknown (null), not zero
+    usage = http("POST", no_tok.url + "/completions", {"model": "a", "prompt": "x"})[1]["usage"]
+    n = plain.generate(plain.calls[0][1])[0].samples[0].n_tokens
+    assert usage == {"prompt_tokens": None, "completion_tokens": n, "total_tokens": None}
 
 
 def test_completions_match_the_engine(served):

@@ -133,14 +133,18 @@ def serve_cmd(config: str, overrides: tuple[str, ...], engine: str, host: str, p
 
     from ensemble.engines.base import EngineSpec, build_engine
     from ensemble.engines.models import resolve_model
+    from ensemble.engines.vllm_lora import check_vllm_adapters
     from ensemble.pipeline import resolve_voters
-    from ensemble.serve.app import max_lora_rank_for, run_server, vllm_serve_command
+    from ensemble.serve.app import run_server, vllm_serve_command
 
     cfg = _load(config, overrides)
     voters = {k: v for k, v in resolve_voters(cfg).items() if v is not None}
     model = str(resolve_model(cfg.model))
     if engine == "vllm":
-        cmd = vllm_serve_command(model, voters, max_lora_rank=max_lora_rank_for(voters.values()), host=host, port=port)
+        # vLLM's PEFTHelper would refuse these adapters minutes into loading; name them now.
+        rank = check_vllm_adapters(voters)
+        cmd = vllm_serve_command(model, voters, max_lora_rank=rank, host=host, port=port,
+                                 served_model_name=cfg.model)
         click.echo(shlex.join(cmd))
         if not print_only:
             sys.exit(subprocess.call(cmd))
@@ -148,7 +152,7 @@ def serve_cmd(config: str, overrides: tuple[str, ...], engine: str, host: str, p
     eng = build_engine(EngineSpec(engine="hf", model=model, adapters=voters,
                                   options={"batch_size": cfg.run.batch_size, "dtype": cfg.run.dtype}))
     click.echo(f"serving {len(voters)} voters + base model '{cfg.model}' on http://{host}:{port}/v1 (Ctrl-C to stop)")
-    run_server(eng, host=host, port=port, base_model=cfg.model)
+    run_server(eng, host=host, port=port, base_model=cfg.model, base_root=model, adapter_roots=voters)
 
 
 @main.group("models")

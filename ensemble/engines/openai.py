@@ -1,11 +1,11 @@
 """The OpenAI-compatible engine: voters are model names on a running server.
 
-The server can be ``vllm serve BASE --enable-lora --lora-modules a=PATH ...`` (see
-``ensemble.serve.app.vllm_serve_command``), ``vote serve`` (``ensemble.serve.app``), Ollama, or a
-hosted API. Voter name -> served model name: the ``adapters`` value when it is a model
-name, the voter name itself when the value is empty or a local folder (the usual case:
-the same config that names PEFT folders for the HF / vLLM engines). ``adapter=None`` asks
-for ``spec.model``.
+The server can be ``vllm serve BASE --enable-lora --lora-modules {JSON} ...`` (see
+``ensemble.serve.vllm_command``; ``vote serve --engine vllm --print`` writes it), ``vote
+serve`` (``ensemble.serve.app``), Ollama, or a hosted API. Voter name -> served model
+name: the ``adapters`` value when it is a model name, the voter name itself when the value
+is empty or a local folder (the usual case: the same config that names PEFT folders for
+the HF / vLLM engines). ``adapter=None`` asks for ``spec.model``.
 
 Options: ``base_url`` (default http://127.0.0.1:8000/v1), ``api_key_env`` (name of the
 environment variable holding the key; none -> "EMPTY"), ``concurrency`` (requests in
@@ -18,20 +18,23 @@ Scoring (``score_choices``) depends on what the server offers:
 
 * ``vote serve`` (models ``owned_by: "ensemble"``): ``POST /v1/ensemble/score_choices``,
   exactly the in-process engine's ``score_choices``.
-* cloze, prompt: ``/v1/completions`` with ``echo=True, logprobs=1, max_tokens=0`` on
-  prompt + assistant_prefix + option; the option's tokens are the trailing prompt tokens
-  covering its characters. Needs prompt logprobs via echo (vLLM has them; OpenAI's hosted
-  models do not).
-* cloze, chat messages: vLLM's chat extras (``prompt_logprobs=0`` with the option as a
-  continued assistant message); other servers refuse.
-* letter: ``max_tokens=1`` with the top-20 next-token logprobs; an option's logprob is
-  the max over its spellings ("A", " A") among them, ``MISSING_LOGPROB`` when absent.
-  For chat messages with an ``assistant_prefix`` the reply is continued with vLLM's
-  ``continue_final_message``; servers without it would score the wrong position.
+* a server with vLLM's ``POST /tokenize``: options are found by token ids, never by token
+  text (``ensemble.engines.openai_tokens``): cloze reads the echoed prompt logprobs after
+  the context's ids; letter reads the top-20 next-token logprobs keyed by token id.
+* any other server: letter only, matching the top-20 logprobs' token *text* against "A"
+  / " A" (right for byte-level BPE tokenizers such as tiktoken's); cloze is refused.
+
+Fingerprints (``fingerprint(adapter)``): what a voter behind the server is -- the server URL,
+the served model id, and the card ``GET /v1/models`` reports for it (``root``: vLLM's adapter
+folder or base model path; ``parent``; vote serve's ``ensemble_fingerprint`` of the adapter
+files), plus the local adapter folder's files when the voter names one. A resumed run
+refuses stored answers whose voter now fingerprints differently.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -49,7 +52,8 @@ from ensemble.engines.base import (
     Sample,
     softmax,
 )
-from ensemble.engines.vllm import MISSING_LOGPROB, TOP_LOGPROBS
+from ensemble.engines.openai_tokens import NoTokenizeRoute, TokenScorer
+from ensemble.engines.vllm import MISSING_LOGPROB, TOP_LOGPROBS, check_temperature
 from ensemble.errors import EnsembleError
 from ensemble.registry import unknown_name
 
@@ -92,9 +96,14 @@ class OpenAIEngine:
         self.client = openai.OpenAI(base_url=self.url, api_key=key, max_retries=self.max_retries,
                                     timeout=float(opts["timeout"]))
         self._served = {v: served_name(v, p) for v, p in spec.adapters.items()}
+        self._local = {v: p for v, p in spec.adapters.items() if p and Path(p).expanduser().is_dir()}
         self._base = spec.model or None
         self._pool = ThreadPoolExecutor(max_workers=max(1, int(opts["concurrency"])), thread_name_prefix="openai")
+        self._cards: dict[str, dict[str, Any]] = {}  # served model id -> its /v1/models entry
         self.ensemble_server = self._check_models() if opts["check_models"] else False
+        root = self.url.removesuffix("/v1")  # vLLM serves /tokenize at the root
+        self._scorer = TokenScorer(root, self.client.post, self.client.completions.create, openai.NotFoundError)
+        self._has_tokenize = True  # until the server answers /tokenize with 404
 
     @property
     def adapters(self) -> list[str]:
@@ -107,13 +116,26 @@ class OpenAIEngine:
     def _check_models(self) -> bool:
         """Fail early if a voter is not served; True when the server is ``vote serve``."""
         with self._errors("listing models", "-"):
-            models = {m.id: getattr(m, "owned_by", "") for m in self.client.models.list()}
+            cards = {m.id: m.model_dump() for m in self.client.models.list()}
         wanted = [*self._served.values(), *([self._base] if self._base else [])]
-        missing = [m for m in wanted if m not in models]
+        missing = [m for m in wanted if m not in cards]
         if missing:
             raise EnsembleError(f"model '{missing[0]}' is not served at {self.url}; served: "
-                                f"{', '.join(models) or '(none)'}; fix the adapters / model names or the server")
-        return bool(wanted) and all(models[m] == "ensemble" for m in wanted)
+                                f"{', '.join(cards) or '(none)'}; fix the adapters / model names or the server")
+        self._cards = {m: cards[m] for m in wanted}
+        return bool(wanted) and all(cards[m].get("owned_by") == "ensemble" for m in wanted)
+
+    def fingerprint(self, adapter: str | None) -> str:
+        """What answers from this voter depend on (see the module docstring); 16 hex digits."""
+        from ensemble.predictions.store import fingerprint as files_fingerprint
+
+        model = self._model(adapter)
+        card = self._cards.get(model, {})
+        parts = {"url": self.url, "model": model,
+                 **{k: card.get(k) for k in ("root", "parent", "ensemble_fingerprint")}}
+        if adapter in self._local:
+            parts["files"] = files_fingerprint(self._local[adapter])
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
     def _model(self, adapter: str | None) -> str:
         if adapter is None:
@@ -153,6 +175,7 @@ class OpenAIEngine:
         if (r.prompt is None) == (r.messages is None):
             raise EnsembleError("request: set exactly one of 'prompt' and 'messages'")
         s, model = r.sampling, self._model(r.adapter)
+        check_temperature(s.temperature)
         greedy_copies = s.n if s.temperature == 0 else 1  # vLLM refuses greedy n > 1: ask once, repeat
         args: dict[str, Any] = {"model": model, "n": s.n // greedy_copies, "temperature": s.temperature,
                                 "top_p": s.top_p, "max_tokens": s.max_new_tokens}
@@ -189,14 +212,16 @@ class OpenAIEngine:
             logliks = self._score_ensemble(r, model)
         elif r.mode == "letter":
             with self._errors(f"letter scoring (max_tokens=1, top {TOP_LOGPROBS} logprobs)", model):
-                top = self._letter_top(r, model)
-            # max over the letter's spellings "A" / " A", as the in-process engines do
-            logliks = tuple(max((top[k] for k in (o, " " + o) if k in top), default=MISSING_LOGPROB)
-                            for o in r.options)
+                logliks = self._letter(r, model)
         else:
-            with self._errors("cloze scoring (prompt logprobs: completions echo=True, logprobs=1, max_tokens=0; "
-                              "chat: vLLM's prompt_logprobs)", model):
-                logliks = self._cloze(r, model)
+            with self._errors("cloze scoring (/tokenize, then completions with echo=True, logprobs=1, "
+                              "max_tokens=0)", model):
+                try:
+                    logliks = self._scorer.cloze(r, model)
+                except NoTokenizeRoute:
+                    raise EnsembleError(f"the server at {self.url} has no /tokenize route, so cloze scoring cannot "
+                                        "tell the prompt's tokens from the option's; use vLLM or vote serve, or "
+                                        "mode 'letter'") from None
         return ChoiceOutput(request=r, logliks=logliks, probs=softmax(logliks), latency_s=time.perf_counter() - start)
 
     def _score_ensemble(self, r: ChoiceRequest, model: str) -> tuple[float, ...]:
@@ -207,30 +232,26 @@ class OpenAIEngine:
             data = self.client.post("/ensemble/score_choices", cast_to=object, body=body)
         return tuple(float(x) for x in data["logliks"])
 
+    def _letter(self, r: ChoiceRequest, model: str) -> tuple[float, ...]:
+        """By token id where the server tokenizes (vLLM); else by token text, the max over
+        the letter's spellings "A" / " A" among the top logprobs, as the in-process engines do."""
+        if self._has_tokenize:
+            try:
+                return self._scorer.letter(r, model)
+            except NoTokenizeRoute:
+                self._has_tokenize = False
+        top = self._letter_top(r, model)
+        return tuple(max((top[k] for k in (o, " " + o) if k in top), default=MISSING_LOGPROB) for o in r.options)
+
     def _letter_top(self, r: ChoiceRequest, model: str) -> dict[str, float]:
         """{token text: logprob} of the top next tokens after the prompt."""
         if r.messages is None:
-            resp = self.client.completions.create(model=model, prompt=r.prompt + r.assistant_prefix, max_tokens=1,
-                                                  temperature=0.0, logprobs=TOP_LOGPROBS)
+            resp = self.client.completions.create(model=model, prompt=(r.prompt or "") + r.assistant_prefix,
+                                                  max_tokens=1, temperature=0.0, logprobs=TOP_LOGPROBS)
             return dict(resp.choices[0].logprobs.top_logprobs[0])
         resp = self.client.chat.completions.create(model=model, max_tokens=1, temperature=0.0, logprobs=True,
                                                    top_logprobs=TOP_LOGPROBS, **_chat_prefix(r, r.assistant_prefix))
         return {t.token: t.logprob for t in resp.choices[0].logprobs.content[0].top_logprobs}
-
-    def _cloze(self, r: ChoiceRequest, model: str) -> tuple[float, ...]:
-        if r.messages is None:
-            resp = self.client.completions.create(model=model, prompt=[r.prompt + r.assistant_prefix + o
-                                                                       for o in r.options],
-                                                  echo=True, logprobs=1, max_tokens=0, temperature=0.0)
-            pairs = [(c.logprobs.tokens, c.logprobs.token_logprobs) for c in sorted(resp.choices, key=lambda c: c.index)]
-        else:
-            pairs = []
-            for o in r.options:
-                resp = self.client.chat.completions.create(model=model, max_tokens=1, temperature=0.0,
-                                                           **_chat_prefix(r, r.assistant_prefix + o, prompt_logprobs=0))
-                rows = [next(iter(d.values())) for d in (resp.model_extra or {}).get("prompt_logprobs") or [] if d]
-                pairs.append(([x["decoded_token"] for x in rows], [x["logprob"] for x in rows]))
-        return tuple(_option_loglik(tokens, lps, o, r.normalize) for (tokens, lps), o in zip(pairs, r.options))
 
 
 def _chat_prefix(r: ChoiceRequest, reply_start: str, **extra: Any) -> dict[str, Any]:
@@ -240,23 +261,6 @@ def _chat_prefix(r: ChoiceRequest, reply_start: str, **extra: Any) -> dict[str, 
         return {"messages": list(r.messages or ()), **({"extra_body": extra} if extra else {})}
     msgs = [*(r.messages or ()), {"role": "assistant", "content": reply_start}]
     return {"messages": msgs, "extra_body": {"continue_final_message": True, "add_generation_prompt": False, **extra}}
-
-
-def _option_loglik(tokens: Sequence[str] | None, lps: Sequence[float | None] | None, option: str,
-                   normalize: str) -> float:
-    """Sum (or mean) of the logprobs of the trailing tokens that cover ``option``'s characters
-    (walking back from the end; a token straddling the boundary counts as the option's)."""
-    if not tokens or not lps:
-        raise EnsembleError("the server returned no prompt logprobs; it does not support cloze scoring (use "
-                            "mode 'letter', vote serve, or a vLLM server)")
-    covered, picked = 0, []
-    for tok, lp in zip(reversed(tokens), reversed(lps)):
-        if covered >= len(option) or lp is None:
-            break
-        covered += len(tok)
-        picked.append(float(lp))
-    total = sum(picked)
-    return total / len(picked) if normalize == "mean" and picked else total
 
 
 def _text_sample(c: Any, n_tokens: int) -> Sample:

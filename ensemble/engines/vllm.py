@@ -21,10 +21,11 @@ vLLM is imported lazily inside the factory: it needs a CUDA GPU and is an option
 """
 from __future__ import annotations
 
-import json
+import dataclasses
+import difflib
+import re
 import time
-from collections.abc import Iterable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 from ensemble import tokens
@@ -38,44 +39,41 @@ from ensemble.engines.base import (
     Sample,
     softmax,
 )
+from ensemble.engines.vllm_lora import (  # noqa: F401  (re-exported: the public names live here)
+    ALLOWED_LORA_RANKS,
+    adapter_rank,
+    allowed_lora_ranks,
+    check_vllm_adapters,
+    max_lora_rank_for,
+)
 from ensemble.errors import EnsembleError
 from ensemble.registry import unknown_name
 
-# vllm/config/lora.py: ``MaxLoRARanks = Literal[1, 8, 16, 32, 64, 128, 256, 320, 512]``.
-ALLOWED_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 TOP_LOGPROBS = 20  # vLLM's default ``max_logprobs``: the most alternatives a request may ask for
 MISSING_LOGPROB = -1e4  # letter outside the top-20: "practically impossible", finite for softmax
+MAX_TEMPERATURE = 2.0  # the OpenAI API's bound (vote serve enforces it): every engine samples alike
 _RESERVED = ("model", "enable_lora", "max_loras", "max_lora_rank")
 
 
-# --- adapter ranks -> max_lora_rank --------------------------------------------------------
+def check_temperature(temperature: float) -> None:
+    """Refuse a temperature OpenAI-compatible servers refuse (vLLM itself has no upper bound:
+    ``SamplingParams._verify_args`` checks ``temperature >= 0`` only)."""
+    if not 0.0 <= temperature <= MAX_TEMPERATURE:
+        raise EnsembleError(f"sampling temperature {temperature} is outside [0, {MAX_TEMPERATURE:g}] (the OpenAI "
+                            f"API's range, which vote serve and hosted servers enforce); set run.temperature "
+                            f"<= {MAX_TEMPERATURE:g}")
 
 
-def adapter_rank(path: str | Path) -> int:
-    """The LoRA rank of a PEFT folder: ``r`` (or the largest ``rank_pattern`` value)."""
-    cfg_path = Path(path) / "adapter_config.json"
-    if not cfg_path.exists():
-        raise EnsembleError(f"{cfg_path}: not found; point the adapter at a PEFT LoRA folder "
-                            "(one holding adapter_config.json)")
+def _close_engine_arg(name: str) -> str:
+    """`` Did you mean 'x'?`` from the installed vLLM's EngineArgs fields ("" when none is close)."""
     try:
-        cfg = json.loads(cfg_path.read_text())
-        return max([int(cfg["r"]), *(int(r) for r in (cfg.get("rank_pattern") or {}).values())])
-    except (ValueError, KeyError, TypeError) as e:
-        raise EnsembleError(f"{cfg_path}: field 'r' missing or not an integer ({e}); "
-                            "re-save the adapter with PEFT") from None
+        from vllm.engine.arg_utils import EngineArgs
 
-
-def max_lora_rank_for(paths: Iterable[str | Path]) -> int:
-    """The smallest ``max_lora_rank`` vLLM accepts that fits every adapter (16 when none)."""
-    ranks = [adapter_rank(p) for p in paths]
-    if not ranks:
-        return 16  # vLLM's default
-    need = max(ranks)
-    for allowed in ALLOWED_LORA_RANKS:
-        if allowed >= need:
-            return allowed
-    raise EnsembleError(f"adapter rank {need} exceeds vLLM's largest max_lora_rank "
-                        f"{ALLOWED_LORA_RANKS[-1]}; train the adapters with r <= {ALLOWED_LORA_RANKS[-1]}")
+        names = [f.name for f in dataclasses.fields(EngineArgs)]
+    except Exception:  # noqa: BLE001  (an unexpected vLLM layout: no hint)
+        return ""
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.8)
+    return f" Did you mean '{close[0]}'?" if close else ""
 
 
 # --- factory ---------------------------------------------------------------------------------
@@ -104,11 +102,23 @@ class VLLMEngine:
             raise EnsembleError(f"engine 'vllm': option '{bad[0]}' is set by the engine from the model and "
                                 "adapters; remove it from options")
         k = len(spec.adapters)
-        kwargs: dict[str, Any] = {"seed": 0, **spec.options}
+        # generation_config="vllm": vLLM's own sampling defaults, not the model's generation_config.json
+        # (vllm/config/model.py ModelConfig.generation_config); vote serve --engine vllm passes the same.
+        kwargs: dict[str, Any] = {"seed": 0, "generation_config": "vllm", **spec.options}
         if k:
-            kwargs.update(enable_lora=True, max_loras=k, max_lora_rank=max_lora_rank_for(spec.adapters.values()),
+            # PEFTHelper.validate_legal would refuse these inside a worker, minutes in and unnamed.
+            rank = check_vllm_adapters(spec.adapters)
+            kwargs.update(enable_lora=True, max_loras=k, max_lora_rank=rank,
                           max_cpu_loras=max(k, int(spec.options.get("max_cpu_loras", k))))
-        self.llm = llm_cls(model=spec.model, **kwargs)
+        try:
+            self.llm = llm_cls(model=spec.model, **kwargs)
+        except TypeError as e:  # LLM passes unknown options on to EngineArgs(...), which refuses them
+            hit = re.search(r"unexpected keyword argument '(\w+)'", str(e))
+            if hit is None:
+                raise
+            raise EnsembleError(f"engine 'vllm': option '{hit[1]}' is not a vLLM engine argument "
+                                f"(vllm/engine/arg_utils.py EngineArgs).{_close_engine_arg(hit[1])} Fix or remove "
+                                "it in run.engine_options") from None
         self._params = sampling_cls
         # int ids must be >= 1 and unique per adapter: 1..K in load order.
         self._loras = {name: lora_cls(name, i + 1, str(path)) for i, (name, path) in enumerate(spec.adapters.items())}
@@ -155,6 +165,7 @@ class VLLMEngine:
 
     def _sampling(self, r: GenRequest) -> Any:
         s = r.sampling
+        check_temperature(s.temperature)
         return self._params(n=1 if s.temperature == 0 else s.n, temperature=s.temperature, top_p=s.top_p,
                             seed=s.seed, max_tokens=s.max_new_tokens, stop=list(s.stop) or None,
                             logprobs=1 if s.logprobs else None)

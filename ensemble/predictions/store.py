@@ -76,8 +76,9 @@ class PredictionStore:
         for name, print_ in (voters or {}).items():
             if name in stored and name in old_voters and old_voters[name] != print_:
                 raise EnsembleError(
-                    f"{path}: voter '{name}' changed since its predictions were stored (its adapter files "
-                    "differ); pass --restart to recompute everything, or give the new adapter another name")
+                    f"{path}: voter '{name}' changed since its predictions were stored (its adapter files, or the "
+                    "model its server reports, differ); pass --restart to recompute everything, or give the new "
+                    "adapter another name")
         meta = {**settings, VOTERS_KEY: {**old_voters, **(voters or {})}}
         atomic_write_text(meta_path, json.dumps(meta, indent=2, sort_keys=True))
         return cls(path, rows, dropped)

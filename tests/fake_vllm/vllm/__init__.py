@@ -2,9 +2,11 @@
 
 It mirrors the names the ensemble engine uses (``LLM``, ``SamplingParams``,
 ``vllm.lora.request.LoRARequest``, ``RequestOutput``/``CompletionOutput``, ``Logprob``),
-records every call on ``LLM.instances[-1].calls``, and validates like vLLM does
-(allowed ``max_lora_rank`` values, adapter rank <= ``max_lora_rank``, ``max_cpu_loras >=
-max_loras``, LoRA without ``enable_lora``, list lengths, logprobs <= ``max_logprobs``).
+records every call on ``LLM.instances[-1].calls``, and validates like vLLM does:
+``EngineArgs`` field names (``vllm.engine.arg_utils``), allowed ``max_lora_rank`` values
+(``vllm.config.lora``), ``PEFTHelper.validate_legal`` on every adapter it loads
+(``vllm.lora.peft_helper``), ``max_cpu_loras >= max_loras``, LoRA without ``enable_lora``,
+list lengths, logprobs <= ``max_logprobs``, SamplingParams' value checks.
 The "model" is a character-level toy whose next-token logits are a fixed function of
 (LoRA name, previous token, position): see ``vllm._toy``.
 """

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 _SAMPLING_EPS = 1e-5
+_MAX_TEMP = 1e-2  # vLLM raises a positive temperature below this to it (with a warning)
 
 
 @dataclass
@@ -29,6 +30,8 @@ class SamplingParams:
             self.stop = [self.stop]
         elif self.stop is None:
             self.stop = []
+        if 0 < self.temperature < _MAX_TEMP:
+            self.temperature = _MAX_TEMP
         if self.n < 1:
             raise ValueError(f"n must be at least 1, got {self.n}.")
         if self.temperature < 0.0:

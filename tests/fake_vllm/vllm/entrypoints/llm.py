@@ -1,24 +1,20 @@
 """Fake ``vllm.LLM``: records calls, validates like vLLM, generates from the toy model."""
 from __future__ import annotations
 
-import json
 import math
 import random
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from .._toy import EOS, VOCAB, ToyTokenizer, next_logprobs
+from .._toy import VOCAB, SentencePieceTokenizer, ToyTokenizer, next_logprobs
+from ..config.lora import validate_lora_config
+from ..engine.arg_utils import EngineArgs
 from ..logprobs import Logprob
+from ..lora.peft_helper import PEFTHelper
 from ..lora.request import LoRARequest
 from ..outputs import CompletionOutput, RequestOutput
 from ..sampling_params import SamplingParams
-
-MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vllm/config/lora.py: MaxLoRARanks
-# A few real EngineArgs names; anything else is a TypeError, as in vLLM.
-_ENGINE_ARGS = {"dtype", "gpu_memory_utilization", "max_model_len", "enforce_eager",
-                "tensor_parallel_size", "trust_remote_code", "enable_prefix_caching",
-                "max_num_seqs", "quantization", "lora_dtype", "tokenizer"}
 
 
 class LLM:
@@ -27,27 +23,25 @@ class LLM:
     def __init__(self, model: str, *, seed: int = 0, enable_lora: bool = False, max_loras: int = 1,
                  max_lora_rank: int = 16, max_cpu_loras: int | None = None, max_logprobs: int = 20,
                  **engine_args: Any) -> None:
-        unknown = set(engine_args) - _ENGINE_ARGS
-        if unknown:
-            raise TypeError(f"EngineArgs.__init__() got an unexpected keyword argument {min(unknown)!r}")
-        if enable_lora:  # LoRAConfig's pydantic validation
-            if max_lora_rank not in MAX_LORA_RANKS:
-                raise ValueError(f"max_lora_rank must be one of {MAX_LORA_RANKS}, got {max_lora_rank}")
-            if max_loras < 1:
-                raise ValueError(f"max_loras must be >= 1, got {max_loras}")
-            if max_cpu_loras is not None and max_cpu_loras < max_loras:
-                raise ValueError(f"max_cpu_loras ({max_cpu_loras}) must be >= max_loras ({max_loras})")
+        self.engine_args = EngineArgs(model=model, **engine_args)  # unknown names: TypeError, as in vLLM
+        if enable_lora:
+            validate_lora_config(max_lora_rank, max_loras, max_cpu_loras)
         self.model = model
         self.init_kwargs = {"model": model, "seed": seed, "enable_lora": enable_lora, "max_loras": max_loras,
                             "max_lora_rank": max_lora_rank, "max_cpu_loras": max_cpu_loras,
                             "max_logprobs": max_logprobs, **engine_args}
         self.calls: list[dict[str, Any]] = []
         self._loras: dict[int, LoRARequest] = {}  # int id -> the request that loaded it
-        self._tokenizer = ToyTokenizer()
+        toy = engine_args.get("tokenizer") == "toy-sentencepiece"
+        self._tokenizer: Any = SentencePieceTokenizer() if toy else ToyTokenizer()
+        self._vocab = list(SentencePieceTokenizer.PIECES) if toy else VOCAB
         LLM.instances.append(self)
 
-    def get_tokenizer(self) -> ToyTokenizer:
+    def get_tokenizer(self) -> Any:
         return self._tokenizer
+
+    def _lp(self, name: str | None, context: Sequence[int]) -> list[float]:
+        return next_logprobs(name, context, len(self._vocab))
 
     def generate(self, prompts: Any, sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
                  *, use_tqdm: bool = True, lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None,
@@ -84,12 +78,9 @@ class LLM:
             if (seen.lora_name, seen.lora_path) != (lr.lora_name, lr.lora_path):
                 raise ValueError(f"lora_int_id {lr.lora_int_id} used for both {seen.lora_name} and {lr.lora_name}")
             return
-        cfg_path = Path(lr.lora_path) / "adapter_config.json"
-        if not cfg_path.exists():
+        if not (Path(lr.lora_path) / "adapter_config.json").exists():
             raise ValueError(f"Loading lora {lr.lora_name} failed: No adapter found for {lr.lora_path}")
-        rank = int(json.loads(cfg_path.read_text())["r"])
-        if rank > self.init_kwargs["max_lora_rank"]:
-            raise ValueError(f"LoRA rank {rank} is greater than max_lora_rank {self.init_kwargs['max_lora_rank']}.")
+        PEFTHelper.from_local_dir(lr.lora_path).validate_legal(self.init_kwargs["max_lora_rank"])
         self._loras[lr.lora_int_id] = lr
 
     # -- the toy forward pass ---------------------------------------------------------------
@@ -99,11 +90,11 @@ class LLM:
             ids, text = self._tokenizer.encode(prompt), prompt
         else:
             ids, text = list(prompt["prompt_token_ids"]), None
-            if any(not 0 <= i < len(VOCAB) for i in ids):
+            if any(not 0 <= i < len(self._vocab) for i in ids):
                 raise ValueError("Token id out of vocabulary")
         prompt_lps = None
         if p.prompt_logprobs is not None:
-            prompt_lps = [None] + [_top(next_logprobs(name, ids[:t]), ids[t], p.prompt_logprobs)
+            prompt_lps = [None] + [_top(self._lp(name, ids[:t]), ids[t], p.prompt_logprobs, self._tokenizer)
                                    for t in range(1, len(ids))]
         outs = [self._sample(j, ids, p, name, lr) for j in range(p.n)]
         return RequestOutput(request_id, text, ids, prompt_lps, outs, lora_request=lr)
@@ -114,13 +105,13 @@ class LLM:
         context, out, lps = list(ids), [], []
         finish, stop_reason, text = "length", None, ""
         for _ in range(p.max_tokens or 16):
-            lp = next_logprobs(name, context)
+            lp = self._lp(name, context)
             tok = _pick(lp, p, rng)
             out.append(tok)
             context.append(tok)
             if p.logprobs is not None:
-                lps.append(_top(lp, tok, p.logprobs))
-            if tok == EOS:
+                lps.append(_top(lp, tok, p.logprobs, self._tokenizer))
+            if tok == self._tokenizer.eos_token_id:
                 finish = "stop"
                 break
             text = self._tokenizer.decode(out, skip_special_tokens=True)
@@ -128,7 +119,7 @@ class LLM:
             if hit:
                 text, finish, stop_reason = text[: text.index(hit[0])], "stop", hit[0]
                 break
-        cum = sum(next_logprobs(name, ids + out[:t])[out[t]] for t in range(len(out)))
+        cum = sum(self._lp(name, ids + out[:t])[out[t]] for t in range(len(out)))
         return CompletionOutput(index, text, out, cum, lps if p.logprobs is not None else None,
                                 finish, stop_reason, lr)
 
@@ -155,9 +146,10 @@ def _pick(lp: list[float], p: SamplingParams, rng: random.Random) -> int:
     return rng.choices(kept, weights=[weights[v] for v in kept])[0]
 
 
-def _top(lp: list[float], chosen: int, k: int) -> dict[int, Logprob]:
-    """vLLM's per-position dict: the top-k tokens plus the chosen one, with 1-based ranks."""
+def _top(lp: list[float], chosen: int, k: int, tokenizer: Any) -> dict[int, Logprob]:
+    """vLLM's per-position dict: the top-k tokens plus the chosen one, with 1-based ranks;
+    ``decoded_token`` is the token decoded alone (a SentencePiece "▁B" gives "B")."""
     order = sorted(range(len(lp)), key=lambda v: (-lp[v], v))
     rank = {v: r + 1 for r, v in enumerate(order)}
     keep = order[: len(lp) if k == -1 else k] + [chosen]
-    return {v: Logprob(lp[v], rank[v], VOCAB[v]) for v in keep}
+    return {v: Logprob(lp[v], rank[v], tokenizer.decode([v])) for v in keep}

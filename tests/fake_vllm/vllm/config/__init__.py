@@ -1,0 +1,1 @@
+"""Fake ``vllm.config``: only ``vllm.config.lora`` is mirrored."""
