@@ -76,12 +76,13 @@ class Ablation:
 
     def to_dict(self) -> dict[str, Any]:
         mean = float(np.mean(list(self.single_voters.values())))
-        return jsonable({
+        out: dict[str, Any] = jsonable({
             "methods": self.methods, "voters": self.voters, "n_eval_items": self.n_eval_items,
             "cap": self.cap, "seed": self.seed, "single_voters": self.single_voters,
             "single_voter_mean": mean, "summary": self.summary,
             "leave_one_out": self.leave_one_out, "subsets": self.subsets,
         })
+        return out
 
     def write(self, out_dir: str | Path) -> dict[str, Path]:
         """Write ablation.csv, leave_one_out.csv, ablation.json, ablation.png (each atomically)."""

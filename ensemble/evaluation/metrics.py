@@ -198,7 +198,8 @@ def oracle(m: VoteMatrix) -> np.ndarray:
     """(I,) bool: some sample of some voter is the gold answer (False without gold)."""
     if m.gold is None:
         return np.zeros(m.n_items, dtype=bool)
-    return (m.labels == m.gold[:, None, None]).any(axis=(1, 2)) & m.has_gold()
+    hit: np.ndarray = (m.labels == m.gold[:, None, None]).any(axis=(1, 2)) & m.has_gold()
+    return hit
 
 
 def mean_pairwise_disagreement(m: VoteMatrix) -> float:
@@ -223,8 +224,8 @@ def error_correlation(m: VoteMatrix) -> float:
     An abstention is an error. Pairs where a voter is always right or always wrong
     (zero variance) are skipped; NaN when no pair is left.
     """
-    keep = m.has_gold()
-    errors = (voter_answers(m)[keep] != m.gold[keep, None]).astype(float) if keep.any() else None
+    keep, gold = m.has_gold(), m.gold
+    errors = (voter_answers(m)[keep] != gold[keep, None]).astype(float) if gold is not None and keep.any() else None
     if errors is None or errors.shape[1] < 2:
         return math.nan
     ok = errors.std(axis=0) > 0

@@ -276,5 +276,5 @@ def manifest_weights(out_dir: str | Path, m: VoteMatrix) -> dict[str, float]:
     if missing:
         raise EnsembleError(f"run.weights_from: manifest has no held-out accuracy for voter(s) "
                             f"{', '.join(missing)}; use weights_from: dev")
-    w = log_odds_weights([acc[v] for v in m.voters], m.n_classes)
+    w = log_odds_weights([float(acc[v] or 0.0) for v in m.voters], m.n_classes)
     return {v: float(x) for v, x in zip(m.voters, w)}

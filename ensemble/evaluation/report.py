@@ -59,13 +59,14 @@ class Report:
 
     def to_dict(self) -> dict[str, Any]:
         """The ``vote eval --json`` contract (keys may be added, never renamed)."""
-        return jsonable({
+        out: dict[str, Any] = jsonable({
             "n_items": self.n_items, "n_eval_items": self.n_eval_items,
             "n_dev_items": self.n_dev_items, "n_items_without_gold": self.n_items_without_gold,
             "classes": list(self.classes), "methods": self.methods, "voters": self.voters,
             "diagnostics": self.diagnostics, "selected_on_dev": self.selected_on_dev,
             "split": self.split_how,
         })
+        return out
 
     def answers(self, method: str) -> dict[str, str | None]:
         """{item id: answer} for every item (dev ones too); None where the method abstained."""
@@ -170,8 +171,9 @@ def _score(d: Decision, scored: np.ndarray, gold: np.ndarray | None, classes: tu
     if gold is None:
         coverage = float(np.mean(pred != ABSTAIN)) if pred.size else None
         return {"n": int(scored.sum()), "coverage": coverage}
-    return jsonable(score_decision(gold, pred, len(classes), scores=d.scores[scored],
-                                   class_names=classes, n_boot=n_boot, seed=seed))
+    scores: dict[str, Any] = jsonable(score_decision(gold, pred, len(classes), scores=d.scores[scored],
+                                                     class_names=classes, n_boot=n_boot, seed=seed))
+    return scores
 
 
 def check_methods(methods: list[str], method_options: dict[str, dict[str, Any]] | None

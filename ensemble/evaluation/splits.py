@@ -157,7 +157,7 @@ def choose_split(m: VoteMatrix, *, fit_on: str = "none", fraction: float = 0.3,
 def read_ids(path: Path) -> set[str]:
     """Item ids from a dataset / gold file (.jsonl/.json/.csv) or a plain list, one per line."""
     if path.suffix in (".jsonl", ".json", ".csv"):
-        from ensemble.data.readers import read_gold
+        from ensemble.data.formats import read_gold
 
         return set(read_gold(path))
     return {x.strip() for x in path.read_text(encoding="utf-8").splitlines() if x.strip()}
