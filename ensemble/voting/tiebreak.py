@@ -1,0 +1,192 @@
+"""Tie-break policies: which class wins when several share the top score.
+
+Every method scores the classes of each item and hands the (I, C) scores to
+``decision`` here, so all of them share one tie rule. A tie is a set of classes
+whose scores equal the row maximum up to rounding
+(``ensemble.predictions.matrix.tied_classes``: float sums such as 0.1 + 0.2 vs 0.3
+are ties). Policies, selected per method with ``tie_break=`` (``--option
+majority.tie_break=random``):
+
+* ``first``       the class that sorts first (scikit-learn's convention; favours "A").
+* ``random``      a class drawn from a stable hash (blake2b) of the item id: the same
+                  item always gets the same class whatever the row or voter order, and
+                  across items every tied class is equally likely.
+* ``confidence``  the class whose counted votes have the largest summed confidence
+                  (probability of the voted class when a vote has no confidence);
+                  still tied -> ``first``.
+* ``abstain``     tied items stay ABSTAIN (a submission then needs ``--fallback``).
+
+No policy ever reads the order of rows or voters.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from ensemble.errors import EnsembleError
+from ensemble.predictions.matrix import (
+    ABSTAIN,
+    Decision,
+    VoteMatrix,
+    near_max,
+    normalise,
+    support,
+    tied_classes,
+)
+from ensemble.registry import Registry, unknown_name
+
+# Chosen by measurement on the bundled benchmark (experiments/tie_break.py,
+# experiments/results/tie_break.json).
+DEFAULT_TIE_BREAK = "first"
+
+# policy(tied (n, C) bool with >= 2 True per row, keys (n,) uint64 | None,
+#        tie_scores (n, C) | None) -> (n,) int32 class codes or ABSTAIN
+Policy = Callable[[np.ndarray, "np.ndarray | None", "np.ndarray | None"], np.ndarray]
+TIE_BREAKS: Registry[Policy] = Registry("tie_break")
+
+
+def _first(tied: np.ndarray) -> np.ndarray:
+    first: np.ndarray = np.argmax(tied, axis=1).astype(np.int32)      # first True per row
+    return first
+
+
+@TIE_BREAKS.register("first")
+def _policy_first(tied: np.ndarray, keys: np.ndarray | None,
+                  tie_scores: np.ndarray | None) -> np.ndarray:
+    return _first(tied)
+
+
+@TIE_BREAKS.register("random")
+def _policy_random(tied: np.ndarray, keys: np.ndarray | None,
+                   tie_scores: np.ndarray | None) -> np.ndarray:
+    # The r-th tied class in class order, r = key mod (number tied): uniform over
+    # the tied set because the keys are uniform 64-bit hashes.
+    assert keys is not None, "tie_break='random' needs item keys"
+    n_tied = tied.sum(axis=1).astype(np.uint64)
+    r = (keys % n_tied).astype(np.int64)                               # (n,) in [0, n_tied)
+    rank = np.cumsum(tied, axis=1) - 1                                  # (n, C) rank among tied
+    picked: np.ndarray = np.argmax(tied & (rank == r[:, None]), axis=1).astype(np.int32)
+    return picked
+
+
+@TIE_BREAKS.register("confidence")
+def _policy_confidence(tied: np.ndarray, keys: np.ndarray | None,
+                       tie_scores: np.ndarray | None) -> np.ndarray:
+    assert tie_scores is not None, "tie_break='confidence' needs summed confidences"
+    return _first(near_max(tie_scores, tied))
+
+
+@TIE_BREAKS.register("abstain")
+def _policy_abstain(tied: np.ndarray, keys: np.ndarray | None,
+                    tie_scores: np.ndarray | None) -> np.ndarray:
+    return np.full(len(tied), ABSTAIN, dtype=np.int32)
+
+
+def check_tie_break(tie_break: str, method: str) -> None:
+    """EnsembleError with did-you-mean unless ``tie_break`` names a policy."""
+    if tie_break not in TIE_BREAKS:
+        raise EnsembleError(f"{method}: {unknown_name('tie_break', tie_break, TIE_BREAKS)} "
+                            f"(option '{method}.tie_break')")
+
+
+def hash_keys(ids: Sequence[str]) -> np.ndarray:
+    """(n,) uint64: the first 8 bytes of blake2b(id), stable across runs and machines.
+
+    Python's ``hash()`` is salted per process, so it would give another answer each run.
+    """
+    return np.array([int.from_bytes(hashlib.blake2b(str(i).encode(), digest_size=8).digest(),
+                                    "little") for i in ids], dtype=np.uint64)
+
+
+def break_ties(scores: np.ndarray, tie_break: str = DEFAULT_TIE_BREAK, *,
+               keys: np.ndarray | None = None,
+               tie_scores: np.ndarray | None = None) -> np.ndarray:
+    """(I, C) scores -> (I,) int32 labels under the policy; ABSTAIN for no positive score.
+
+    keys        (I,) uint64 per-row hash keys, needed by ``random``
+    tie_scores  (I, C) second key, needed by ``confidence``
+    """
+    tied = tied_classes(scores)                                         # (I, C)
+    n_tied = tied.sum(axis=1)
+    labels = np.where(n_tied > 0, _first(tied), ABSTAIN).astype(np.int32)
+    multi = np.flatnonzero(n_tied > 1)
+    if tie_break == "first" or len(multi) == 0:
+        return labels
+    policy = TIE_BREAKS.get(tie_break)
+    labels[multi] = policy(tied[multi], None if keys is None else keys[multi],
+                           None if tie_scores is None else tie_scores[multi])
+    return labels
+
+
+def n_tied_items(scores: np.ndarray) -> int:
+    """How many rows of (I, C) ``scores`` have two or more top classes."""
+    return int((tied_classes(scores).sum(axis=1) > 1).sum())
+
+
+# -- what the policies read from a vote matrix ------------------------------------
+def require_confidence(m: VoteMatrix, tie_break: str, method: str) -> None:
+    """EnsembleError when ``tie_break='confidence'`` meets a matrix without confidences.
+
+    Checked whether or not an item is tied, so the option fails the same way on
+    every data set that lacks them.
+    """
+    if tie_break == "confidence" and m.confidence is None and m.probs is None:
+        raise EnsembleError(f"{method}: tie_break='confidence' needs vote confidences or "
+                            "probabilities, which this vote matrix lacks: add a 'confidence' "
+                            "column or use tie_break='first' or 'random'")
+
+
+def vote_confidence(m: VoteMatrix, method: str) -> np.ndarray:
+    """(I, V, S) confidence of each vote for ``confidence`` tie-breaks.
+
+    ``m.confidence`` where given, else the vote's probability of the class it voted
+    (``m.probs``); a vote with neither adds 0; abstentions are 0. EnsembleError when
+    the matrix has neither confidences nor probabilities.
+    """
+    require_confidence(m, "confidence", method)
+    conf = np.full(m.labels.shape, np.nan) if m.confidence is None else m.confidence
+    if m.probs is not None:
+        voted = np.take_along_axis(m.probs, np.maximum(m.labels, 0)[..., None], axis=-1)[..., 0]
+        conf = np.where(np.isnan(conf), voted, conf)
+    return np.where((m.labels != ABSTAIN) & ~np.isnan(conf), conf, 0.0)
+
+
+def voter_vote_confidence(labels: np.ndarray, conf: np.ndarray, votes: np.ndarray) -> np.ndarray:
+    """(I, V, 1) confidence of each voter's one vote: the mean over its samples that voted it.
+
+    labels, conf (I, V, S); votes (I, V) the voter's vote (ABSTAIN -> 0).
+    """
+    agree = (labels == votes[..., None]) & (votes[..., None] != ABSTAIN)  # (I, V, S)
+    total = np.where(agree, conf, 0.0).sum(axis=2)
+    mean: np.ndarray = total / np.maximum(agree.sum(axis=2), 1)          # (I, V)
+    return mean[..., None]
+
+
+def decision(m: VoteMatrix, scores: np.ndarray, tie_break: str, method: str, *,
+             tie_scores: Callable[[], np.ndarray] | None = None, **info: Any) -> Decision:
+    """Per-class support (I, C) of ``m``'s items -> Decision under ``tie_break``.
+
+    ``tie_scores`` computes the (I, C) summed confidence of the votes that count; it
+    is called only when the policy is ``confidence`` and some item is tied. Default:
+    the summed confidence of every vote in ``m``. ``info`` gains ``tie_break`` and
+    ``n_tied`` (items with several top classes, before the policy broke them).
+    """
+    check_tie_break(tie_break, method)
+    require_confidence(m, tie_break, method)
+    n_tied = n_tied_items(scores)
+    keys = hash_keys(m.items) if tie_break == "random" and n_tied else None
+    second = None
+    if tie_break == "confidence" and n_tied:
+        second = tie_scores() if tie_scores is not None else \
+            support(m.labels, m.n_classes, vote_confidence(m, method))
+    labels = break_ties(scores, tie_break, keys=keys, tie_scores=second)
+    return Decision(labels=labels, scores=normalise(scores),
+                    info=dict(info, tie_break=tie_break, n_tied=n_tied))
+
+
+__all__ = ["DEFAULT_TIE_BREAK", "TIE_BREAKS", "break_ties", "check_tie_break", "decision",
+           "hash_keys", "n_tied_items", "require_confidence",
+           "vote_confidence", "voter_vote_confidence"]
