@@ -505,8 +505,8 @@ def test_permuting_items_permutes_outputs(name, generic):
 
 @pytest.mark.parametrize("name", METHODS.names())
 def test_permuting_voters_keeps_the_decision(name, generic):
-    # For select, whose ties go to the lower voter index, this fixture has no
-    # candidate ties, so its decision (not its order of addition) must not change.
+    # select ranks voters tied on dev by name, so neither its decision nor its
+    # order of addition may change (tests/test_tiebreak.py covers every policy).
     m, dev = generic
     order = [3, 0, 4, 2, 1]
     a, b = vote(m, name, dev=dev), vote(m.select_voters(order), name, dev=dev)

@@ -74,15 +74,15 @@ class VoteMatrix:
     # -- shape helpers ---------------------------------------------------
     @property
     def n_items(self) -> int:
-        return self.labels.shape[0]
+        return int(self.labels.shape[0])
 
     @property
     def n_voters(self) -> int:
-        return self.labels.shape[1]
+        return int(self.labels.shape[1])
 
     @property
     def n_samples(self) -> int:
-        return self.labels.shape[2]
+        return int(self.labels.shape[2])
 
     @property
     def n_classes(self) -> int:
@@ -96,7 +96,8 @@ class VoteMatrix:
         """(I,) bool: items whose gold answer is known."""
         if self.gold is None:
             return np.zeros(self.n_items, dtype=bool)
-        return self.gold != ABSTAIN
+        known: np.ndarray = self.gold != ABSTAIN
+        return known
 
     # -- sub-matrices (used by dev/test splits and ablation) --------------
     def select_items(self, mask_or_index: np.ndarray) -> VoteMatrix:
@@ -188,7 +189,8 @@ def near_max(scores: np.ndarray, candidates: np.ndarray | None = None) -> np.nda
     top = masked.max(axis=1, initial=-np.inf)[:, None]                 # (I, 1)
     with np.errstate(invalid="ignore"):                                # -inf - -inf rows
         close = np.abs(top - masked) <= TIE_ATOL + TIE_RTOL * np.abs(top)
-    return candidates & close & np.isfinite(top)
+    tied: np.ndarray = candidates & close & np.isfinite(top)
+    return tied
 
 
 def tied_classes(scores: np.ndarray) -> np.ndarray:
@@ -208,7 +210,7 @@ def argmax_with_ties(scores: np.ndarray) -> np.ndarray:
     ``ensemble.voting.tiebreak``.
     """
     tied = tied_classes(scores)
-    out = np.argmax(tied, axis=1).astype(np.int32)                     # first True per row
+    out: np.ndarray = np.argmax(tied, axis=1).astype(np.int32)  # first True per row
     out[~tied.any(axis=1)] = ABSTAIN
     return out
 
@@ -217,7 +219,8 @@ def normalise(scores: np.ndarray) -> np.ndarray:
     """Rows scaled to sum to 1; all-zero rows stay zero. (I, C) -> (I, C)."""
     total = scores.sum(axis=1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(total > 0, scores / np.where(total > 0, total, 1.0), 0.0)
+        out: np.ndarray = np.where(total > 0, scores / np.where(total > 0, total, 1.0), 0.0)
+    return out
 
 
 def decide(scores: np.ndarray, **info: Any) -> Decision:
