@@ -186,7 +186,7 @@ def test_weighted_fit_errors():
         weighted(m, dev=np.array([0, 1]))
     # Both voters right on 1 of 2 votes with 3 classes: p = 2/5, log(2 * 2/3) > 0 ...
     # so make them wrong everywhere: p = 1/5 < 1/3 -> every weight 0.
-    with pytest.raises(EnsembleError, match=r"every voter is at or below its chance level \(1 / the options"):
+    with pytest.raises(EnsembleError, match=r"every voter is at or below chance \(1 / the options"):
         weighted(rows("BB", "AA", gold="AB"), dev=np.array([True, True]))
     with pytest.raises(EnsembleError, match=r"accuracy at position 1 is 1\.5; accuracies must"):
         log_odds_weights([0.5, 1.5], 3)

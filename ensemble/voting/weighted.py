@@ -173,9 +173,9 @@ def weighted(m: VoteMatrix, *, dev: np.ndarray | None = None,
     if weights is None:
         w = fit_log_odds_weights(m, dev)
         if not (w > 0).any():
-            raise EnsembleError("weighted: every voter is at or below its chance level "
-                                "(1 / the options of the dev items it answered), so every "
-                                "log-odds weight is 0: use majority or more dev items")
+            raise EnsembleError("weighted: every voter is at or below chance (1 / the options "
+                                "of the dev items it answered), so every log-odds weight is 0: "
+                                "use majority or more dev items")
     else:
         w = voter_weights(m, weights)
         if not (w > 0).any():
