@@ -324,3 +324,30 @@ def test_chance_is_the_mean_over_the_items_a_voter_answered():
     p0, p1 = (2 + 1) / (4 + 1 / c0), (2 + 1) / (2 + 1 / c1)
     logit = lambda x: np.log(x / (1 - x))
     np.testing.assert_allclose(w, [logit(p0) - logit(c0), logit(p1) - logit(c1)])
+
+
+# -- fast paths against plain ones ---------------------------------------------------------
+
+def test_tied_classes_equals_the_isclose_rule():
+    rng = np.random.default_rng(5)
+    scores = rng.integers(0, 4, (2000, 4)) / 10 * rng.choice([1.0, 0.1 + 0.2, 3.0], (2000, 1))
+    scores[::7] += rng.normal(0, 1e-13, (len(scores[::7]), 4))      # rounding-size noise
+    scores = np.abs(scores)
+    plain = np.isclose(scores, scores.max(axis=1, keepdims=True), rtol=1e-9, atol=1e-12) \
+        & (scores > 0)
+    np.testing.assert_array_equal(tied_classes(scores), plain)
+    assert 0 < (plain.sum(axis=1) > 1).sum() < len(scores)
+
+
+@pytest.mark.parametrize("policy", ["random", "confidence"])
+def test_row_functions_equal_full_arrays(policy):
+    # decision() computes hash keys and confidence sums for the tied rows only.
+    rng = np.random.default_rng(6)
+    scores = rng.integers(0, 3, (500, 3)).astype(float)
+    second = rng.integers(0, 3, (500, 3)) / 4
+    ids = [f"item{i}" for i in range(500)]
+    full = break_ties(scores, policy, keys=hash_keys(ids), tie_scores=second)
+    lazy = break_ties(scores, policy, keys=lambda r: hash_keys([ids[i] for i in r]),
+                      tie_scores=lambda r: second[r])
+    np.testing.assert_array_equal(lazy, full)
+    assert (full != break_ties(scores, "first")).any()

@@ -197,8 +197,13 @@ def tied_classes(scores: np.ndarray) -> np.ndarray:
     """(I, C) -> (I, C) bool: the classes that share the row's top score (up to rounding).
 
     Only positive scores count: a row with no positive support has no candidate.
+    Same test as ``near_max`` in three passes over (I, C): every score is <= the
+    row max, so |max - score| <= tol reduces to score >= max - tol.
     """
-    return near_max(scores, scores > 0)
+    top = scores.max(axis=1, keepdims=True, initial=0.0)               # (I, 1)
+    tied: np.ndarray = scores >= top - (TIE_ATOL + TIE_RTOL * np.abs(top))
+    tied &= scores > 0
+    return tied
 
 
 def argmax_with_ties(scores: np.ndarray) -> np.ndarray:

@@ -108,5 +108,5 @@ def confidence(m: VoteMatrix, *, dev: np.ndarray | None = None, top_fraction: fl
     scores = np.where(keep[..., None], probs, 0.0).sum(axis=(1, 2))    # (I, C)
     kept_key = np.where(keep & ~np.isnan(key), key, 0.0)               # (I, V, S)
     return decision(m, scores, tie_break, "confidence",
-                    tie_scores=lambda: support(m.labels, m.n_classes, kept_key),
+                    tie_scores=lambda rows: support(m.labels[rows], m.n_classes, kept_key[rows]),
                     soft=True, top_fraction=top_fraction)

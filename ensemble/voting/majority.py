@@ -32,6 +32,7 @@ from ensemble.voting.tiebreak import (
     check_tie_break,
     decision,
     hash_keys,
+    item_keys,
     require_confidence,
     vote_confidence,
     voter_vote_confidence,
@@ -61,15 +62,20 @@ def voter_labels(m: VoteMatrix, tie_break: str = DEFAULT_TIE_BREAK,
         return m.labels[:, :, 0]
     check_tie_break(tie_break, method)
     require_confidence(m, tie_break, method)
-    keys = hash_keys(m.items) if tie_break == "random" else None
-    conf = vote_confidence(m, method) if tie_break == "confidence" else None
     out = np.full((I, V), ABSTAIN, dtype=np.int32)
     for j in range(V):
         own = m.labels[:, j, :]                                          # (I, S)
-        out[:, j] = break_ties(
-            support(own, m.n_classes), tie_break,
-            keys=None if keys is None else keys ^ hash_keys([m.voters[j]])[0],
-            tie_scores=None if conf is None else support(own, m.n_classes, conf[:, j, :]))
+        voter_key = hash_keys([m.voters[j]])[0]
+
+        def keys(rows: np.ndarray, voter_key: np.uint64 = voter_key) -> np.ndarray:
+            return item_keys(m, rows) ^ voter_key
+
+        def tie_scores(rows: np.ndarray, j: int = j) -> np.ndarray:
+            conf = vote_confidence(m, method, rows)[:, j, :]            # (n, S)
+            return support(m.labels[rows, j, :], m.n_classes, conf)
+
+        out[:, j] = break_ties(support(own, m.n_classes), tie_break, keys=keys,
+                               tie_scores=tie_scores)
     return out
 
 
@@ -97,13 +103,14 @@ def plurality(m: VoteMatrix, w: np.ndarray | None, *, samples: str = "each",
     if w is not None and w.ndim == 1:
         w = w[None, :, None]                                             # (1, V, 1)
 
-    def counted_confidence() -> np.ndarray:
-        conf = vote_confidence(m, method)                                # (I, V, S)
+    def counted_confidence(rows: np.ndarray) -> np.ndarray:
+        """(n, C) summed confidence of the counted votes of the items ``rows``."""
+        conf = vote_confidence(m, method, rows)                          # (n, V, S)
         if samples == "voter":
-            conf = voter_vote_confidence(m.labels, conf, votes[:, :, 0])  # (I, V, 1)
+            conf = voter_vote_confidence(m.labels[rows], conf, votes[rows, :, 0])  # (n, V, 1)
         if w is not None:
-            conf = np.where(np.broadcast_to(w, votes.shape) > 0, conf, 0.0)
-        return support(votes, m.n_classes, conf)
+            conf = np.where(np.broadcast_to(w, votes.shape)[rows] > 0, conf, 0.0)
+        return support(votes[rows], m.n_classes, conf)
 
     return decision(m, support(votes, m.n_classes, w), tie_break, method,
                     tie_scores=counted_confidence, samples=samples, **info)

@@ -101,24 +101,47 @@ def hash_keys(ids: Sequence[str]) -> np.ndarray:
                                     "little") for i in ids], dtype=np.uint64)
 
 
+# Per-row inputs of a policy: the full (I, ...) array, or a function of the tied
+# rows' indices (n,) that computes just those rows (hashing 1M ids takes seconds).
+RowData = np.ndarray | Callable[[np.ndarray], np.ndarray]
+
+
+def _rows(data: RowData | None, rows: np.ndarray) -> np.ndarray | None:
+    if data is None:
+        return None
+    return data(rows) if callable(data) else data[rows]
+
+
+def item_keys(m: VoteMatrix, rows: np.ndarray) -> np.ndarray:
+    """(n,) uint64 hash keys of the items ``rows`` of ``m``."""
+    return hash_keys([m.items[i] for i in rows])
+
+
 def break_ties(scores: np.ndarray, tie_break: str = DEFAULT_TIE_BREAK, *,
-               keys: np.ndarray | None = None,
-               tie_scores: np.ndarray | None = None) -> np.ndarray:
+               keys: RowData | None = None, tie_scores: RowData | None = None) -> np.ndarray:
     """(I, C) scores -> (I,) int32 labels under the policy; ABSTAIN for no positive score.
 
-    keys        (I,) uint64 per-row hash keys, needed by ``random``
-    tie_scores  (I, C) second key, needed by ``confidence``
+    ``random`` needs ``keys``: (I,) uint64 hash keys per row; ``confidence`` needs
+    ``tie_scores``: the (I, C) second key. Either may be a function of the tied
+    rows' indices (n,) giving (n,) / (n, C), so only tied rows are computed.
     """
+    return resolve(scores, tie_break, keys=keys, tie_scores=tie_scores)[0]
+
+
+def resolve(scores: np.ndarray, tie_break: str, *, keys: RowData | None = None,
+            tie_scores: RowData | None = None) -> tuple[np.ndarray, int]:
+    """``break_ties`` that also returns how many rows were tied (before the policy)."""
     tied = tied_classes(scores)                                         # (I, C)
     n_tied = tied.sum(axis=1)
     labels = np.where(n_tied > 0, _first(tied), ABSTAIN).astype(np.int32)
-    multi = np.flatnonzero(n_tied > 1)
+    multi = np.flatnonzero(n_tied > 1)                                  # (n,) tied rows
     if tie_break == "first" or len(multi) == 0:
-        return labels
+        return labels, len(multi)
     policy = TIE_BREAKS.get(tie_break)
-    labels[multi] = policy(tied[multi], None if keys is None else keys[multi],
-                           None if tie_scores is None else tie_scores[multi])
-    return labels
+    labels[multi] = policy(tied[multi],
+                           _rows(keys, multi) if tie_break == "random" else None,
+                           _rows(tie_scores, multi) if tie_break == "confidence" else None)
+    return labels, len(multi)
 
 
 def n_tied_items(scores: np.ndarray) -> int:
@@ -139,19 +162,22 @@ def require_confidence(m: VoteMatrix, tie_break: str, method: str) -> None:
                             "column or use tie_break='first' or 'random'")
 
 
-def vote_confidence(m: VoteMatrix, method: str) -> np.ndarray:
-    """(I, V, S) confidence of each vote for ``confidence`` tie-breaks.
+def vote_confidence(m: VoteMatrix, method: str, rows: np.ndarray | None = None) -> np.ndarray:
+    """(I, V, S) confidence of each vote for ``confidence`` tie-breaks (``rows``: (n,) only).
 
     ``m.confidence`` where given, else the vote's probability of the class it voted
     (``m.probs``); a vote with neither adds 0; abstentions are 0. EnsembleError when
     the matrix has neither confidences nor probabilities.
     """
     require_confidence(m, "confidence", method)
-    conf = np.full(m.labels.shape, np.nan) if m.confidence is None else m.confidence
+    at = slice(None) if rows is None else rows
+    labels = m.labels[at]
+    conf = np.full(labels.shape, np.nan) if m.confidence is None else m.confidence[at]
     if m.probs is not None:
-        voted = np.take_along_axis(m.probs, np.maximum(m.labels, 0)[..., None], axis=-1)[..., 0]
+        voted = np.take_along_axis(m.probs[at], np.maximum(labels, 0)[..., None], axis=-1)[..., 0]
         conf = np.where(np.isnan(conf), voted, conf)
-    return np.where((m.labels != ABSTAIN) & ~np.isnan(conf), conf, 0.0)
+    out: np.ndarray = np.where((labels != ABSTAIN) & ~np.isnan(conf), conf, 0.0)
+    return out
 
 
 def voter_vote_confidence(labels: np.ndarray, conf: np.ndarray, votes: np.ndarray) -> np.ndarray:
@@ -166,27 +192,27 @@ def voter_vote_confidence(labels: np.ndarray, conf: np.ndarray, votes: np.ndarra
 
 
 def decision(m: VoteMatrix, scores: np.ndarray, tie_break: str, method: str, *,
-             tie_scores: Callable[[], np.ndarray] | None = None, **info: Any) -> Decision:
+             tie_scores: Callable[[np.ndarray], np.ndarray] | None = None,
+             **info: Any) -> Decision:
     """Per-class support (I, C) of ``m``'s items -> Decision under ``tie_break``.
 
-    ``tie_scores`` computes the (I, C) summed confidence of the votes that count; it
-    is called only when the policy is ``confidence`` and some item is tied. Default:
-    the summed confidence of every vote in ``m``. ``info`` gains ``tie_break`` and
-    ``n_tied`` (items with several top classes, before the policy broke them).
+    ``tie_scores(rows)`` gives the (n, C) summed confidence of the votes that count
+    on the tied items ``rows``; only the ``confidence`` policy calls it. Default: the
+    summed confidence of every vote of those items. ``info`` gains ``tie_break``
+    and ``n_tied`` (items with several top classes, before the policy broke them).
     """
     check_tie_break(tie_break, method)
     require_confidence(m, tie_break, method)
-    n_tied = n_tied_items(scores)
-    keys = hash_keys(m.items) if tie_break == "random" and n_tied else None
-    second = None
-    if tie_break == "confidence" and n_tied:
-        second = tie_scores() if tie_scores is not None else \
-            support(m.labels, m.n_classes, vote_confidence(m, method))
-    labels = break_ties(scores, tie_break, keys=keys, tie_scores=second)
+
+    def every_vote(rows: np.ndarray) -> np.ndarray:
+        return support(m.labels[rows], m.n_classes, vote_confidence(m, method, rows))
+
+    labels, n_tied = resolve(scores, tie_break, keys=lambda rows: item_keys(m, rows),
+                             tie_scores=tie_scores if tie_scores is not None else every_vote)
     return Decision(labels=labels, scores=normalise(scores),
                     info=dict(info, tie_break=tie_break, n_tied=n_tied))
 
 
 __all__ = ["DEFAULT_TIE_BREAK", "TIE_BREAKS", "break_ties", "check_tie_break", "decision",
-           "hash_keys", "n_tied_items", "require_confidence",
+           "hash_keys", "item_keys", "n_tied_items", "require_confidence", "resolve",
            "vote_confidence", "voter_vote_confidence"]
