@@ -351,3 +351,22 @@ def test_row_functions_equal_full_arrays(policy):
                       tie_scores=lambda r: second[r])
     np.testing.assert_array_equal(lazy, full)
     assert (full != break_ties(scores, "first")).any()
+
+
+def test_abstain_policy_makes_the_submission_ask_for_a_fallback(tmp_path):
+    # `--option majority.tie_break=abstain`: the tied item has no answer, and writing
+    # a submission needs an explicit fallback for it.
+    from ensemble.data.readers import Item
+    from ensemble.evaluation.report import evaluate
+    from ensemble.evaluation.submission import write_answers
+
+    m = from_arrays(np.array([codes("AB"), codes("AA")]), CLASSES, items=["q1", "q2"])
+    report = evaluate(m, ["majority"], method_options={"majority": {"tie_break": "abstain"}},
+                      n_boot=0)
+    answers = report.answers("majority")
+    assert answers == {"q1": None, "q2": "A"}
+    items = [Item(id=i, question="?", options=("x", "y", "z")) for i in ("q1", "q2")]
+    with pytest.raises(EnsembleError, match=r"1 item\(s\) abstained \(no answer\): .*q1.*pass a "
+                                            r"fallback"):
+        write_answers(answers, tmp_path / "sub.csv", items=items)
+    assert write_answers(answers, tmp_path / "sub.csv", items=items, fallback="first").n_filled == 1
