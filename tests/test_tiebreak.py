@@ -168,6 +168,11 @@ def test_unknown_policy_gets_did_you_mean(name):
         vote(rows("AB", "BA", gold="AB"), name, dev=np.array([True, True]), tie_break="frist")
 
 
+def test_break_ties_rejects_an_unknown_policy_even_without_ties():
+    with pytest.raises(EnsembleError, match=r"Unknown tie_break 'abstian'\. Did you mean 'abstain'"):
+        break_ties(np.array([[1.0, 0.0]]), "abstian")
+
+
 def test_confidence_policy_needs_confidences():
     with pytest.raises(EnsembleError, match=r"majority: tie_break='confidence' needs vote "
                                             r"confidences or probabilities"):

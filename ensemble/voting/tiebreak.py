@@ -131,13 +131,13 @@ def break_ties(scores: np.ndarray, tie_break: str = DEFAULT_TIE_BREAK, *,
 def resolve(scores: np.ndarray, tie_break: str, *, keys: RowData | None = None,
             tie_scores: RowData | None = None) -> tuple[np.ndarray, int]:
     """``break_ties`` that also returns how many rows were tied (before the policy)."""
+    policy = TIE_BREAKS.get(tie_break)                                  # unknown name: error
     tied = tied_classes(scores)                                         # (I, C)
     n_tied = tied.sum(axis=1)
     labels = np.where(n_tied > 0, _first(tied), ABSTAIN).astype(np.int32)
     multi = np.flatnonzero(n_tied > 1)                                  # (n,) tied rows
     if tie_break == "first" or len(multi) == 0:
         return labels, len(multi)
-    policy = TIE_BREAKS.get(tie_break)
     labels[multi] = policy(tied[multi],
                            _rows(keys, multi) if tie_break == "random" else None,
                            _rows(tie_scores, multi) if tie_break == "confidence" else None)
