@@ -2,13 +2,15 @@
 
     python experiments/tie_break.py --run runs/quickstart          # a `vote run` output folder
     python experiments/tie_break.py --predictions P.jsonl --gold G.jsonl [--dev-fraction 0.3]
+                                    [--repeats 20]
 
 Data. ``--run DIR`` reads DIR/predictions.jsonl (the run's store) and the run's own
 splits DIR/data/dev.jsonl and DIR/data/test.jsonl (gold answers and each item's
 options, as ``vote run`` builds its matrix). ``--predictions`` + ``--gold`` split
 the gold items by a seeded blake2b hash of the problem id (the part before "#",
 so the sub-questions of one problem stay together): the split never depends on
-row order.
+row order. On small files one split is noisy: ``--repeats R`` measures R splits
+(seeds seed .. seed+R-1) and averages them.
 
 Measurement. For every registered method and every policy in TIE_BREAKS:
 
@@ -18,11 +20,11 @@ Measurement. For every registered method and every policy in TIE_BREAKS:
 * test accuracy of the method fitted on all of dev (what ``vote run`` reports);
 * tied items (several classes share the top score up to rounding) on dev and
   test, accuracy on the tied test items, and how often the tie went to the class
-  that sorts first.
+  that sorts first. With repeats: accuracies averaged, tied items summed.
 
 Choice. The default is the policy with the best mean dev accuracy over the
-methods that ran under every policy; ``first`` stays unless another policy is
-strictly better. Writes experiments/results/tie_break.json and prints a table.
+methods that ran under every policy (and over the repeats); ``first`` stays
+unless another policy is strictly better. Writes experiments/results/tie_break.json and prints a table.
 """
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ import numpy as np
 
 from ensemble.errors import EnsembleError
 from ensemble.predictions.matrix import VoteMatrix, tied_classes
-from ensemble.predictions.rows import build_matrix, load_predictions
+from ensemble.predictions.rows import build_matrix, load_predictions, read_rows
 from ensemble.voting import METHODS, vote
 from ensemble.voting.tiebreak import DEFAULT_TIE_BREAK, TIE_BREAKS
 
@@ -61,9 +63,7 @@ def load_run(run: Path) -> tuple[VoteMatrix, np.ndarray, dict[str, Any]]:
 
     splits = {s: read_items(run / "data" / f"{s}.jsonl") for s in ("dev", "test")}
     items = {it.id: it for part in splits.values() for it in part}
-    rows = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()
-            if line.strip()]
-    rows = [r for r in rows if r["item"] in items]
+    rows = [r for r in read_rows(run / "predictions.jsonl") if r["item"] in items]
     gold = {i: it.answer for i, it in items.items() if it.answer is not None}
     options = {i: it.letters for i, it in items.items() if it.options}
     m = build_matrix(rows, gold=gold, options=options or None)
@@ -72,12 +72,10 @@ def load_run(run: Path) -> tuple[VoteMatrix, np.ndarray, dict[str, Any]]:
     return m, dev, {"run": str(run), "split": "the run's own dev/test splits"}
 
 
-def load_files(predictions: Path, gold: Path, fraction: float,
-               seed: int) -> tuple[VoteMatrix, np.ndarray, dict[str, Any]]:
-    m = load_predictions(predictions, gold)
-    dev = np.array([hash_unit(problem(i), seed) < fraction for i in m.items]) & m.has_gold()
-    return m, dev, {"predictions": str(predictions), "gold": str(gold),
-                    "split": f"blake2b hash of the problem id, seed {seed}, dev fraction {fraction}"}
+def hash_dev(m: VoteMatrix, fraction: float, seed: int) -> np.ndarray:
+    """(I,) bool: gold items whose problem id hashes below ``fraction``."""
+    dev: np.ndarray = np.array([hash_unit(problem(i), seed) < fraction for i in m.items])
+    return dev & m.has_gold()
 
 
 def dev_predictions(m: VoteMatrix, method: str, dev: np.ndarray, policy: str,
@@ -131,22 +129,56 @@ def measure(m: VoteMatrix, dev: np.ndarray, seed: int) -> dict[str, dict[str, An
     return out
 
 
-def choose(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Mean dev / test accuracy per policy over the methods that ran under every policy."""
-    methods = [k for k, r in results.items() if all("error" not in r[p] for p in TIE_BREAKS)]
-    mean = {p: {"dev_accuracy": float(np.mean([results[k][p]["dev_accuracy"] for k in methods])),
+def policy_means(results: dict[str, dict[str, Any]],
+                 methods: list[str]) -> dict[str, dict[str, float]]:
+    """Mean dev / test accuracy per policy over ``methods``."""
+    return {p: {"dev_accuracy": float(np.mean([results[k][p]["dev_accuracy"] for k in methods])),
                 "test_accuracy": float(np.mean([results[k][p]["test_accuracy"] for k in methods]))}
             for p in TIE_BREAKS}
+
+
+def choose(runs: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """The dev winner over the methods that ran under every policy in every repeat."""
+    methods = [k for k in runs[0]
+               if all("error" not in r[k][p] for r in runs for p in TIE_BREAKS)]
+    per_run = [policy_means(r, methods) for r in runs]
+    mean = {p: {key: float(np.mean([x[p][key] for x in per_run]))
+                for key in ("dev_accuracy", "test_accuracy")} for p in TIE_BREAKS}
     best = max(TIE_BREAKS, key=lambda p: (mean[p]["dev_accuracy"], p == "first"))
     if mean[best]["dev_accuracy"] <= mean["first"]["dev_accuracy"]:
         best = "first"
-    return {"methods_compared": methods, "mean": mean, "winner_on_dev": best,
+    wins = {p: sum(max(TIE_BREAKS, key=lambda q: (x[q]["dev_accuracy"], q == "first")) == p
+                   for x in per_run) for p in TIE_BREAKS}
+    return {"methods_compared": methods, "repeats": len(runs), "mean": mean,
+            "dev_wins_per_repeat": wins, "winner_on_dev": best,
             "dev_gain_over_first": mean[best]["dev_accuracy"] - mean["first"]["dev_accuracy"],
             "test_gain_over_first": mean[best]["test_accuracy"] - mean["first"]["test_accuracy"]}
 
 
 def fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.3f}"
+
+
+def pooled(runs: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Per method and policy over all splits: mean accuracies, tied test items, their accuracy."""
+    out: dict[str, dict[str, Any]] = {}
+    for method in runs[0]:
+        out[method] = {}
+        for policy in TIE_BREAKS:
+            rs = [r[method][policy] for r in runs]
+            if any("error" in x for x in rs):
+                out[method][policy] = {"error": next(x["error"] for x in rs if "error" in x)}
+                continue
+            n = sum(x["test"]["n_tied"] for x in rs)
+            right = sum(x["test"]["n_tied"] * (x["test"]["tied_accuracy"] or 0.0) for x in rs)
+            to_first = sum(x["test"]["n_tied"] * (x["test"]["tied_to_first"] or 0.0) for x in rs)
+            out[method][policy] = {
+                "dev_accuracy": float(np.mean([x["dev_accuracy"] for x in rs])),
+                "test_accuracy": float(np.mean([x["test_accuracy"] for x in rs])),
+                "dev_n_tied": sum(x["dev_n_tied"] for x in rs),
+                "test": {"n_tied": n, "tied_accuracy": right / n if n else None,
+                         "tied_to_first": to_first / n if n else None}}
+    return out
 
 
 def table(results: dict[str, dict[str, Any]]) -> str:
@@ -172,25 +204,37 @@ def main() -> None:
     ap.add_argument("--gold", type=Path)
     ap.add_argument("--dev-fraction", type=float, default=0.3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--repeats", type=int, default=1, help="hash splits to average (files only)")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--note", default="", help="a sentence stored with the results")
     args = ap.parse_args()
     if args.run:
         m, dev, source = load_run(args.run)
+        splits = [(dev, args.seed)]
     elif args.predictions and args.gold:
-        m, dev, source = load_files(args.predictions, args.gold, args.dev_fraction, args.seed)
+        m = load_predictions(args.predictions, args.gold)
+        seeds = range(args.seed, args.seed + max(args.repeats, 1))
+        splits = [(hash_dev(m, args.dev_fraction, seed), seed) for seed in seeds]
+        source = {"predictions": str(args.predictions), "gold": str(args.gold),
+                  "split": f"blake2b hash of the problem id, dev fraction {args.dev_fraction}, "
+                           f"seeds {seeds[0]}..{seeds[-1]}"}
     else:
         sys.exit("give --run DIR, or --predictions and --gold")
-    results = measure(m, dev, args.seed)
-    summary = choose(results)
+    runs = [measure(m, dev, seed) for dev, seed in splits]
+    summary = choose(runs)
+    results = pooled(runs)
     report = {"command": " ".join(["python", "experiments/tie_break.py", *sys.argv[1:]]),
-              "source": source,
+              "source": source, "note": args.note,
               "data": {"n_items": m.n_items, "n_voters": m.n_voters, "n_classes": m.n_classes,
-                       "n_dev": int(dev.sum()), "n_test": int((~dev & m.has_gold()).sum()),
+                       "n_dev_per_split": [int(d.sum()) for d, _ in splits],
+                       "n_test_per_split": [int((~d & m.has_gold()).sum()) for d, _ in splits],
                        "has_confidence": m.confidence is not None, "has_probs": m.probs is not None,
                        "has_options": m.valid is not None},
-              "default_in_code": DEFAULT_TIE_BREAK, "summary": summary, "results": results}
+              "default_in_code": DEFAULT_TIE_BREAK, "summary": summary,
+              "results": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    print(f"over {len(runs)} split(s): mean accuracies, tied items summed")
     print(table(results))
     print(json.dumps(summary, indent=1))
     print(f"wrote {args.out}")

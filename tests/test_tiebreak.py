@@ -173,10 +173,20 @@ def test_break_ties_rejects_an_unknown_policy_even_without_ties():
         break_ties(np.array([[1.0, 0.0]]), "abstian")
 
 
-def test_confidence_policy_needs_confidences():
-    with pytest.raises(EnsembleError, match=r"majority: tie_break='confidence' needs vote "
-                                            r"confidences or probabilities"):
-        majority(rows("AA", "AB"), tie_break="confidence")
+def test_confidence_policy_without_confidences_is_first_and_says_so():
+    m = rows("AB", "BA", "CB")                                   # labels only
+    d = majority(m, tie_break="confidence")
+    assert letters(d.labels) == "AAB"
+    assert d.info["tie_break"] == "first" and d.info["tie_break_requested"] == "confidence"
+    assert "tie_break_requested" not in majority(m, tie_break="random").info
+
+
+def test_default_policy_is_confidence():
+    # Chosen on dev by experiments/tie_break.py (see experiments/results/tie_break.json).
+    assert DEFAULT_TIE_BREAK == "confidence"
+    m = rows("AB", "BA", confidence=np.array([[0.2, 0.9], [0.6, 0.3]]))
+    assert letters(majority(m).labels) == "BB"                  # B's vote is surer both times
+    assert letters(majority(rows("AB", "BA")).labels) == "AA"   # no confidences: first
 
 
 # -- every method, every policy ------------------------------------------------------
@@ -375,3 +385,49 @@ def test_abstain_policy_makes_the_submission_ask_for_a_fallback(tmp_path):
                                             r"fallback"):
         write_answers(answers, tmp_path / "sub.csv", items=items)
     assert write_answers(answers, tmp_path / "sub.csv", items=items, fallback="first").n_filled == 1
+
+
+def test_experiment_reads_a_run_folder_and_writes_the_comparison(tmp_path):
+    # experiments/tie_break.py on a `vote run` layout: data/{dev,test}.jsonl (nested
+    # problems) + predictions.jsonl; the run's own dev split is used.
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    run = tmp_path / "run"
+    (run / "data").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    preds = []
+    for split, n in (("dev", 12), ("test", 12)):
+        problems = []
+        for p in range(n):
+            pid = f"{split}_{p}"
+            problems.append({"id": pid, "problem": "?", "questions": [
+                {"question": f"q{k}", "options": ["x", "y", "z"], "answer": "ABC"[(p + k) % 3]}
+                for k in range(2)]})
+            for k in range(2):
+                gold = (p + k) % 3
+                for v in range(3):
+                    ans = gold if rng.random() < 0.6 else int(rng.integers(0, 3))
+                    probs = np.full(3, 0.2)
+                    probs[ans] = 0.6
+                    preds.append({"item": f"{pid}#{k + 1}", "voter": f"v{v}", "answer": "ABC"[ans],
+                                  "confidence": float(rng.uniform(0.3, 0.9)),
+                                  "probs": dict(zip("ABC", probs.tolist()))})
+        (run / "data" / f"{split}.jsonl").write_text(
+            "".join(json.dumps(x) + "\n" for x in problems), encoding="utf-8")
+    (run / "predictions.jsonl").write_text("".join(json.dumps(x) + "\n" for x in preds),
+                                           encoding="utf-8")
+    out = tmp_path / "tie_break.json"
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(root / "experiments" / "tie_break.py"), "--run",
+                           str(run), "--out", str(out)], capture_output=True, text=True,
+                          cwd=root, env={"PYTHONPATH": str(root), "PATH": ""}, check=False)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    assert report["data"]["n_dev_per_split"] == [24] and report["data"]["n_test_per_split"] == [24]
+    assert report["data"]["has_options"] and report["source"]["split"].startswith("the run's own")
+    assert set(report["results"]) == set(METHODS.names())
+    assert set(report["results"]["majority"]) == set(TIE_BREAKS)
+    assert report["summary"]["winner_on_dev"] in TIE_BREAKS

@@ -206,7 +206,7 @@ def test_confidence_hand_written():
 def test_equal_confidences_equal_majority():
     m = planted([0.8, 0.6, 0.5, 0.4, 0.3], 300, n_samples=2, seed=3)
     m_eq = from_arrays(m.labels, m.classes, confidence=np.full(m.labels.shape, 0.7))
-    a, b = confidence(m_eq), majority(m)
+    a, b = confidence(m_eq), majority(m_eq)   # same votes and confidences, ties included
     np.testing.assert_array_equal(a.labels, b.labels)
     np.testing.assert_allclose(a.scores, b.scores)
 

@@ -31,9 +31,9 @@ from ensemble.voting.tiebreak import (
     break_ties,
     check_tie_break,
     decision,
+    effective_tie_break,
     hash_keys,
     item_keys,
-    require_confidence,
     vote_confidence,
     voter_vote_confidence,
 )
@@ -61,7 +61,7 @@ def voter_labels(m: VoteMatrix, tie_break: str = DEFAULT_TIE_BREAK,
     if S == 1:
         return m.labels[:, :, 0]
     check_tie_break(tie_break, method)
-    require_confidence(m, tie_break, method)
+    tie_break = effective_tie_break(m, tie_break)
     out = np.full((I, V), ABSTAIN, dtype=np.int32)
     for j in range(V):
         own = m.labels[:, j, :]                                          # (I, S)

@@ -25,8 +25,8 @@ from ensemble.voting.tiebreak import (
     DEFAULT_TIE_BREAK,
     break_ties,
     check_tie_break,
+    effective_tie_break,
     hash_keys,
-    require_confidence,
     vote_confidence,
 )
 from ensemble.voting.weighted import dev_items, weighted
@@ -107,19 +107,19 @@ def select(m: VoteMatrix, *, dev: np.ndarray | None = None, max_rounds: int = 50
         raise EnsembleError(f"select: init must be a whole number >= 0 (voters to start from), "
                             f"got {init!r}")
     check_tie_break(tie_break, "select")
-    require_confidence(m, tie_break, "select")
+    on_dev = effective_tie_break(m, tie_break)                   # the policy the vote applies
     idx = dev_items(m, dev, "select", "pass dev= a bool mask of items with gold answers")
     assert m.gold is not None                                    # dev_items found gold
     labels = m.labels[idx]                                       # (D, V, S)
     per_voter = np.stack([support(labels[:, j], m.n_classes) for j in range(m.n_voters)])
     per_voter_conf = None
-    if tie_break == "confidence":
-        conf = vote_confidence(m, "select")[idx]                 # (D, V, S)
+    if on_dev == "confidence":
+        conf = vote_confidence(m, "select", idx)                 # (D, V, S)
         per_voter_conf = np.stack([support(labels[:, j], m.n_classes, conf[:, j])
                                    for j in range(m.n_voters)])
-    keys = hash_keys([m.items[i] for i in idx]) if tie_break == "random" else None
+    keys = hash_keys([m.items[i] for i in idx]) if on_dev == "random" else None
     chosen = greedy_counts(per_voter, m.gold[idx], int(max_rounds), int(init), names=m.voters,
-                           tie_break=tie_break, keys=keys, per_voter_conf=per_voter_conf)
+                           tie_break=on_dev, keys=keys, per_voter_conf=per_voter_conf)
     if not chosen:
         raise EnsembleError(f"select: no voter gets any of the {len(idx)} dev items right, so "
                             "none can be selected: check the gold answers or use majority")

@@ -13,7 +13,8 @@ majority.tie_break=random``):
                   across items every tied class is equally likely.
 * ``confidence``  the class whose counted votes have the largest summed confidence
                   (probability of the voted class when a vote has no confidence);
-                  still tied -> ``first``.
+                  still tied -> ``first``. A matrix with neither confidences nor
+                  probabilities has nothing to sum: ``first`` (info says so).
 * ``abstain``     tied items stay ABSTAIN (a submission then needs ``--fallback``).
 
 No policy ever reads the order of rows or voters.
@@ -40,7 +41,7 @@ from ensemble.registry import Registry, unknown_name
 
 # Chosen by measurement on the bundled benchmark (experiments/tie_break.py,
 # experiments/results/tie_break.json).
-DEFAULT_TIE_BREAK = "first"
+DEFAULT_TIE_BREAK = "confidence"
 
 # policy(tied (n, C) bool with >= 2 True per row, keys (n,) uint64 | None,
 #        tie_scores (n, C) | None) -> (n,) int32 class codes or ABSTAIN
@@ -150,16 +151,12 @@ def n_tied_items(scores: np.ndarray) -> int:
 
 
 # -- what the policies read from a vote matrix ------------------------------------
-def require_confidence(m: VoteMatrix, tie_break: str, method: str) -> None:
-    """EnsembleError when ``tie_break='confidence'`` meets a matrix without confidences.
-
-    Checked whether or not an item is tied, so the option fails the same way on
-    every data set that lacks them.
-    """
+def effective_tie_break(m: VoteMatrix, tie_break: str) -> str:
+    """The policy actually applied: ``confidence`` on a matrix with neither confidences
+    nor probabilities has nothing to sum, so it is ``first`` (its own second rule)."""
     if tie_break == "confidence" and m.confidence is None and m.probs is None:
-        raise EnsembleError(f"{method}: tie_break='confidence' needs vote confidences or "
-                            "probabilities, which this vote matrix lacks: add a 'confidence' "
-                            "column or use tie_break='first' or 'random'")
+        return "first"
+    return tie_break
 
 
 def vote_confidence(m: VoteMatrix, method: str, rows: np.ndarray | None = None) -> np.ndarray:
@@ -167,9 +164,11 @@ def vote_confidence(m: VoteMatrix, method: str, rows: np.ndarray | None = None) 
 
     ``m.confidence`` where given, else the vote's probability of the class it voted
     (``m.probs``); a vote with neither adds 0; abstentions are 0. EnsembleError when
-    the matrix has neither confidences nor probabilities.
+    the matrix has neither (``effective_tie_break`` then never asks).
     """
-    require_confidence(m, "confidence", method)
+    if m.confidence is None and m.probs is None:
+        raise EnsembleError(f"{method}: tie_break='confidence' needs vote confidences or "
+                            "probabilities, which this vote matrix lacks")
     at = slice(None) if rows is None else rows
     labels = m.labels[at]
     conf = np.full(labels.shape, np.nan) if m.confidence is None else m.confidence[at]
@@ -199,10 +198,14 @@ def decision(m: VoteMatrix, scores: np.ndarray, tie_break: str, method: str, *,
     ``tie_scores(rows)`` gives the (n, C) summed confidence of the votes that count
     on the tied items ``rows``; only the ``confidence`` policy calls it. Default: the
     summed confidence of every vote of those items. ``info`` gains ``tie_break``
-    and ``n_tied`` (items with several top classes, before the policy broke them).
+    and ``n_tied`` (items with several top classes, before the policy broke them);
+    ``tie_break_requested`` too when the policy applied differs (see
+    ``effective_tie_break``).
     """
     check_tie_break(tie_break, method)
-    require_confidence(m, tie_break, method)
+    requested, tie_break = tie_break, effective_tie_break(m, tie_break)
+    if requested != tie_break:
+        info["tie_break_requested"] = requested
 
     def every_vote(rows: np.ndarray) -> np.ndarray:
         return support(m.labels[rows], m.n_classes, vote_confidence(m, method, rows))
@@ -214,5 +217,5 @@ def decision(m: VoteMatrix, scores: np.ndarray, tie_break: str, method: str, *,
 
 
 __all__ = ["DEFAULT_TIE_BREAK", "TIE_BREAKS", "break_ties", "check_tie_break", "decision",
-           "hash_keys", "item_keys", "n_tied_items", "require_confidence", "resolve",
+           "effective_tie_break", "hash_keys", "item_keys", "n_tied_items", "resolve",
            "vote_confidence", "voter_vote_confidence"]
