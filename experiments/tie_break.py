@@ -74,8 +74,9 @@ def load_run(run: Path) -> tuple[VoteMatrix, np.ndarray, dict[str, Any]]:
 
 def hash_dev(m: VoteMatrix, fraction: float, seed: int) -> np.ndarray:
     """(I,) bool: gold items whose problem id hashes below ``fraction``."""
-    dev: np.ndarray = np.array([hash_unit(problem(i), seed) < fraction for i in m.items])
-    return dev & m.has_gold()
+    below = np.array([hash_unit(problem(i), seed) < fraction for i in m.items])
+    dev: np.ndarray = below & m.has_gold()
+    return dev
 
 
 def dev_predictions(m: VoteMatrix, method: str, dev: np.ndarray, policy: str,
