@@ -10,9 +10,10 @@ unparseable vote. Shapes (I items, V voters, S samples per voter, C classes):
     valid       (I, C) bool        which classes are options of each item    (optional)
 
 Class codes follow the sorted order of the class names (``sorted(str)``), so the
-encoding never depends on row order. That is also the default tie rule's order:
-when several classes share the top score (up to rounding), the one that sorts
-first wins (see ``ensemble.voting.tiebreak`` for the other policies).
+encoding never depends on row order. That is also the order of the tie rule
+``first``: when several classes share the top score (up to rounding), the one
+that sorts first wins (``ensemble.voting.tiebreak`` has the other policies and
+the default).
 """
 from __future__ import annotations
 
@@ -209,7 +210,7 @@ def tied_classes(scores: np.ndarray) -> np.ndarray:
 def argmax_with_ties(scores: np.ndarray) -> np.ndarray:
     """(I, C) -> (I,) winning class per row; ABSTAIN where the row has no positive support.
 
-    Tie rule ``first`` (the default of every method): among the classes whose score
+    Tie rule ``first`` (the last resort of every policy): among the classes whose score
     equals the row maximum up to rounding (``tied_classes``), the lowest class code
     wins, i.e. the class name that sorts first. Other policies live in
     ``ensemble.voting.tiebreak``.

@@ -10,8 +10,9 @@ EnsembleError when it is missing; methods that do not, ignore it. Metrics are th
 reported on the items outside ``dev`` only (see ensemble.evaluation.metrics).
 
 Every method returns ``Decision(labels (I,), scores (I, C), info)``, takes a
-``tie_break`` option and breaks ties with ``ensemble.voting.tiebreak`` (one policy
-for all; default ``first``: the class that sorts first wins).
+``tie_break`` option and breaks ties with ``ensemble.voting.tiebreak`` (one
+implementation for all; default ``confidence``: the tied class whose votes are
+surer, then the class that sorts first).
 """
 from __future__ import annotations
 
