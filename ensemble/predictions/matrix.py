@@ -10,8 +10,10 @@ unparseable vote. Shapes (I items, V voters, S samples per voter, C classes):
     valid       (I, C) bool        which classes are options of each item    (optional)
 
 Class codes follow the sorted order of the class names (``sorted(str)``), so the
-encoding never depends on row order. That is also the tie rule's order: when
-several classes share the top score, the one that sorts first wins.
+encoding never depends on row order. That is also the order of the tie rule
+``first``: when several classes share the top score (up to rounding), the one
+that sorts first wins (``ensemble.voting.tiebreak`` has the other policies and
+the default).
 """
 from __future__ import annotations
 
@@ -136,7 +138,8 @@ def _as_index(mask_or_index: np.ndarray) -> np.ndarray:
 class Decision:
     """What a voting method returns.
 
-    labels  (I,) int32: the chosen class per item, ABSTAIN where no vote counted.
+    labels  (I,) int32: the chosen class per item, ABSTAIN where no vote counted
+            (or where the tie-break policy ``abstain`` left a tie unanswered).
     scores  (I, C) float64: each class's share of the (weighted) support; rows sum
             to 1, or to 0 for items with no support. Used for calibration metrics.
     info    method-specific facts worth reporting (fitted weights, chosen voters...).
@@ -168,15 +171,53 @@ def support(labels: np.ndarray, n_classes: int, weights: np.ndarray | None = Non
     return out.reshape(I, n_classes + 1)[:, 1:].astype(np.float64)
 
 
+# Scores equal up to rounding are ties: float sums depend on the order of addition
+# (0.1 + 0.2 > 0.3), and that order must not pick the winner. Same test as
+# np.isclose(score, row max): |max - score| <= TIE_ATOL + TIE_RTOL * |max|.
+TIE_RTOL = 1e-9
+TIE_ATOL = 1e-12
+
+
+def near_max(scores: np.ndarray, candidates: np.ndarray | None = None) -> np.ndarray:
+    """(I, C) bool: the entries within rounding of their row's maximum.
+
+    ``candidates`` (I, C) bool restricts both the maximum and the result to those
+    entries (rows without a candidate are all False).
+    """
+    if candidates is None:
+        candidates = np.ones(scores.shape, dtype=bool)
+    masked = np.where(candidates, scores, -np.inf)
+    top = masked.max(axis=1, initial=-np.inf)[:, None]                 # (I, 1)
+    with np.errstate(invalid="ignore"):                                # -inf - -inf rows
+        close = np.abs(top - masked) <= TIE_ATOL + TIE_RTOL * np.abs(top)
+    tied: np.ndarray = candidates & close & np.isfinite(top)
+    return tied
+
+
+def tied_classes(scores: np.ndarray) -> np.ndarray:
+    """(I, C) -> (I, C) bool: the classes that share the row's top score (up to rounding).
+
+    Only positive scores count: a row with no positive support has no candidate.
+    Same test as ``near_max`` in three passes over (I, C): every score is <= the
+    row max, so |max - score| <= tol reduces to score >= max - tol.
+    """
+    top = scores.max(axis=1, keepdims=True, initial=0.0)               # (I, 1)
+    tied: np.ndarray = scores >= top - (TIE_ATOL + TIE_RTOL * np.abs(top))
+    tied &= scores > 0
+    return tied
+
+
 def argmax_with_ties(scores: np.ndarray) -> np.ndarray:
     """(I, C) -> (I,) winning class per row; ABSTAIN where the row has no positive support.
 
-    Tie rule (the one rule of every method): among classes whose score equals the
-    row maximum, the lowest class code wins, i.e. the class name that sorts first.
-    ``np.argmax`` returns the first maximum, which is exactly that.
+    Tie rule ``first`` (the last resort of every policy): among the classes whose score
+    equals the row maximum up to rounding (``tied_classes``), the lowest class code
+    wins, i.e. the class name that sorts first. Other policies live in
+    ``ensemble.voting.tiebreak``.
     """
-    out: np.ndarray = np.argmax(scores, axis=1).astype(np.int32)
-    out[~(scores.max(axis=1, initial=0.0) > 0)] = ABSTAIN
+    tied = tied_classes(scores)
+    out: np.ndarray = np.argmax(tied, axis=1).astype(np.int32)  # first True per row
+    out[~tied.any(axis=1)] = ABSTAIN
     return out
 
 
@@ -184,7 +225,8 @@ def normalise(scores: np.ndarray) -> np.ndarray:
     """Rows scaled to sum to 1; all-zero rows stay zero. (I, C) -> (I, C)."""
     total = scores.sum(axis=1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(total > 0, scores / np.where(total > 0, total, 1.0), 0.0)
+        out: np.ndarray = np.where(total > 0, scores / np.where(total > 0, total, 1.0), 0.0)
+    return out
 
 
 def decide(scores: np.ndarray, **info: Any) -> Decision:

@@ -9,8 +9,10 @@ Every method has the signature::
 EnsembleError when it is missing; methods that do not, ignore it. Metrics are then
 reported on the items outside ``dev`` only (see ensemble.evaluation.metrics).
 
-Every method returns ``Decision(labels (I,), scores (I, C), info)`` and breaks ties
-with ``ensemble.predictions.matrix.argmax_with_ties`` (the class that sorts first wins).
+Every method returns ``Decision(labels (I,), scores (I, C), info)``, takes a
+``tie_break`` option and breaks ties with ``ensemble.voting.tiebreak`` (one
+implementation for all; default ``confidence``: the tied class whose votes are
+surer, then the class that sorts first).
 """
 from __future__ import annotations
 
@@ -45,6 +47,13 @@ def check_options(method: str, fn: MethodFn, options: dict[str, Any]) -> None:
 
 
 # Importing the modules registers the methods (order = order shown in reports).
-from ensemble.voting import confidence, dawid_skene, majority, select, stack, weighted  # noqa: F401
+from ensemble.voting import (  # noqa: F401
+    confidence,
+    dawid_skene,
+    majority,
+    select,
+    stack,
+    weighted,
+)
 
 __all__ = ["METHODS", "MethodFn", "vote"]

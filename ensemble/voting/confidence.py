@@ -14,9 +14,10 @@ from __future__ import annotations
 import numpy as np
 
 from ensemble.errors import EnsembleError
-from ensemble.predictions.matrix import ABSTAIN, Decision, VoteMatrix, decide
+from ensemble.predictions.matrix import ABSTAIN, Decision, VoteMatrix, support
 from ensemble.voting import METHODS
-from ensemble.voting.weighted import weighted_decision
+from ensemble.voting.majority import plurality
+from ensemble.voting.tiebreak import DEFAULT_TIE_BREAK, check_tie_break, decision
 
 # top_fraction * n is computed in floating point (0.7 * 10 = 7.000000000000001);
 # subtract a hair before ceil so exact products are not rounded up.
@@ -40,7 +41,8 @@ def top_share(key: np.ndarray, voted: np.ndarray, top_fraction: float) -> np.nda
     k = np.maximum(np.ceil(top_fraction * n - _CEIL_EPS).astype(np.int64), 1)
     ascending = np.sort(flat, axis=1)
     threshold = ascending[np.arange(I), flat.shape[1] - k]              # (I,) k-th largest
-    return voted & (key >= threshold[:, None, None])
+    kept: np.ndarray = voted & (key >= threshold[:, None, None])
+    return kept
 
 
 def _check_key(key: np.ndarray, voted: np.ndarray, what: str, fix: str) -> None:
@@ -57,7 +59,7 @@ def _check_key(key: np.ndarray, voted: np.ndarray, what: str, fix: str) -> None:
 
 @METHODS.register("confidence")
 def confidence(m: VoteMatrix, *, dev: np.ndarray | None = None, top_fraction: float = 1.0,
-               soft: bool | None = None) -> Decision:
+               soft: bool | None = None, tie_break: str = DEFAULT_TIE_BREAK) -> Decision:
     """Votes weighted by their confidence; soft voting when probabilities exist.
 
     Use when voters report how sure they are (token log-probs, verbalised
@@ -66,9 +68,12 @@ def confidence(m: VoteMatrix, *, dev: np.ndarray | None = None, top_fraction: fl
     soft=True requires probs; soft=False always uses ``m.confidence``.
     ``top_fraction`` in (0, 1]: per item keep the most confident share of its
     votes (ties at the cut all kept). Equal confidences give exactly majority's
-    decision. A vote with confidence 0 does not count. Ties: the class that sorts
-    first wins; all-abstain items stay ABSTAIN. ``dev`` is ignored.
+    decision. A vote with confidence 0 does not count. Ties (sums equal up to
+    rounding): ``tie_break``; ``tie_break='confidence'`` compares the summed
+    confidences of the kept votes, which is the score itself when soft=False.
+    All-abstain items stay ABSTAIN. ``dev`` is ignored.
     """
+    check_tie_break(tie_break, "confidence")
     if not 0.0 < top_fraction <= 1.0:
         raise EnsembleError(f"confidence: top_fraction must be in (0, 1], got {top_fraction}")
     if soft is True and m.probs is None:
@@ -79,25 +84,29 @@ def confidence(m: VoteMatrix, *, dev: np.ndarray | None = None, top_fraction: fl
         raise EnsembleError("confidence: the vote matrix has neither confidences nor "
                             "probabilities: add a 'confidence' column or use majority")
     voted = m.labels != ABSTAIN                                          # (I, V, S)
-    info = {"soft": use_soft, "top_fraction": top_fraction}
+    conf = m.confidence
 
     if not use_soft:
-        _check_key(m.confidence, voted, "confidence",
-                   "give every vote a confidence or use majority")
-        keep = top_share(m.confidence, voted, top_fraction)
-        return weighted_decision(m, np.where(keep, m.confidence, 0.0), **info)
+        assert conf is not None                                          # checked above
+        _check_key(conf, voted, "confidence", "give every vote a confidence or use majority")
+        keep = top_share(conf, voted, top_fraction)
+        return plurality(m, np.where(keep, conf, 0.0), tie_break=tie_break,
+                         method="confidence", soft=False, top_fraction=top_fraction)
 
-    probs = m.probs                                                      # (I, V, S, C)
+    probs = m.probs
+    assert probs is not None                                             # (I, V, S, C), use_soft
     lacking = int((voted & np.isnan(probs).any(axis=-1)).sum())
     if lacking:
         raise EnsembleError(f"confidence: {lacking} of {int(voted.sum())} votes have no "
                             "probabilities (NaN rows): pass soft=False to weight votes by "
                             "their confidence instead")
     # Rank votes by their reported confidence, or by their top probability if none.
-    key = m.confidence if m.confidence is not None else np.where(
-        voted[..., None], probs, 0.0).max(axis=-1)
+    key = conf if conf is not None else np.where(voted[..., None], probs, 0.0).max(axis=-1)
     if top_fraction < 1.0:
         _check_key(key, voted, "confidence", "give every vote a confidence or top_fraction=1")
     keep = top_share(key, voted, top_fraction)
     scores = np.where(keep[..., None], probs, 0.0).sum(axis=(1, 2))    # (I, C)
-    return decide(scores, **info)
+    kept_key = np.where(keep & ~np.isnan(key), key, 0.0)               # (I, V, S)
+    return decision(m, scores, tie_break, "confidence",
+                    tie_scores=lambda rows: support(m.labels[rows], m.n_classes, kept_key[rows]),
+                    soft=True, top_fraction=top_fraction)

@@ -28,9 +28,10 @@ import numpy as np
 import scipy.sparse as sp
 
 from ensemble.errors import EnsembleError
-from ensemble.predictions.matrix import ABSTAIN, Decision, VoteMatrix, decide
+from ensemble.predictions.matrix import ABSTAIN, Decision, VoteMatrix
 from ensemble.voting import METHODS
 from ensemble.voting.majority import majority
+from ensemble.voting.tiebreak import DEFAULT_TIE_BREAK, check_tie_break, decision
 
 _MAX_CODES = 1 << 16   # codes per block: table rows (and N columns) stay small
 
@@ -129,7 +130,8 @@ def _e_step(log_joint: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 @METHODS.register("dawid_skene")
 def dawid_skene(m: VoteMatrix, *, dev: np.ndarray | None = None, max_iter: int = 100,
-                tol: float = 1e-5, smoothing: float = 0.01) -> Decision:
+                tol: float = 1e-5, smoothing: float = 0.01,
+                tie_break: str = DEFAULT_TIE_BREAK) -> Decision:
     """Unsupervised Dawid–Skene EM; ``dev`` is ignored (no gold is used).
 
     Use when there is no gold but many items (hundreds or more), voters differ in
@@ -137,11 +139,13 @@ def dawid_skene(m: VoteMatrix, *, dev: np.ndarray | None = None, max_iter: int =
     unsure): DS learns each voter's confusion matrix from agreement alone.
     Each sample of a voter is one observation; abstentions are skipped.
     ``smoothing`` is a pseudo-count added to every confusion cell and prior.
-    scores = posterior class probabilities; ties: the class that sorts first
-    wins; all-abstain items stay ABSTAIN with a zero row.
+    scores = posterior class probabilities; ties (equal up to rounding):
+    ``tie_break``, whose ``confidence`` policy sums the confidences of every vote;
+    all-abstain items stay ABSTAIN with a zero row.
     info = {"iterations", "converged", "elbo" (per vote), "priors": {class: p},
     "confusions": {voter: C x C list, rows = true class, columns = voted class}}.
     """
+    check_tie_break(tie_break, "dawid_skene")
     if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
         raise EnsembleError(f"dawid_skene: max_iter must be a whole number >= 1, got {max_iter!r}")
     if not (np.isfinite(tol) and tol >= 0):
@@ -154,7 +158,7 @@ def dawid_skene(m: VoteMatrix, *, dev: np.ndarray | None = None, max_iter: int =
     shares = majority(m).scores                                        # (I, C) vote shares
     active = shares.sum(axis=1) > 0                                    # items with any vote
     if not active.any():
-        return decide(shares, iterations=0, converged=True, elbo=0.0, priors={}, confusions={})
+        return decision(m, shares, tie_break, "dawid_skene", iterations=0, converged=True, elbo=0.0, priors={}, confusions={})
     votes = m.labels[active].reshape(-1, V * S)                        # (I', Q), column = j*S + s
     column_voter = np.arange(V * S) // S
     blocks = _block_columns(V * S, C)
@@ -181,6 +185,6 @@ def dawid_skene(m: VoteMatrix, *, dev: np.ndarray | None = None, max_iter: int =
     scores = np.zeros((I, C))
     scores[active] = T
     pi = np.exp(log_pi)
-    return decide(scores, iterations=iterations, converged=converged, elbo=elbo,
+    return decision(m, scores, tie_break, "dawid_skene", iterations=iterations, converged=converged, elbo=elbo,
                   priors={c: float(p) for c, p in zip(m.classes, np.exp(log_prior))},
                   confusions={v: pi[j].tolist() for j, v in enumerate(m.voters)})

@@ -8,69 +8,123 @@ times it has been added. Stop when no voter strictly improves dev accuracy, or
 after ``max_rounds``. Adding a voter again is how it gets more weight, so the
 result is a weighted vote with small integer weights, fitted directly to the
 metric we report instead of to a likelihood.
+
+Dev accuracy is counted under the same tie policy as the final vote, and voters
+tied on it are ranked by name, so the selection never depends on voter order.
 """
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 
 from ensemble.errors import EnsembleError
-from ensemble.predictions.matrix import Decision, VoteMatrix, argmax_with_ties, support
+from ensemble.predictions.matrix import Decision, VoteMatrix, support
 from ensemble.voting import METHODS
+from ensemble.voting.tiebreak import (
+    DEFAULT_TIE_BREAK,
+    break_ties,
+    check_tie_break,
+    effective_tie_break,
+    hash_keys,
+    vote_confidence,
+)
 from ensemble.voting.weighted import dev_items, weighted
 
 
-def greedy_counts(per_voter: np.ndarray, gold: np.ndarray, max_rounds: int, init: int = 0) -> list[int]:
+def greedy_counts(per_voter: np.ndarray, gold: np.ndarray, max_rounds: int, init: int = 0, *,
+                  names: Sequence[str] | None = None, tie_break: str = DEFAULT_TIE_BREAK,
+                  keys: np.ndarray | None = None,
+                  per_voter_conf: np.ndarray | None = None) -> list[int]:
     """Voter indices in order of addition (the ``init`` sorted-initialization voters first).
 
-    per_voter  (V, D, C) each voter's vote counts on the dev items
-    gold       (D,) class codes
-    Ties between candidates go to the lower voter index (np.argmax takes the first;
-    the initial voters are sorted by dev accuracy with a stable sort), so the result is
-    deterministic. Accuracy is counted in integers (no float ties).
+    per_voter       (V, D, C) each voter's vote counts on the dev items
+    gold            (D,) class codes
+    names           (V,) voter names: voters equally good on dev are taken in name
+                    order (default: position order), so voter order cannot matter
+    keys            (D,) uint64 item hash keys, for tie_break="random"
+    per_voter_conf  (V, D, C) each voter's summed vote confidence, for "confidence"
+                    (an ensemble's key sums its distinct voters, unweighted)
+    Accuracy is counted in integers (no float ties between candidates).
     """
     V, D, C = per_voter.shape
-    alone = (argmax_with_ties(per_voter.reshape(V * D, C)).reshape(V, D) == gold).sum(axis=1)  # (V,)
-    chosen = [int(j) for j in np.argsort(-alone, kind="stable")[:init]]
-    current = per_voter[chosen].sum(axis=0) if chosen else np.zeros((D, C))  # support of the ensemble
-    best = int((argmax_with_ties(current) == gold).sum()) if chosen else 0   # empty: all ABSTAIN
+    rank = np.argsort(np.argsort(list(names) if names is not None else np.arange(V),
+                                 kind="stable"), kind="stable")           # (V,) name order
+
+    def right(support_: np.ndarray, conf_: np.ndarray | None) -> np.ndarray:
+        """(n, D, C) candidate supports -> (n,) dev items each gets right."""
+        n = support_.shape[0]
+        labels = break_ties(support_.reshape(n * D, C), tie_break,
+                            keys=None if keys is None else np.tile(keys, n),  # row k*D + d
+                            tie_scores=None if conf_ is None else conf_.reshape(n * D, C))
+        return np.asarray((labels.reshape(n, D) == gold).sum(axis=1))
+
+    def best_voter(score: np.ndarray) -> int:
+        """Highest ``score``; among equals the name that sorts first."""
+        return int(np.lexsort((rank, -score))[0])
+
+    alone = right(per_voter, per_voter_conf)                             # (V,)
+    chosen = [int(j) for j in np.lexsort((rank, -alone))[:init]]
+    in_ensemble = np.zeros(V, dtype=bool)
+    in_ensemble[chosen] = True
+    current = per_voter[chosen].sum(axis=0) if chosen else np.zeros((D, C))  # ensemble support
+    conf = None if per_voter_conf is None else per_voter_conf[in_ensemble].sum(axis=0)
+    best = int(right(current[None], None if conf is None else conf[None])[0]) if chosen else 0
     for _ in range(max_rounds):
-        candidates = (current[None] + per_voter).reshape(V * D, C)
-        right = (argmax_with_ties(candidates).reshape(V, D) == gold).sum(axis=1)  # (V,)
-        j = int(np.argmax(right))
-        if right[j] <= best:
+        cand_conf = None if conf is None or per_voter_conf is None else \
+            conf[None] + np.where(in_ensemble[:, None, None], 0.0, per_voter_conf)
+        score = right(current[None] + per_voter, cand_conf)
+        j = best_voter(score)
+        if score[j] <= best:
             break
-        best = int(right[j])
+        best = int(score[j])
         current += per_voter[j]
+        if conf is not None and per_voter_conf is not None and not in_ensemble[j]:
+            conf += per_voter_conf[j]
+        in_ensemble[j] = True
         chosen.append(j)
     return chosen
 
 
 @METHODS.register("select")
-def select(m: VoteMatrix, *, dev: np.ndarray | None = None, max_rounds: int = 50, init: int = 0) -> Decision:
+def select(m: VoteMatrix, *, dev: np.ndarray | None = None, max_rounds: int = 50, init: int = 0,
+           tie_break: str = DEFAULT_TIE_BREAK) -> Decision:
     """Weighted vote whose integer weights come from greedy selection on dev gold.
 
     Use with a few hundred dev items when some voters are redundant or harmful:
     selection drops them (weight 0) and repeats the useful ones. Needs ``dev``.
-    Ties between candidate voters: lower voter index; ties between classes: the
-    class that sorts first. Votes of unselected voters do not count, so an item
-    only they voted on is ABSTAIN, as is an all-abstain item. ``init=N`` starts from
-    the N best voters on dev, once each (N >= the number of voters: all of them).
-    info = {"chosen": [voters in order of addition], "weights": {voter: count}}.
+    Ties between candidate voters: the voter name that sorts first; ties between
+    classes: ``tie_break``, both on dev and in the final vote. Votes of unselected
+    voters do not count, so an item only they voted on is ABSTAIN, as is an
+    all-abstain item. ``init=N`` starts from the N best voters on dev, once each
+    (N >= the number of voters: all of them).
+    info = {"chosen": [voters in order of addition], "weights": {voter: count}, ...}.
     """
     if isinstance(max_rounds, bool) or not isinstance(max_rounds, (int, np.integer)) \
             or max_rounds < 1:
         raise EnsembleError(f"select: max_rounds must be a whole number >= 1, got {max_rounds!r}")
     if isinstance(init, bool) or not isinstance(init, (int, np.integer)) or init < 0:
-        raise EnsembleError(f"select: init must be a whole number >= 0 (voters to start from), got {init!r}")
+        raise EnsembleError(f"select: init must be a whole number >= 0 (voters to start from), "
+                            f"got {init!r}")
+    check_tie_break(tie_break, "select")
+    on_dev = effective_tie_break(m, tie_break)                   # the policy the vote applies
     idx = dev_items(m, dev, "select", "pass dev= a bool mask of items with gold answers")
+    assert m.gold is not None                                    # dev_items found gold
     labels = m.labels[idx]                                       # (D, V, S)
     per_voter = np.stack([support(labels[:, j], m.n_classes) for j in range(m.n_voters)])
-    chosen = greedy_counts(per_voter, m.gold[idx], int(max_rounds), int(init))
+    per_voter_conf = None
+    if on_dev == "confidence":
+        conf = vote_confidence(m, "select", idx)                 # (D, V, S)
+        per_voter_conf = np.stack([support(labels[:, j], m.n_classes, conf[:, j])
+                                   for j in range(m.n_voters)])
+    keys = hash_keys([m.items[i] for i in idx]) if on_dev == "random" else None
+    chosen = greedy_counts(per_voter, m.gold[idx], int(max_rounds), int(init), names=m.voters,
+                           tie_break=on_dev, keys=keys, per_voter_conf=per_voter_conf)
     if not chosen:
         raise EnsembleError(f"select: no voter gets any of the {len(idx)} dev items right, so "
                             "none can be selected: check the gold answers or use majority")
     counts = np.bincount(chosen, minlength=m.n_voters)          # (V,) weight = times chosen
-    decision = weighted(m, weights=counts.astype(np.float64))
-    info = {"chosen": [m.voters[j] for j in chosen],
-            "weights": {v: int(c) for v, c in zip(m.voters, counts)}}
+    decision = weighted(m, weights=counts.astype(np.float64), tie_break=tie_break)
+    info = dict(decision.info, chosen=[m.voters[j] for j in chosen],
+                weights={v: int(c) for v, c in zip(m.voters, counts)})
     return Decision(labels=decision.labels, scores=decision.scores, info=info)

@@ -22,9 +22,10 @@ from scipy.optimize import minimize
 from scipy.special import logsumexp
 
 from ensemble.errors import EnsembleError
-from ensemble.predictions.matrix import ABSTAIN, Decision, VoteMatrix, decide, support
+from ensemble.predictions.matrix import ABSTAIN, Decision, VoteMatrix, support
 from ensemble.registry import unknown_name
 from ensemble.voting import METHODS
+from ensemble.voting.tiebreak import DEFAULT_TIE_BREAK, check_tie_break, decision
 from ensemble.voting.weighted import dev_items
 
 FEATURES = ("auto", "probs", "votes")
@@ -37,16 +38,20 @@ def _features(m: VoteMatrix, idx: np.ndarray, kind: str) -> np.ndarray:
     labels = m.labels[idx]                                          # (n, V, S)
     n, V, S = labels.shape
     if kind == "votes":
-        return support(labels.reshape(n * V, S), m.n_classes).reshape(n, V, -1) / S
+        shares: np.ndarray = support(labels.reshape(n * V, S), m.n_classes).reshape(n, V, -1) / S
+        return shares
+    assert m.probs is not None                                      # _feature_kind checked
     logp = np.log(np.clip(m.probs[idx], _P_MIN, 1.0))               # (n, V, S, C)
-    return np.where((labels != ABSTAIN)[..., None], logp, 0.0).sum(axis=2) / S
+    mean: np.ndarray = np.where((labels != ABSTAIN)[..., None], logp, 0.0).sum(axis=2) / S
+    return mean
 
 
 def _valid(m: VoteMatrix, idx: np.ndarray) -> np.ndarray:
     """(n, C) bool: the options of each item (all classes when m.valid is None)."""
     if m.valid is None:
         return np.ones((len(idx), m.n_classes), dtype=bool)
-    return m.valid[idx]
+    valid: np.ndarray = m.valid[idx]
+    return valid
 
 
 def _softmax(s: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -97,12 +102,13 @@ def fit_stack_weights(x: np.ndarray, gold: np.ndarray, valid: np.ndarray, C: flo
         return float(loss), grad
 
     result = minimize(loss_and_grad, np.zeros(V), jac=True, method="L-BFGS-B")
-    return result.x
+    w: np.ndarray = result.x
+    return w
 
 
 @METHODS.register("stack")
 def stack(m: VoteMatrix, *, dev: np.ndarray | None = None, C: float = 1.0,
-          features: str = "auto") -> Decision:
+          features: str = "auto", tie_break: str = DEFAULT_TIE_BREAK) -> Decision:
     """Conditional-logit stacking of the voters, fitted on the ``dev`` gold.
 
     Use with probabilities from scoring the options (features="auto" picks them
@@ -110,13 +116,16 @@ def stack(m: VoteMatrix, *, dev: np.ndarray | None = None, C: float = 1.0,
     voter's log-probabilities are worth and gives calibrated scores. Weights may
     be negative. ``C``: inverse L2 strength (smaller = weights closer to 0).
     scores = softmax probabilities (rows sum to 1); all-abstain items are ABSTAIN
-    with a zero row. Ties: the class that sorts first wins.
+    with a zero row. Ties (equal up to rounding): ``tie_break``; its
+    ``confidence`` policy sums the confidences of every vote.
     info["weights"] = {voter: weight}.
     """
+    check_tie_break(tie_break, "stack")
     if not (isinstance(C, (int, float)) and np.isfinite(C) and C > 0):
         raise EnsembleError(f"stack: C (inverse regularisation strength) must be > 0, got {C!r}")
     kind = _feature_kind(m, features)
     idx = dev_items(m, dev, "stack", "pass dev= a bool mask of items with gold answers")
+    assert m.gold is not None                                       # dev_items found gold
     gold, valid = m.gold[idx], _valid(m, idx)
     outside = int((~valid[np.arange(len(idx)), gold]).sum())
     if outside:
@@ -130,4 +139,5 @@ def stack(m: VoteMatrix, *, dev: np.ndarray | None = None, C: float = 1.0,
         s = np.einsum("ivk,v->ik", _features(m, chunk, kind), w)
         scores[chunk] = _softmax(s, _valid(m, chunk))
     scores[~(m.labels != ABSTAIN).any(axis=(1, 2))] = 0.0          # all-abstain -> ABSTAIN
-    return decide(scores, weights={v: float(x) for v, x in zip(m.voters, w)}, features=kind)
+    return decision(m, scores, tie_break, "stack",
+                    weights={v: float(x) for v, x in zip(m.voters, w)}, features=kind)

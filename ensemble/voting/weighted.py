@@ -1,36 +1,43 @@
 """Weighted vote: each voter's votes count with that voter's weight.
 
 Weights are given (a mapping voter -> weight, or a sequence aligned with
-``m.voters``) or fitted on the dev items as log-odds of each voter's accuracy:
+``m.voters``) or fitted on the dev items as log-odds of each voter's accuracy
+against its chance level:
 
-    w_j = max(0, log((C - 1) * p_j / (1 - p_j)))
+    w_j = max(0, logit(p_j) - logit(c_j)),   logit(x) = log(x / (1 - x))
 
-which is the Bayes-optimal weight for voters that are right with probability p_j
-and otherwise pick one of the C - 1 wrong classes uniformly, independently of each
-other (Nitzan & Paroush 1982). p_j is the Laplace-smoothed dev accuracy
-(correct + 1) / (votes + C): one pseudo-vote per class, so a voter with no dev
-votes sits exactly at chance 1/C and gets weight 0.
+With C options everywhere, c_j = 1/C and this is log((C - 1) p_j / (1 - p_j)), the
+Bayes-optimal weight for voters that are right with probability p_j and otherwise
+pick one of the C - 1 wrong classes uniformly, independently of each other
+(Nitzan & Paroush 1982). Items may have fewer options than the file has classes
+(``m.valid``: 2-option true/false items next to 4-option ones), so c_j is the mean
+of 1 / (options of the item) over the dev votes voter j cast: a coin-flip voter
+on 2-option items sits at chance 1/2 and gets weight 0, not log 3.
+
+p_j is the smoothed dev accuracy (correct + 1) / (votes + 1 / c_j): one correct
+pseudo-vote in 1 / c_j (C pseudo-votes when every item has C options), so a voter
+with no dev votes sits exactly at chance and gets weight 0.
 
 Why clip at 0: a voter below chance gets a *negative* log-odds weight, i.e. its
 vote counts *against* the class it names. That only helps if it is wrong in the
 same way on new data; on shifted data a noisy voter turned into an adversary can
 flip answers the others got right. Weight 0 just ignores it.
 
-The same machinery is reused by ``confidence`` (a weight per vote) and ``select``
-(selection counts as weights), so every method shares ``support`` + ``decide`` and
-the one tie rule: the class that sorts first wins.
+The same machinery (``majority.plurality``) is reused by ``confidence`` (a weight
+per vote) and ``select`` (selection counts as weights), so every method shares
+``support`` + the tie policy of ``ensemble.voting.tiebreak``.
 """
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import numpy as np
 
 from ensemble.errors import EnsembleError
-from ensemble.predictions.matrix import ABSTAIN, Decision, VoteMatrix, decide, support
+from ensemble.predictions.matrix import ABSTAIN, Decision, VoteMatrix
 from ensemble.voting import METHODS
-from ensemble.voting.majority import vote_labels
+from ensemble.voting.majority import plurality
+from ensemble.voting.tiebreak import DEFAULT_TIE_BREAK
 
 # An accuracy of exactly 1 (or 0) would give an infinite log-odds; cap it here.
 _P_EPS = 1e-6
@@ -55,38 +62,69 @@ def dev_items(m: VoteMatrix, dev: np.ndarray | None, method: str, fix: str) -> n
     return idx
 
 
-def log_odds_weights(accuracy: Sequence[float], n_classes: int) -> np.ndarray:
-    """Accuracies (V,) in [0, 1] -> weights (V,) = max(0, log((C-1) p / (1-p))).
+def _logit(p: np.ndarray) -> np.ndarray:
+    return np.asarray(np.log(p / (1 - p)), dtype=np.float64)
 
-    Used for fitted dev accuracies and for held-out accuracies from a training
-    manifest. p is capped to [1e-6, 1 - 1e-6] so a perfect voter gets a large but
-    finite weight (about 13.8 + log(C-1)). At or below chance (p <= 1/C) -> 0.
+
+def log_odds_weights(accuracy: Sequence[float] | np.ndarray, n_classes: int | None = None, *,
+                     chance: Sequence[float] | np.ndarray | None = None) -> np.ndarray:
+    """Accuracies (V,) in [0, 1] -> weights (V,) = max(0, logit(p) - logit(chance)).
+
+    ``chance`` (V,) is each voter's chance level; None means 1/n_classes for every
+    voter, i.e. max(0, log((C-1) p / (1-p))). Used for fitted dev accuracies and for
+    held-out accuracies from a training manifest. p and chance are capped to
+    [1e-6, 1 - 1e-6] so a perfect voter gets a large but finite weight (about
+    13.8 + log(C-1)). At or below chance -> 0.
     """
     p = np.asarray(accuracy, dtype=np.float64).reshape(-1)
     bad = np.flatnonzero(~np.isfinite(p) | (p < 0) | (p > 1))
     if len(bad):
         raise EnsembleError(f"accuracy at position {bad[0]} is {p[bad[0]]}; "
                             "accuracies must be shares in [0, 1]")
-    if n_classes < 2:
-        raise EnsembleError(f"log-odds weights need at least 2 classes, got {n_classes}")
-    p = np.clip(p, _P_EPS, 1 - _P_EPS)
-    return np.maximum(0.0, np.log((n_classes - 1) * p / (1 - p)))
+    if chance is None:
+        if n_classes is None or n_classes < 2:
+            raise EnsembleError(f"log-odds weights need at least 2 classes, got {n_classes}")
+        c = np.full(p.shape, 1.0 / n_classes)
+    else:
+        c = np.asarray(chance, dtype=np.float64).reshape(-1)
+        if c.shape != p.shape or not ((c > 0) & (c <= 1)).all():
+            raise EnsembleError(f"chance levels must be one share in (0, 1] per accuracy, "
+                                f"got {c.tolist()} for {len(p)} accuracies")
+    p, c = np.clip(p, _P_EPS, 1 - _P_EPS), np.clip(c, _P_EPS, 1 - _P_EPS)
+    weights: np.ndarray = np.maximum(0.0, _logit(p) - _logit(c))
+    return weights
+
+
+def item_chance(m: VoteMatrix, idx: np.ndarray) -> np.ndarray:
+    """(n,) chance of a blind guess on the items ``idx``: 1 / (their number of options).
+
+    Options come from ``m.valid``; without it (or for an item with no option
+    marked) every class is an option.
+    """
+    if m.valid is None:
+        return np.full(len(idx), 1.0 / m.n_classes)
+    n_options = m.valid[idx].sum(axis=1)
+    return 1.0 / np.where(n_options > 0, n_options, m.n_classes)
 
 
 def fit_log_odds_weights(m: VoteMatrix, dev: np.ndarray | None) -> np.ndarray:
-    """(V,) log-odds weights from each voter's Laplace-smoothed accuracy on dev gold.
+    """(V,) log-odds weights from each voter's smoothed accuracy on dev gold.
 
     Each non-abstaining sample of voter j on a dev item is one trial; abstentions
-    are not counted as wrong (abstaining is handled by not voting).
+    are not counted as wrong (abstaining is handled by not voting). Chance c_j is
+    the mean of 1 / (options) over those trials (1 / C for a voter with none).
     """
     idx = dev_items(m, dev, "weighted",
                     "pass weights={voter: weight} or dev items with gold answers")
+    assert m.gold is not None                                # dev_items found gold
     labels = m.labels[idx]                                   # (D, V, S)
-    gold = m.gold[idx][:, None, None]                        # (D, 1, 1)
-    correct = (labels == gold).sum(axis=(0, 2))              # (V,)
-    voted = (labels != ABSTAIN).sum(axis=(0, 2))             # (V,)
-    p = (correct + 1.0) / (voted + m.n_classes)
-    return log_odds_weights(p, m.n_classes)
+    voted = labels != ABSTAIN                                # (D, V, S)
+    correct = (labels == m.gold[idx][:, None, None]).sum(axis=(0, 2))   # (V,)
+    n_votes = voted.sum(axis=(0, 2))                                     # (V,)
+    chance_sum = np.einsum("dvs,d->v", voted, item_chance(m, idx))       # (V,)
+    chance = np.where(n_votes > 0, chance_sum / np.maximum(n_votes, 1), 1.0 / m.n_classes)
+    p = (correct + 1.0) / (n_votes + 1.0 / chance)
+    return log_odds_weights(p, m.n_classes, chance=chance)
 
 
 def voter_weights(m: VoteMatrix, weights: Mapping[str, float] | Sequence[float]) -> np.ndarray:
@@ -120,42 +158,28 @@ def voter_weights(m: VoteMatrix, weights: Mapping[str, float] | Sequence[float])
     return w
 
 
-def weighted_decision(m: VoteMatrix, w: np.ndarray, *, samples: str = "each",
-                      **info: Any) -> Decision:
-    """Weighted plurality with weights ``w``: (V,) per voter or (I, V, S) per vote.
-
-    samples="voter" first reduces each voter to one vote (see majority), so it only
-    takes per-voter weights. Votes with weight 0 do not count: an item whose only
-    votes have weight 0 is ABSTAIN, like an item with no votes.
-    """
-    votes = vote_labels(m.labels, m.n_classes, samples)     # (I, V, S) or (I, V, 1)
-    if w.ndim == 1:
-        w = w[None, :, None]                                 # (1, V, 1) broadcasts over items/samples
-    return decide(support(votes, m.n_classes, w), **info)
-
-
 @METHODS.register("weighted")
 def weighted(m: VoteMatrix, *, dev: np.ndarray | None = None,
              weights: Mapping[str, float] | Sequence[float] | None = None,
-             samples: str = "each") -> Decision:
+             samples: str = "each", tie_break: str = DEFAULT_TIE_BREAK) -> Decision:
     """Weighted plurality: voter j's votes count w_j each.
 
     Use when voters differ in quality and you have their accuracies (given
     ``weights``) or a few hundred dev items with gold (weights=None: log-odds
     weights fitted on ``dev``, see the module docstring). Uniform weights give
-    exactly majority's decision. Ties: the class that sorts first wins;
+    exactly majority's decision. Ties: ``tie_break`` (``ensemble.voting.tiebreak``);
     all-abstain items stay ABSTAIN. info["weights"] = {voter: weight}.
     """
     if weights is None:
         w = fit_log_odds_weights(m, dev)
         if not (w > 0).any():
-            raise EnsembleError(f"weighted: every voter is at or below chance (1/{m.n_classes}) "
-                                "on the dev items, so every log-odds weight is 0: use majority "
-                                "or more dev items")
+            raise EnsembleError("weighted: every voter is at or below chance (1 / the options "
+                                "of the dev items it answered), so every log-odds weight is 0: "
+                                "use majority or more dev items")
     else:
         w = voter_weights(m, weights)
         if not (w > 0).any():
             raise EnsembleError("weighted: every weight is 0, so no vote would count: give at "
                                 "least one voter a positive weight")
-    return weighted_decision(m, w, samples=samples,
-                             weights={v: float(x) for v, x in zip(m.voters, w)})
+    return plurality(m, w, samples=samples, tie_break=tie_break, method="weighted",
+                     weights={v: float(x) for v, x in zip(m.voters, w)})
