@@ -129,12 +129,14 @@ def _check_duplicates(rows: Sequence[Row], lines: Sequence[int], path: Path) -> 
 
 # -- the vote matrix ---------------------------------------------------------
 def build_matrix(rows: Sequence[Row], *, gold: Mapping[str, str] | None = None,
-                 options: Mapping[str, Sequence[str]] | None = None) -> VoteMatrix:
+                 options: Mapping[str, Sequence[str]] | None = None,
+                 groups: Mapping[str, str] | None = None) -> VoteMatrix:
     """Encode rows into a VoteMatrix (items and voters in order of first appearance).
 
     gold     item -> gold label (overrides a ``gold`` column); items with gold but no
              votes are not added, their count is kept in ``meta["n_gold_without_votes"]``.
     options  item -> its valid labels (e.g. the option letters), for ``valid``.
+    groups   item -> its group (subject / category / kind; overrides a ``group`` column).
     """
     items = list(dict.fromkeys(r["item"] for r in rows))
     voters = list(dict.fromkeys(r["voter"] for r in rows))
@@ -181,6 +183,7 @@ def build_matrix(rows: Sequence[Row], *, gold: Mapping[str, str] | None = None,
         valid[~valid.any(axis=1)] = True  # items without known options: every class allowed
     n_missing = len(set(gold_map) - set(items))
     group_map = {r["item"]: r["group"] for r in reversed(rows) if r.get("group")}  # first row wins
+    group_map.update({str(k): str(v) for k, v in (groups or {}).items() if v not in (None, "")})
     groups = tuple(group_map.get(x, "") for x in items) if group_map else None
     return VoteMatrix(labels=labels, items=tuple(items), voters=tuple(voters), encoder=enc,
                       confidence=confidence, probs=probs, gold=gold_arr, valid=valid, groups=groups,
