@@ -127,7 +127,7 @@ def _col(path: Path, no: int, row: dict[str, Any], name: str, layout: str) -> An
 
 
 def _id(row: dict[str, Any], key: str, no: int) -> Any:
-    return row[key] if row.get(key) not in (None, "") else no - 1  # 0-based, like lm-eval's doc_id
+    return row[key] if row.get(key) not in (None, "") else None  # None: numbered by layout_rows
 
 
 def _flat(row: dict[str, Any], used: tuple[str, ...], **fields: Any) -> dict[str, Any]:
@@ -137,7 +137,7 @@ def _flat(row: dict[str, Any], used: tuple[str, ...], **fields: Any) -> dict[str
 
 def mmlu_pro(path: Path, no: int, row: dict[str, Any]) -> dict[str, Any]:
     L = "mmlu_pro"
-    options = [o for o in _col(path, no, row, "options", L) if str(o).strip() not in ("", "N/A")]
+    options = list(_col(path, no, row, "options", L))
     answer = row.get("answer")
     if answer in (None, ""):
         answer = LETTERS[int(_col(path, no, row, "answer_index", L))]
@@ -209,4 +209,9 @@ def detect_layout(first: dict[str, Any]) -> str | None:
 def layout_rows(path: Path, rows: list[Row], layout: str) -> list[Row]:
     """Rows of a named layout -> flat rows (id, question, options, answer, group + the rest)."""
     convert = LAYOUTS[layout]
-    return [(no, convert(path, no, row)) for no, row in rows]
+    out = []
+    for pos, (no, row) in enumerate(rows):
+        flat = convert(path, no, row)
+        flat.setdefault("id", pos)  # no id column: the row's 0-based position, like lm-eval's doc_id
+        out.append((no, flat))
+    return out
