@@ -184,9 +184,9 @@ def build_matrix(rows: Sequence[Row], *, gold: Mapping[str, str] | None = None,
     n_missing = len(set(gold_map) - set(items))
     group_map = {r["item"]: r["group"] for r in reversed(rows) if r.get("group")}  # first row wins
     group_map.update({str(k): str(v) for k, v in (groups or {}).items() if v not in (None, "")})
-    groups = tuple(group_map.get(x, "") for x in items) if group_map else None
+    item_groups = tuple(group_map.get(x, "") for x in items) if group_map else None
     return VoteMatrix(labels=labels, items=tuple(items), voters=tuple(voters), encoder=enc,
-                      confidence=confidence, probs=probs, gold=gold_arr, valid=valid, groups=groups,
+                      confidence=confidence, probs=probs, gold=gold_arr, valid=valid, groups=item_groups,
                       meta={"n_gold_without_votes": n_missing})
 
 
