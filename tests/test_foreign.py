@@ -226,3 +226,43 @@ def test_vote_eval_reports_conflicting_gold_between_inputs(tmp_path):
 def test_missing_input_is_an_error():
     result = CliRunner().invoke(main, ["eval", "nope/missing.jsonl"])
     assert result.exit_code == 2 and "nope/missing.jsonl: no such file or folder" in result.output
+
+
+# -- groups ------------------------------------------------------------------------
+def test_groups_argument_overrides_column_and_follows_select_items():
+    from ensemble.predictions.rows import build_matrix
+
+    rows = [{"item": "a", "voter": "v", "sample": 0, "answer": "A", "group": "old"},
+            {"item": "b", "voter": "v", "sample": 0, "answer": "B"}]
+    m = build_matrix(rows, groups={"a": "math"})
+    assert m.groups == ("math", "")
+    assert m.select_items(np.array([False, True])).groups == ("",)
+    assert build_matrix([{**r, "group": None} for r in rows]).groups is None  # no group anywhere
+
+
+def test_vote_run_matrix_carries_the_items_groups(tmp_path):
+    from types import SimpleNamespace
+
+    from ensemble.config.loader import load_config
+    from ensemble.data.items import Item
+    from ensemble.pipeline import finish
+
+    (tmp_path / "c.yaml").write_text(f"out: {tmp_path / 'out'}\nrun: {{splits: [test], methods: [majority]}}\n")
+    cfg = load_config(tmp_path / "c.yaml")
+    items = [Item("q1", "?", ("x", "y"), "A", meta={"subject": "law"}),
+             Item("q2", "?", ("x", "y"), "B", meta={"kind": "boxes"}), Item("q3", "?", ("x", "y"), "B")]
+    store = SimpleNamespace(rows=[{"item": it.id, "voter": "v", "sample": 0, "answer": "A"} for it in items])
+    result = finish(cfg, store, {"test": items}, {"v": None}, 0, [])
+    assert result.matrix.groups == ("law", "boxes", "")
+
+
+def test_vote_submit_and_ablate_take_several_inputs(tmp_path):
+    out = tmp_path / "answers.csv"
+    args = [str(lf("lora_a")), str(lf("lora_b")), str(lf("lora_c")), "--extract", "number"]
+    result = CliRunner().invoke(main, ["submit", *args, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    # majority of the three voters per prompt, in lora_a's line order (ids are its line numbers)
+    assert out.read_text().split() == ["id,answer", "1,12", "2,24", "3,63", "4,24"]
+    result = CliRunner().invoke(main, ["ablate", *args, "--out", str(tmp_path / "abl"), "--method", "majority"])
+    assert result.exit_code == 0, result.output
+    assert any((tmp_path / "abl").iterdir())
