@@ -266,3 +266,17 @@ def test_vote_submit_and_ablate_take_several_inputs(tmp_path):
     result = CliRunner().invoke(main, ["ablate", *args, "--out", str(tmp_path / "abl"), "--method", "majority"])
     assert result.exit_code == 0, result.output
     assert any((tmp_path / "abl").iterdir())
+
+
+def test_vote_eval_gold_from_a_parquet_benchmark(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    native = tmp_path / "p.jsonl"
+    native.write_text("".join(json.dumps({"item": str(k), "voter": "v", "answer": a}) + "\n" for k, a in enumerate("AB")))
+    bench = tmp_path / "mmlu.parquet"  # MMLU layout: ids are row positions, answers choice indices
+    pq.write_table(pa.Table.from_pylist([{"question": "q0", "subject": "s", "choices": ["x", "y"], "answer": 0},
+                                         {"question": "q1", "subject": "s", "choices": ["x", "y"], "answer": 0}]), bench)
+    result = CliRunner().invoke(main, ["eval", str(native), "--gold", str(bench), "--json", "--n-boot", "0",
+                                       "--method", "majority"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["voters"]["v"]["accuracy"] == 0.5

@@ -92,7 +92,7 @@ def fit_options(weights: dict[str, float] | None, options: Sequence[str]) -> dic
 
 
 fit_flags = [
-    click.option("--gold", "gold", type=click.Path(dir_okay=False), help="Gold answers: rows item,answer (JSONL/CSV) or a dataset file."),
+    click.option("--gold", "gold", type=click.Path(), help="Gold answers: rows item,answer (JSONL/CSV) or a dataset (file, Parquet/Arrow, save_to_disk folder)."),
     click.option("--method", "-m", "methods", multiple=True, help="Voting method (repeatable). Default: every method the data allows."),
     click.option("--weights", help="Voter weights for `weighted`: a=1,b=0.5 or a JSON/YAML file."),
     click.option("--fit-on", type=click.Choice(["none", "dev"]), default="none", show_default=True,
@@ -103,8 +103,8 @@ fit_flags = [
     click.option("--option", "options", multiple=True, help="Method option METHOD.KEY=VALUE (repeatable)."),
     click.option("--extract", "extract", multiple=True,
                  help="Extraction step for generated text from lm-eval generate_until runs and LLaMA-Factory "
-                      "files (repeatable, in order; a preset such as text/number/mc or a step such as "
-                      "'regex:Answer: (.*)'). Default: text."),
+                      "files (repeatable, in order; a preset such as text or number, or a step such as "
+                      "'regex:Answer: ([A-D])'). Default: text."),
 ]
 
 PRED_HELP = ("PRED...: one or more inputs, each a predictions file, an lm-eval --output_path folder or "
