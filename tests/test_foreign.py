@@ -280,3 +280,13 @@ def test_vote_eval_gold_from_a_parquet_benchmark(tmp_path):
                                        "--method", "majority"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["voters"]["v"]["accuracy"] == 0.5
+
+
+def test_lmeval_repeated_document_is_an_error(tmp_path):
+    (file,) = RUN_A.glob("*/samples_arc_mini_*.jsonl")
+    out = tmp_path / "r" / file.name
+    out.parent.mkdir()
+    line = file.read_text().splitlines()[0]
+    out.write_text(line + "\n" + line + "\n")  # lm-eval appends to a samples file it finds
+    with pytest.raises(EnsembleError, match=r"samples_arc_mini.*:2: document 'arc_mini/0' again \(first at .*:1\)"):
+        load_predictions([out])

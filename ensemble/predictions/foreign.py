@@ -75,6 +75,7 @@ def gather_rows(specs: Sequence[str | Path], extract: str | Sequence[str] | Extr
         elif kind == "lmeval":
             rows = [(f, no, validate_row(r, f, no)) for f, no, r in lmeval_rows(path, name or default_name(path),
                                                                                  extractor)]
+            _check_unique(rows)
         else:
             continue
         _claim(owner, rows, path)
@@ -94,6 +95,18 @@ def _claim(owner: dict[str, Path], rows: Sequence[Located], path: Path) -> None:
             raise EnsembleError(f"voter '{voter}' comes from both {owner[voter]} and {path}; name the inputs "
                                 "apart with NAME=PATH")
         owner[voter] = path
+
+
+def _check_unique(rows: Sequence[Located]) -> None:
+    """One row per item within an lm-eval run (other inputs are checked as they are read;
+    voters never span inputs, see _claim)."""
+    seen: dict[str, tuple[Path, int]] = {}
+    for path, line, r in rows:
+        if r["item"] in seen:
+            first = seen[r["item"]]
+            raise EnsembleError(f"{path}:{line}: document '{r['item']}' again (first at {first[0]}:{first[1]}); "
+                                "keep one line per doc_id and filter")
+        seen[r["item"]] = (path, line)
 
 
 def _check_gold(rows: Sequence[Located]) -> None:

@@ -205,26 +205,11 @@ def load_predictions(paths: str | Path | Sequence[str | Path],
 
     specs = [paths] if isinstance(paths, (str, Path)) else list(paths)
     located = gather_rows(specs, extract)
-    _check_duplicates_across(located)
     if gold is not None and not isinstance(gold, Mapping):
         from ensemble.data.formats import read_gold
 
         gold = read_gold(gold)
     return build_matrix([r for _, _, r in located], gold=gold)
-
-
-def _check_duplicates_across(located: Sequence[tuple[Path, int, Row]]) -> None:
-    """One vote per (item, voter, sample) over every input (each file was checked alone)."""
-    seen: dict[Key, tuple[Path, int]] = {}
-    for path, line, row in located:
-        key = (row["item"], row["voter"], row["sample"])
-        if key in seen:
-            first = seen[key]
-            raise EnsembleError(
-                f"{path}{f':{line}' if line else ''}: duplicate vote for item '{key[0]}', voter '{key[1]}', "
-                f"sample {key[2]} (first in {first[0]}{f':{first[1]}' if first[1] else ''}); "
-                "keep one row per (item, voter, sample)")
-        seen[key] = (path, line)
 
 
 def rows_from_matrix(m: VoteMatrix) -> Iterable[Row]:
