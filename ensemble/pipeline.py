@@ -229,6 +229,7 @@ def run(cfg: Config, *, restart: bool = False, progress: Progress | None = None,
 def finish(cfg: Config, store: PredictionStore, splits: dict[str, list[Item]], voters: dict[str, str | None],
            n_new: int, warnings: list[str]) -> RunResult:
     """Stored rows -> vote matrix -> every method (dev = data.dev; see evaluate_run) -> report (+ submission)."""
+    from ensemble.data.tables import item_group
     from ensemble.evaluation.protocol import evaluate_run
     from ensemble.predictions.rows import build_matrix
 
@@ -236,7 +237,8 @@ def finish(cfg: Config, store: PredictionStore, splits: dict[str, list[Item]], v
     rows = [r for r in store.rows if r["item"] in items and r["voter"] in voters]
     gold = {i: it.answer for i, it in items.items() if it.answer is not None}
     options = {i: it.letters for i, it in items.items() if it.options}
-    m = build_matrix(rows, gold=gold, options=options or None)
+    groups = {i: g for i, it in items.items() if (g := item_group(it.meta))}
+    m = build_matrix(rows, gold=gold, options=options or None, groups=groups)
     dev_ids = [it.id for it in splits["dev"]] if {"dev", "test"} <= set(splits) else None
     report, split = evaluate_run(m, cfg.run.methods, cfg.run.method_options, dev_ids,
                                  manifest_dir=cfg.out if cfg.run.weights_from == "manifest" else None)

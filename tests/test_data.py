@@ -131,7 +131,7 @@ def test_bom_blank_lines_and_chinese_in_jsonl(tmp_path: Path) -> None:
 
 
 def test_format_names_are_registered() -> None:
-    assert FORMATS.names() == ["jsonl", "csv", "nested"]
+    assert FORMATS.names() == ["jsonl", "csv", "nested", "mmlu_pro", "mmlu", "arc", "ceval"]
     assert CHAT_FORMATS.names() == ["alpaca", "sharegpt"]
 
 

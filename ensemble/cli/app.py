@@ -92,7 +92,7 @@ def fit_options(weights: dict[str, float] | None, options: Sequence[str]) -> dic
 
 
 fit_flags = [
-    click.option("--gold", "gold", type=click.Path(dir_okay=False), help="Gold answers: rows item,answer (JSONL/CSV) or a dataset file."),
+    click.option("--gold", "gold", type=click.Path(), help="Gold answers: rows item,answer (JSONL/CSV) or a dataset (file, Parquet/Arrow, save_to_disk folder)."),
     click.option("--method", "-m", "methods", multiple=True, help="Voting method (repeatable). Default: every method the data allows."),
     click.option("--weights", help="Voter weights for `weighted`: a=1,b=0.5 or a JSON/YAML file."),
     click.option("--fit-on", type=click.Choice(["none", "dev"]), default="none", show_default=True,
@@ -101,7 +101,21 @@ fit_flags = [
     click.option("--dev-items", type=click.Path(dir_okay=False), help="File of dev item ids (one per line, or a dataset)."),
     click.option("--seed", type=int, default=0, show_default=True, help="Seed for the dev split and bootstrap."),
     click.option("--option", "options", multiple=True, help="Method option METHOD.KEY=VALUE (repeatable)."),
+    click.option("--extract", "extract", multiple=True,
+                 help="Extraction step for generated text from lm-eval generate_until runs and LLaMA-Factory "
+                      "files (repeatable, in order; a preset such as text or number, or a step such as "
+                      "'regex:Answer: ([A-D])'). Default: text."),
 ]
+
+PRED_HELP = ("PRED...: one or more inputs, each a predictions file, an lm-eval --output_path folder or "
+             "samples_<task>_<ts>.jsonl, or a LLaMA-Factory generated_predictions.jsonl; NAME=PATH names "
+             "the voter.")
+
+
+def pred_argument(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """One or more prediction inputs (see ensemble.predictions.foreign)."""
+    fn.__doc__ = f"{fn.__doc__}\n\n{PRED_HELP}"
+    return click.argument("pred", nargs=-1, required=True)(fn)
 
 
 def with_fit_flags(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -110,14 +124,16 @@ def with_fit_flags(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
-def prepare(pred: str, gold: str | None, methods: Sequence[str], weights: str | None, fit_on: str,
-            dev_fraction: float, dev_items: str | None, seed: int, options: Sequence[str]):
+def prepare(pred: Sequence[str], gold: str | None, methods: Sequence[str], weights: str | None, fit_on: str,
+            dev_fraction: float, dev_items: str | None, seed: int, options: Sequence[str],
+            extract: Sequence[str] = ()):
     """The protocol's split and methods for these flags (ensemble.evaluation.protocol)."""
     from ensemble.evaluation.protocol import choose_split, runnable_methods
     from ensemble.predictions.rows import load_predictions
     from ensemble.voting import METHODS
 
-    m = load_predictions(pred, gold=gold)
+    steps = "text" if not extract else extract[0] if len(extract) == 1 else list(extract)
+    m = load_predictions(list(pred), gold=gold, extract=steps)
     for name in methods:
         METHODS.get(name)  # unknown names fail before any work
     method_options = fit_options(parse_weights(weights), options)
@@ -138,19 +154,19 @@ def selected_line(report: dict[str, Any]) -> str:
 
 
 @main.command("eval")
-@click.argument("pred", type=click.Path(dir_okay=False))
+@pred_argument
 @with_fit_flags
 @click.option("--n-boot", type=int, default=1000, show_default=True, help="Bootstrap resamples for intervals.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object to stdout instead of tables.")
 @handle_errors
-def eval_cmd(pred: str, gold: str | None, methods: tuple[str, ...], weights: str | None, fit_on: str,
-             dev_fraction: float, dev_items: str | None, seed: int, options: tuple[str, ...], n_boot: int,
-             as_json: bool) -> None:
-    """Combine the votes in PRED with each method and evaluate against gold."""
+def eval_cmd(pred: tuple[str, ...], gold: str | None, methods: tuple[str, ...], weights: str | None, fit_on: str,
+             dev_fraction: float, dev_items: str | None, seed: int, options: tuple[str, ...],
+             extract: tuple[str, ...], n_boot: int, as_json: bool) -> None:
+    """Combine the votes in PRED... with each method and evaluate against gold."""
     from ensemble.evaluation.metrics import evaluate
 
     m, split, chosen, method_options = prepare(pred, gold, methods, weights, fit_on, dev_fraction, dev_items,
-                                               seed, options)
+                                               seed, options, extract)
     report = evaluate(m, chosen, dev=split, method_options=method_options, n_boot=n_boot, seed=seed).to_dict()
     if as_json:
         click.echo(json.dumps(report, ensure_ascii=False))
@@ -158,27 +174,27 @@ def eval_cmd(pred: str, gold: str | None, methods: tuple[str, ...], weights: str
     from ensemble.cli.console import console, report_tables
 
     if m.meta.get("n_gold_without_votes"):
-        console.print(f"[yellow]{m.meta['n_gold_without_votes']} gold items have no votes in {pred}; not evaluated[/]")
+        console.print(f"[yellow]{m.meta['n_gold_without_votes']} gold items have no votes in {' '.join(pred)}; not evaluated[/]")
     for table in report_tables(report):
         console.print(table)
     console.print(selected_line(report))
 
 
 @main.command("ablate")
-@click.argument("pred", type=click.Path(dir_okay=False))
+@pred_argument
 @with_fit_flags
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output directory.")
 @click.option("--cap", type=int, default=2000, show_default=True, help="Most voter subsets per k (sampled above).")
 @handle_errors
-def ablate_cmd(pred: str, gold: str | None, methods: tuple[str, ...], weights: str | None, fit_on: str,
-               dev_fraction: float, dev_items: str | None, seed: int, options: tuple[str, ...], out_dir: str,
-               cap: int) -> None:
+def ablate_cmd(pred: tuple[str, ...], gold: str | None, methods: tuple[str, ...], weights: str | None,
+               fit_on: str, dev_fraction: float, dev_items: str | None, seed: int, options: tuple[str, ...],
+               extract: tuple[str, ...], out_dir: str, cap: int) -> None:
     """Accuracy against the number of voters: every subset (or a seeded sample), leave-one-out."""
     from ensemble.cli.console import ablation_table, console
     from ensemble.evaluation.ablation import ablate
 
     m, split, chosen, method_options = prepare(pred, gold, methods, weights, fit_on, dev_fraction, dev_items,
-                                               seed, options)
+                                               seed, options, extract)
     if not m.has_gold().any():
         raise EnsembleError("vote ablate needs gold answers: pass --gold FILE")
     result = ablate(m, chosen, dev=split, method_options=method_options, cap=cap, seed=seed)
@@ -189,16 +205,16 @@ def ablate_cmd(pred: str, gold: str | None, methods: tuple[str, ...], weights: s
 
 
 @main.command("submit")
-@click.argument("pred", type=click.Path(dir_okay=False))
+@pred_argument
 @with_fit_flags
 @click.option("--template", type=click.Path(dir_okay=False), help="Competition test file (nested format) to fill in.")
 @click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False), help="Output file (.csv/.jsonl).")
 @click.option("--fallback", type=click.Choice(["none", "first", "random", "prior"]), default="none", show_default=True,
               help="How to fill items every voter abstained on (none = refuse and list them).")
 @handle_errors
-def submit_cmd(pred: str, gold: str | None, methods: tuple[str, ...], weights: str | None, fit_on: str,
-               dev_fraction: float, dev_items: str | None, seed: int, options: tuple[str, ...],
-               template: str | None, out_file: str, fallback: str) -> None:
+def submit_cmd(pred: tuple[str, ...], gold: str | None, methods: tuple[str, ...], weights: str | None,
+               fit_on: str, dev_fraction: float, dev_items: str | None, seed: int, options: tuple[str, ...],
+               extract: tuple[str, ...], template: str | None, out_file: str, fallback: str) -> None:
     """Final answers for every item, as id,answer or filled into a competition template."""
     from ensemble.evaluation.metrics import evaluate
     from ensemble.evaluation.submission import write_answers
@@ -206,7 +222,7 @@ def submit_cmd(pred: str, gold: str | None, methods: tuple[str, ...], weights: s
     if len(methods) > 1:
         raise EnsembleError("vote submit takes one --method (the one whose answers are submitted)")
     m, split, chosen, method_options = prepare(pred, gold, methods or ("majority",), weights, fit_on,
-                                               dev_fraction, dev_items, seed, options)
+                                               dev_fraction, dev_items, seed, options, extract)
     report = evaluate(m, chosen[:1], dev=split, method_options=method_options, n_boot=0)
     answers = report.answers(chosen[0])
     result = write_answers(answers, Path(out_file), template=Path(template) if template else None,

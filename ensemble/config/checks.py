@@ -172,6 +172,17 @@ def check_format(fmt: str) -> None:
     check_name(fmt, ["auto", *FORMATS.names(), *CHAT_FORMATS.names()], "data.format", "data format")
 
 
+def check_columns(columns: dict[str, str]) -> None:
+    """data.columns maps our item fields to the file's column names."""
+    from ensemble.data.tables import FIELDS
+
+    for ours, theirs in columns.items():
+        check_name(ours, list(FIELDS), "data.columns", "item field")
+        if not isinstance(theirs, str) or not theirs:
+            fail(f"data.columns.{ours}", theirs, "give the column's name in the file, e.g. "
+                 "data.columns: {question: prompt}")
+
+
 # -- run x data (no I/O: only what the config says) -------------------------------
 # Methods that fit on the dev split's gold answers (weighted only when it fits its
 # weights; given weights or weights_from: manifest need no dev). tests/test_config_checks.py

@@ -66,10 +66,12 @@ class DataConfig:
     format: str = "auto"
     benchmark: BenchmarkConfig | None = None
     limit: int | None = None  # use only the first N problems of each split (quick trials)
+    columns: dict[str, str] = field(default_factory=dict)  # our field -> the file's column (data/tables.py)
 
     def __post_init__(self) -> None:
         check(self.limit is None or self.limit > 0, "data.limit", self.limit, "use a positive number or remove it")
         checks.check_format(self.format)
+        checks.check_columns(self.columns)
 
 
 @dataclass(frozen=True)

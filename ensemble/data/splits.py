@@ -24,7 +24,7 @@ def load_split_items(cfg: Config, splits: Sequence[str]) -> dict[str, list[Item]
         if path is None:  # a split asked for but not given is an error, never skipped
             raise EnsembleError(f"{cfg.source or 'config'}: run.splits asks for '{split}' but data.{split} is "
                                 f"not set; set data.{split} (or data.benchmark), or drop '{split}' from run.splits")
-        items = read_items(path, format=cfg.data.format)
+        items = read_items(path, format=cfg.data.format, columns=cfg.data.columns)
         if cfg.data.limit:
             keep = list(dict.fromkeys(_problem_id(it) for it in items))[: cfg.data.limit]
             items = [it for it in items if _problem_id(it) in set(keep)]

@@ -8,6 +8,7 @@ unparseable vote. Shapes (I items, V voters, S samples per voter, C classes):
     probs       (I, V, S, C) float64  per-class probability; NaN rows where absent (optional)
     gold        (I,) int32         class code or ABSTAIN where unknown       (optional)
     valid       (I, C) bool        which classes are options of each item    (optional)
+    groups      I strings          each item's group (subject / category / task; "" = none) (optional)
 
 Class codes follow the sorted order of the class names (``sorted(str)``), so the
 encoding never depends on row order. That is also the order of the tie rule
@@ -59,6 +60,7 @@ class VoteMatrix:
     gold: np.ndarray | None = None
     valid: np.ndarray | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    groups: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         I, V, S = self.labels.shape
@@ -71,6 +73,8 @@ class VoteMatrix:
             assert self.gold.shape == (I,)
         if self.valid is not None:
             assert self.valid.shape == (I, len(self.encoder))
+        if self.groups is not None:
+            assert len(self.groups) == I, "groups do not match items"
 
     # -- shape helpers ---------------------------------------------------
     @property
@@ -111,6 +115,7 @@ class VoteMatrix:
             probs=None if self.probs is None else self.probs[idx],
             gold=None if self.gold is None else self.gold[idx],
             valid=None if self.valid is None else self.valid[idx],
+            groups=None if self.groups is None else tuple(self.groups[i] for i in idx),
         )
 
     def select_voters(self, voters: Sequence[int] | Sequence[str]) -> VoteMatrix:

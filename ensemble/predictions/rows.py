@@ -44,7 +44,7 @@ def read_rows(path: str | Path) -> list[Row]:
     if not raw:
         raise EnsembleError(f"{path}: no prediction rows (the file is empty); expected one row per vote "
                             "with item, voter, answer")
-    rows = [_validate(row, path, line) for line, row in raw]
+    rows = [validate_row(row, path, line) for line, row in raw]
     _check_duplicates(rows, [line for line, _ in raw], path)
     return rows
 
@@ -68,8 +68,8 @@ def _read_parquet(path: Path) -> list[tuple[int, Row]]:
     return [(i + 1, {k: v for k, v in row.items() if v is not None}) for i, row in enumerate(table)]
 
 
-def _validate(row: Row, path: Path, line: int) -> Row:
-    """Normalise one row: types checked, answer '' -> None, sample default 0."""
+def validate_row(row: Row, path: Path, line: int) -> Row:
+    """Normalise one row: types checked, answer '' -> None, sample default 0, group as text."""
     def fail(field: str, msg: str) -> EnsembleError:
         return EnsembleError(f"{path}:{line}: field '{field}' {msg}")
 
@@ -99,6 +99,8 @@ def _validate(row: Row, path: Path, line: int) -> Row:
         row["probs"] = _validate_probs(row["probs"], fail)
     if row.get("gold") is not None:
         row["gold"] = str(row["gold"]).strip() or None
+    if row.get("group") is not None:
+        row["group"] = str(row["group"]).strip() or None
     return row
 
 
@@ -127,12 +129,14 @@ def _check_duplicates(rows: Sequence[Row], lines: Sequence[int], path: Path) -> 
 
 # -- the vote matrix ---------------------------------------------------------
 def build_matrix(rows: Sequence[Row], *, gold: Mapping[str, str] | None = None,
-                 options: Mapping[str, Sequence[str]] | None = None) -> VoteMatrix:
+                 options: Mapping[str, Sequence[str]] | None = None,
+                 groups: Mapping[str, str] | None = None) -> VoteMatrix:
     """Encode rows into a VoteMatrix (items and voters in order of first appearance).
 
     gold     item -> gold label (overrides a ``gold`` column); items with gold but no
              votes are not added, their count is kept in ``meta["n_gold_without_votes"]``.
     options  item -> its valid labels (e.g. the option letters), for ``valid``.
+    groups   item -> its group (subject / category / kind; overrides a ``group`` column).
     """
     items = list(dict.fromkeys(r["item"] for r in rows))
     voters = list(dict.fromkeys(r["voter"] for r in rows))
@@ -178,22 +182,34 @@ def build_matrix(rows: Sequence[Row], *, gold: Mapping[str, str] | None = None,
                 valid[item_ix[x], [code[o] for o in opts]] = True
         valid[~valid.any(axis=1)] = True  # items without known options: every class allowed
     n_missing = len(set(gold_map) - set(items))
+    group_map = {r["item"]: r["group"] for r in reversed(rows) if r.get("group")}  # first row wins
+    group_map.update({str(k): str(v) for k, v in (groups or {}).items() if v not in (None, "")})
+    item_groups = tuple(group_map.get(x, "") for x in items) if group_map else None
     return VoteMatrix(labels=labels, items=tuple(items), voters=tuple(voters), encoder=enc,
-                      confidence=confidence, probs=probs, gold=gold_arr, valid=valid,
+                      confidence=confidence, probs=probs, gold=gold_arr, valid=valid, groups=item_groups,
                       meta={"n_gold_without_votes": n_missing})
 
 
-def load_predictions(path: str | Path, gold: str | Path | Mapping[str, str] | None = None) -> VoteMatrix:
-    """Read a predictions file (JSONL / CSV / Parquet) into a VoteMatrix.
+def load_predictions(paths: str | Path | Sequence[str | Path],
+                     gold: str | Path | Mapping[str, str] | None = None, *,
+                     extract: str | Sequence[str] = "text") -> VoteMatrix:
+    """Read one or more prediction inputs into a VoteMatrix.
 
-    ``gold``: a file (rows with item/id and answer, or any dataset file), or a mapping.
+    paths    a predictions file (JSONL / CSV / Parquet), an lm-eval output folder or samples
+             file, a LLaMA-Factory generated_predictions.jsonl, each optionally ``NAME=PATH``
+             (see ensemble.predictions.foreign), or a list of them
+    gold     a file (rows with item/id and answer, or any dataset file), or a mapping
+    extract  extraction steps for generated text (lm-eval generate_until, LLaMA-Factory)
     """
-    rows = read_rows(path)
+    from ensemble.predictions.foreign import gather_rows
+
+    specs = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    located = gather_rows(specs, extract)
     if gold is not None and not isinstance(gold, Mapping):
         from ensemble.data.formats import read_gold
 
         gold = read_gold(gold)
-    return build_matrix(rows, gold=gold)
+    return build_matrix([r for _, _, r in located], gold=gold)
 
 
 def rows_from_matrix(m: VoteMatrix) -> Iterable[Row]:

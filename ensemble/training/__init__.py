@@ -70,6 +70,7 @@ def load_training_rows(cfg: Config, out: Path) -> list[Item | ChatExample]:
     from ensemble.data.chat import CHAT_FORMATS, read_chat_examples
     from ensemble.data.formats import read_items
     from ensemble.data.rows import read_rows
+    from ensemble.data.tables import is_table
 
     data = cfg.data
     path = Path(data.train) if data.train else None
@@ -80,12 +81,12 @@ def load_training_rows(cfg: Config, out: Path) -> list[Item | ChatExample]:
     if path is None:
         raise EnsembleError(f"{cfg.source or 'config'}: field 'data.train' is empty; give a training file "
                             "or set data.benchmark to generate one")
-    if not path.is_file():
+    if not path.exists():
         raise EnsembleError(f"{cfg.source or 'config'}: field 'data.train' is {str(path)!r}: no such file")
-    chat = data.format in CHAT_FORMATS or (
-        data.format == "auto" and any(k in read_rows(path)[0][1] for k in CHAT_KEYS))
+    chat = data.format in CHAT_FORMATS or (  # chat files are JSON/JSONL; tables are item layouts
+        data.format == "auto" and not is_table(path) and any(k in read_rows(path)[0][1] for k in CHAT_KEYS))
     rows: list[Any] = read_chat_examples(path, format=data.format if chat and data.format != "auto" else "auto") \
-        if chat else read_items(path, format=data.format)
+        if chat else read_items(path, format=data.format, columns=data.columns)
     if data.limit:
         keep = set(list(dict.fromkeys(problem_key(r) for r in rows))[: data.limit])
         rows = [r for r in rows if problem_key(r) in keep]
