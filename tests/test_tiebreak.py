@@ -372,7 +372,6 @@ def test_abstain_policy_makes_the_submission_ask_for_a_fallback(tmp_path):
     # `--option majority.tie_break=abstain`: the tied item has no answer, and writing
     # a submission needs an explicit fallback for it.
     from ensemble.data.items import Item
-
     from ensemble.evaluation.report import evaluate
     from ensemble.evaluation.submission import write_answers
 
