@@ -274,8 +274,8 @@ def test_score_choices_route_matches_the_engine(served):
     ("/completions", {"model": "a", "prompt": "x", "temperature": 5}, 400, "temperature", "field 'temperature': Input should be less than or equal to 2 (got 5)"),
     ("/completions", {"model": "a", "prompt": "x", "n": 0}, 400, "n", "field 'n': Input should be greater than or equal to 1"),
     ("/completions", {"model": "a", "prompt": "x", "max_tokens": 0}, 400, "max_tokens", "field 'max_tokens'"),
-    ("/completions", {"model": "a", "prompt": "x", "logprobs": 21}, 400, "logprobs", "field 'logprobs': Input should "
-     "be less than or equal to 20"),
+    ("/completions", {"model": "a", "prompt": "x", "logprobs": 21}, 400, "logprobs",
+     "field 'logprobs': Input should be less than or equal to 20"),
     ("/completions", {"model": "a", "prompt": "x", "stream_options": {"include_usage": True}}, 400, None,
      "stream_options can only be set when stream is true"),
     ("/completions", {"model": "a", "prompt": "x", "echo": True, "logprobs": 1}, 400, "echo", "/v1/ensemble/score_choices"),

@@ -36,11 +36,18 @@ from ensemble.serve.service import Service
 
 log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 8 * 1024 * 1024
+DRAIN_BYTES = 8 * MAX_BODY_BYTES  # larger bodies are refused unread (the connection is closed)
 
 
 def error_response(e: ApiError) -> JSONResponse:
     return JSONResponse({"error": {"message": e.message, "type": e.kind, "param": e.param, "code": e.code}},
                         status_code=e.status)
+
+
+def _union_tag(part: object) -> bool:
+    """Pydantic names the member of a union in an error's location ("str", "list[str]")."""
+    return isinstance(part, str) and (part in ("str", "int", "float", "bool", "dict", "list") or "[" in part
+                                      or "-" in part)
 
 
 def validation_error(exc: RequestValidationError) -> ApiError:
@@ -59,7 +66,7 @@ def validation_error(exc: RequestValidationError) -> ApiError:
             continue
         msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
         got = f" (got {err['input']!r:.80})" if err.get("type") != "missing" and "input" in err and loc else ""
-        path = ".".join(str(x) for x in loc if not (isinstance(x, str) and ("[" in x or "-" in x)))
+        path = ".".join(str(x) for x in loc if not _union_tag(x))
         parts[field] = (f"field '{path}': " if field else "request body: ") + msg + got
     return ApiError(400, "; ".join(list(parts.values())[:3]) or "invalid request", next(iter(parts), None) or None)
 
@@ -71,6 +78,11 @@ def create_app(service: Service) -> FastAPI:
     async def limit_body(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            if length.isdigit() and int(length) <= DRAIN_BYTES:
+                # Read and drop the body: a server that answers before reading it resets the
+                # connection under a client still sending, which then never sees the 413.
+                async for _ in request.stream():
+                    pass
             return error_response(ApiError(413, f"request body over {MAX_BODY_BYTES} bytes (Content-Length "
                                                 f"{length}); send fewer prompts per request", code="too_large"))
         return await call_next(request)

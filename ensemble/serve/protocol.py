@@ -14,7 +14,13 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from ensemble.engines.base import ChoiceRequest, GenOutput, GenRequest, Sample, SamplingSettings
+from ensemble.engines.base import (
+    ChoiceRequest,
+    GenOutput,
+    GenRequest,
+    Sample,
+    SamplingSettings,
+)
 from ensemble.serve.schemas import MAX_TOP_LOGPROBS
 
 
