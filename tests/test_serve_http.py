@@ -260,3 +260,19 @@ def test_hf_top_logprobs_agree_with_the_chosen_tokens(tiny_model):
     # sampled: the chosen token's logprob is at most the best alternative's
     assert all(lp <= step[0][1] + 1e-6 for lp, step in zip(c.token_logprobs, c.top_logprobs))
     assert len(c.top_logprobs[0]) == 3
+
+
+def test_bench_malformed_round_passes_against_the_server(served):
+    """experiments/bench_serve.py's malformed kinds: each a 4xx OpenAI error body, as it expects."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+    try:
+        import bench_serve
+    finally:
+        sys.path.pop(0)
+    _, server, _ = served
+    results = bench_serve.malformed_round(server.url.removesuffix("/v1"), "base")
+    assert len(results) >= 15 and [r["kind"] for r in results if not r["ok"]] == []
+    assert bench_serve.percentile([3.0, 1.0, 2.0], 50) == 2.0 and bench_serve.percentile([], 99) is None
