@@ -276,3 +276,21 @@ def test_bench_malformed_round_passes_against_the_server(served):
     results = bench_serve.malformed_round(server.url.removesuffix("/v1"), "base")
     assert len(results) >= 15 and [r["kind"] for r in results if not r["ok"]] == []
     assert bench_serve.percentile([3.0, 1.0, 2.0], 50) == 2.0 and bench_serve.percentile([], 99) is None
+
+
+def test_vote_serve_names_the_missing_extra_before_loading(tmp_path, monkeypatch):
+    import importlib.util
+
+    from click.testing import CliRunner
+    from test_engine_vllm import write_adapter
+    from test_serve import serve_config
+
+    from ensemble.cli.app import main
+    from ensemble.engines import base
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "uvicorn" else real(name, *a))
+    monkeypatch.setattr(base, "build_engine", lambda spec: pytest.fail("the model was loaded first"))
+    res = CliRunner().invoke(main, ["serve", str(serve_config(tmp_path, {"a": write_adapter(tmp_path, "a", 8)}))])
+    assert res.exit_code == 2, res.output
+    assert "vote serve needs uvicorn, which are not installed: pip install 'ensemble[serve]'" in " ".join(res.output.split())
