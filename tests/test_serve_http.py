@@ -294,3 +294,22 @@ def test_vote_serve_names_the_missing_extra_before_loading(tmp_path, monkeypatch
     res = CliRunner().invoke(main, ["serve", str(serve_config(tmp_path, {"a": write_adapter(tmp_path, "a", 8)}))])
     assert res.exit_code == 2, res.output
     assert "vote serve needs uvicorn, which are not installed: pip install 'ensemble[serve]'" in " ".join(res.output.split())
+
+
+def test_a_batch_larger_than_the_default_thread_pool_fills():
+    """48 concurrent requests with max_batch 48 reach the engine as ONE call (anyio's default
+    pool of 40 threads would hold 8 of them back until the batching wait ran out)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    engine = FakeEngine()
+    server, thread = make_server(engine, "127.0.0.1", 0, max_wait_s=20.0, max_batch=48)
+    try:
+        with ThreadPoolExecutor(48) as pool:
+            results = list(pool.map(lambda i: http("POST", server.url + "/completions",
+                                                   {"model": "ab"[i % 2], "prompt": f"q{i}", "temperature": 0}),
+                                    range(48)))
+    finally:
+        server.close()
+        thread.join(timeout=10)
+    assert [s for s, _ in results] == [200] * 48
+    assert [len(batch) for kind, batch in engine.calls if kind == "generate"] == [48]

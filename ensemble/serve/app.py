@@ -62,9 +62,8 @@ class EnsembleHTTPServer:
                                max_wait_s=max_wait_s, max_batch=max_batch)
         self.engine, self.batcher, self.base_model = engine, self.service.batcher, base_model
         self.app = create_app(self.service)
-        # lifespan off: the app has no startup work; the loop is picked by uvicorn (uvloop if installed).
-        config = uvicorn.Config(self.app, log_level="warning", lifespan="off", timeout_keep_alive=30,
-                                limit_concurrency=None)
+        # lifespan on: the app sizes the thread pool at startup (ensemble.serve.http).
+        config = uvicorn.Config(self.app, log_level="warning", lifespan="on", timeout_keep_alive=30)
         self._uvicorn = uvicorn.Server(config)
         self._lock = threading.Lock()
         self._running = threading.Event()  # set while serve_forever runs

@@ -14,9 +14,11 @@ FastAPI runs them in its thread pool, where they block on the dynamic batcher.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -72,7 +74,15 @@ def validation_error(exc: RequestValidationError) -> ApiError:
 
 
 def create_app(service: Service) -> FastAPI:
-    app = FastAPI(title="ensemble vote serve", docs_url=None, redoc_url=None, openapi_url=None)
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # Each waiting request holds a pool thread while it blocks on the batcher: the pool
+        # (anyio's default, 40 threads) must hold a full batch or batches can never fill.
+        limiter = anyio.to_thread.current_default_thread_limiter()
+        limiter.total_tokens = max(limiter.total_tokens, service.batcher.max_batch + 8)
+        yield
+
+    app = FastAPI(title="ensemble vote serve", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
 
     @app.middleware("http")
     async def limit_body(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
