@@ -82,7 +82,11 @@ class FakeEngine:
         for stop in s.stop:
             text = text.split(stop)[0]
         lps = tuple(-((_h(r.adapter, source, seed, j, t) % 1000) / 997.0) for t in range(n)) if s.logprobs else ()
-        return Sample(text=text, token_logprobs=lps, n_tokens=n, finish_reason="stop" if n % 2 else "length")
+        # top-k alternatives per token, best first: (text, logprob) with logprob <= 0, decreasing
+        top = tuple(tuple((f"t{i}.{_h(source, t, i) % 50}", -(i + (_h(source, t) % 97) / 100.0)) for i in range(s.top_logprobs))
+                    for t in range(n)) if s.logprobs and s.top_logprobs else ()
+        return Sample(text=text, token_logprobs=lps, n_tokens=n, finish_reason="stop" if n % 2 else "length",
+                      top_logprobs=top)
 
     def score_choices(self, requests: Sequence[ChoiceRequest]) -> list[ChoiceOutput]:
         with self.lock:

@@ -217,7 +217,8 @@ def test_completions_match_the_engine(served):
             "max_tokens": 7, "logprobs": 1, "stop": "\n"}
     status, resp = http("POST", server.url + "/completions", body)
     assert status == 200 and resp["object"] == "text_completion" and resp["model"] == "b"
-    s = SamplingSettings(n=2, temperature=0.7, top_p=0.9, seed=3, max_new_tokens=7, stop=("\n",), logprobs=True)
+    s = SamplingSettings(n=2, temperature=0.7, top_p=0.9, seed=3, max_new_tokens=7, stop=("\n",), logprobs=True,
+                         top_logprobs=1)
     direct = FakeEngine().generate([GenRequest(adapter="b", prompt=p, sampling=s) for p in ("Q1", "Q2")])
     expected = [(2 * p + j, smp.text, list(smp.token_logprobs), smp.finish_reason)
                 for p, out in enumerate(direct) for j, smp in enumerate(out.samples)]
@@ -266,22 +267,28 @@ def test_score_choices_route_matches_the_engine(served):
 
 @pytest.mark.parametrize("path, body, status, param, text", [
     ("/completions", {"model": "zz", "prompt": "x"}, 404, "model", "The model 'zz' does not exist. Served: a, b, base"),
-    ("/completions", {"prompt": "x"}, 400, "model", "field 'model' is required"),
-    ("/completions", {"model": "a"}, 400, "prompt", "field 'prompt' must be a string"),
+    ("/completions", {"prompt": "x"}, 400, "model", "field 'model': Field required"),
+    ("/completions", {"model": "a"}, 400, "prompt", "field 'prompt': Field required"),
+    ("/completions", {"model": "a", "prompt": [1, "x"]}, 400, "prompt", "must be a string or a non-empty list"),
     ("/completions", {"model": "a", "prompt": [1, 2]}, 400, "prompt", "token-id prompts are not supported"),
-    ("/completions", {"model": "a", "prompt": "x", "temperature": 5}, 400, "temperature", "in [0.0, 2.0]"),
-    ("/completions", {"model": "a", "prompt": "x", "n": 0}, 400, "n", "field 'n' must be an integer"),
+    ("/completions", {"model": "a", "prompt": "x", "temperature": 5}, 400, "temperature", "field 'temperature': Input should be less than or equal to 2 (got 5)"),
+    ("/completions", {"model": "a", "prompt": "x", "n": 0}, 400, "n", "field 'n': Input should be greater than or equal to 1"),
     ("/completions", {"model": "a", "prompt": "x", "max_tokens": 0}, 400, "max_tokens", "field 'max_tokens'"),
-    ("/completions", {"model": "a", "prompt": "x", "logprobs": 5}, 400, "logprobs", "field 'logprobs'"),
-    ("/completions", {"model": "a", "prompt": "x", "stream": True}, 400, "stream", "stream=true is not supported"),
+    ("/completions", {"model": "a", "prompt": "x", "logprobs": 21}, 400, "logprobs",
+     "field 'logprobs': Input should be less than or equal to 20"),
+    ("/completions", {"model": "a", "prompt": "x", "stream_options": {"include_usage": True}}, 400, None,
+     "stream_options can only be set when stream is true"),
     ("/completions", {"model": "a", "prompt": "x", "echo": True, "logprobs": 1}, 400, "echo", "/v1/ensemble/score_choices"),
-    ("/completions", {"model": "a", "prompt": "x", "stop": [""]}, 400, "stop", "field 'stop'"),
-    ("/chat/completions", {"model": "a", "messages": []}, 400, "messages", "non-empty list"),
-    ("/chat/completions", {"model": "a", "messages": [{"role": "bot", "content": "x"}]}, 400, "messages", "role"),
+    ("/completions", {"model": "a", "prompt": "x", "stop": [""]}, 400, "stop", "field 'stop': must be a non-empty string or a list of them"),
+    ("/chat/completions", {"model": "a", "messages": []}, 400, "messages", "field 'messages': List should have at least 1 item"),
+    ("/chat/completions", {"model": "a", "messages": [{"role": "bot", "content": "x"}]}, 400, "messages",
+     "field 'messages.0.role': Input should be 'system', 'user' or 'assistant'"),
     ("/chat/completions", {"model": "a", "messages": [{"role": "user", "content": "x"}], "top_logprobs": 5}, 400,
-     "top_logprobs", "top_logprobs is not supported"),
+     "top_logprobs", "when using `top_logprobs`, `logprobs` must be set to true"),
+    ("/chat/completions", {"model": "a", "messages": [{"role": "user", "content": "x"}], "logprobs": True,
+                           "top_logprobs": 21}, 400, "top_logprobs", "less than or equal to 20"),
     ("/ensemble/score_choices", {"model": "a", "prompt": "x", "options": []}, 400, "options", "field 'options'"),
-    ("/ensemble/score_choices", {"model": "a", "prompt": "x", "options": ["y"], "mode": "z"}, 400, "mode", "cloze|letter"),
+    ("/ensemble/score_choices", {"model": "a", "prompt": "x", "options": ["y"], "mode": "z"}, 400, "mode", "Input should be 'cloze' or 'letter'"),
     ("/ensemble/score_choices", {"model": "a", "options": ["y"]}, 400, "prompt", "exactly one of"),
     ("/nope", {"model": "a"}, 404, None, "no route POST /v1/nope"),
 ])

@@ -135,7 +135,7 @@ def serve_cmd(config: str, overrides: tuple[str, ...], engine: str, host: str, p
     from ensemble.engines.models import resolve_model
     from ensemble.engines.vllm_lora import check_vllm_adapters
     from ensemble.pipeline import resolve_voters
-    from ensemble.serve.app import run_server, vllm_serve_command
+    from ensemble.serve.app import require_serve_extra, run_server, vllm_serve_command
 
     cfg = _load(config, overrides)
     voters = {k: v for k, v in resolve_voters(cfg).items() if v is not None}
@@ -149,6 +149,7 @@ def serve_cmd(config: str, overrides: tuple[str, ...], engine: str, host: str, p
         if not print_only:
             sys.exit(subprocess.call(cmd))
         return
+    require_serve_extra()  # before minutes of model loading
     eng = build_engine(EngineSpec(engine="hf", model=model, adapters=voters,
                                   options={"batch_size": cfg.run.batch_size, "dtype": cfg.run.dtype}))
     click.echo(f"serving {len(voters)} voters + base model '{cfg.model}' on http://{host}:{port}/v1 (Ctrl-C to stop)")

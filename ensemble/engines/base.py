@@ -37,6 +37,7 @@ class SamplingSettings:
     seed: int | None = 0
     stop: tuple[str, ...] = ()
     logprobs: bool = True
+    top_logprobs: int = 0  # also report the k most likely tokens of each step (OpenAI: 0..20)
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,8 @@ class Sample:
     token_logprobs: tuple[float, ...] = ()  # logprob of each generated token (chosen token)
     n_tokens: int = 0
     finish_reason: str = "length"  # "stop" | "length"
+    # per generated token, the sampling.top_logprobs most likely (token text, raw logprob), best first
+    top_logprobs: tuple[tuple[tuple[str, float], ...], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,14 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from ensemble.engines.base import ChoiceRequest, GenOutput, GenRequest, SamplingSettings
+from ensemble.engines.base import (
+    ChoiceRequest,
+    GenOutput,
+    GenRequest,
+    Sample,
+    SamplingSettings,
+)
+from ensemble.serve.schemas import MAX_TOP_LOGPROBS
 
 
 class ApiError(Exception):
@@ -45,21 +52,21 @@ def _flag(body: dict[str, Any], name: str, default: bool) -> bool:
 
 
 def _sampling(body: dict[str, Any], chat: bool) -> SamplingSettings:
-    if body.get("stream"):
-        raise ApiError(400, "stream=true is not supported by this server; set stream to false", "stream")
+    """Body fields -> engine settings. Types and ranges were checked by ``ensemble.serve.schemas``;
+    ``_number`` re-checks them so these functions also stand alone on plain dicts."""
     stop = body.get("stop")
     stop = [stop] if isinstance(stop, str) else (stop or [])
     if not isinstance(stop, list) or not all(isinstance(x, str) and x for x in stop):
         raise ApiError(400, "field 'stop' must be a non-empty string or a list of them", "stop")
     if chat:
-        if body.get("top_logprobs"):
-            raise ApiError(400, "top_logprobs is not supported: engines return the chosen token's logprob only; "
-                                "score options with POST /v1/ensemble/score_choices", "top_logprobs")
-        want_logprobs = bool(body.get("logprobs"))
+        want_logprobs = _flag(body, "logprobs", False)
+        top = _number(body, "top_logprobs", 0, 0, MAX_TOP_LOGPROBS, integer=True)
+        if top and not want_logprobs:
+            raise ApiError(400, "when using `top_logprobs`, `logprobs` must be set to true", "top_logprobs")
         max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-    else:
-        k = _number(body, "logprobs", None, 0, 1, integer=True)
-        want_logprobs = k is not None
+    else:  # completions: logprobs = k means the chosen token's logprob plus the k most likely
+        k = _number(body, "logprobs", None, 0, MAX_TOP_LOGPROBS, integer=True)
+        want_logprobs, top = k is not None, k or 0
         max_tokens = body.get("max_tokens")
         if body.get("echo") and want_logprobs:
             raise ApiError(400, "echo with logprobs (prompt logprobs) is not supported: engines score options, "
@@ -69,7 +76,7 @@ def _sampling(body: dict[str, Any], chat: bool) -> SamplingSettings:
                             temperature=float(_number(body, "temperature", 1.0, 0.0, 2.0)),
                             top_p=float(_number(body, "top_p", 1.0, 1e-9, 1.0)), max_new_tokens=max_tokens,
                             seed=_number(body, "seed", None, -(1 << 63), (1 << 64) - 1, integer=True),
-                            stop=tuple(stop), logprobs=want_logprobs)
+                            stop=tuple(stop), logprobs=want_logprobs, top_logprobs=top)
 
 
 def messages(body: dict[str, Any]) -> tuple[dict[str, str], ...]:
@@ -125,32 +132,60 @@ def choice_request(body: dict[str, Any], adapter: str | None) -> ChoiceRequest:
                          assistant_prefix=prefix, **text)
 
 
+def top_of(sample: Sample, k: int, engine_name: str = "the engine") -> list[dict[str, float]]:
+    """The sample's top-``k`` alternatives per token as ``{token: logprob}`` (k = 0: none)."""
+    if k == 0 or sample.n_tokens == 0:
+        return []
+    if len(sample.top_logprobs) != len(sample.token_logprobs):
+        raise ApiError(501, f"{engine_name} does not report top logprobs; ask with top_logprobs 0 "
+                            "(completions: logprobs 0)", "top_logprobs", "not_implemented", "server_error")
+    return [dict(step[:k]) for step in sample.top_logprobs]
+
+
+def choice_logprobs(sample: Sample, settings: SamplingSettings, *, chat: bool,
+                    engine_name: str = "the engine") -> dict[str, Any] | None:
+    """One choice's ``logprobs`` object. Engines return logprob values and the alternatives'
+    texts, not the chosen tokens' texts, so a chosen token's text is "" (chat) / null."""
+    if not settings.logprobs:
+        return None
+    lps, top = list(sample.token_logprobs), top_of(sample, settings.top_logprobs, engine_name)
+    if chat:
+        alts = top or [{} for _ in lps]
+        return {"content": [{"token": "", "logprob": lp, "bytes": None, "top_logprobs": [
+            {"token": t, "logprob": v, "bytes": list(t.encode())} for t, v in alt.items()]}
+            for lp, alt in zip(lps, alts)]}
+    return {"tokens": None, "token_logprobs": lps, "top_logprobs": top or None, "text_offset": None}
+
+
+def usage(outs: list[GenOutput], prompt_tokens: int | None) -> dict[str, int | None]:
+    """Real counts: every sample's generated tokens and the prompts' tokens (null when the
+    engine has no tokenizer to count them: unknown, not zero)."""
+    used = sum(s.n_tokens for out in outs for s in out.samples)
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": used,
+            "total_tokens": None if prompt_tokens is None else prompt_tokens + used}
+
+
+def completion_id(chat: bool) -> str:
+    return ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+
+
 def completion_response(body: dict[str, Any], outs: list[GenOutput], *, chat: bool,
-                        prompt_tokens: int | None = None) -> dict[str, Any]:
-    """Engine outputs -> an OpenAI (chat) completion; choice index = prompt * n + sample.
-    Per-token logprobs carry no token strings (engines return logprob values only).
-    ``usage`` holds real counts: every sample's generated tokens and the prompts' tokens
-    (null when the engine has no tokenizer to count them: unknown, not zero)."""
+                        prompt_tokens: int | None = None, engine_name: str = "the engine") -> dict[str, Any]:
+    """Engine outputs -> an OpenAI (chat) completion; choice index = prompt * n + sample."""
     choices = []
     for p, out in enumerate(outs):
         for j, s in enumerate(out.samples):
-            lps = list(s.token_logprobs) if out.request.sampling.logprobs else None
-            choice: dict[str, Any] = {"index": p * len(out.samples) + j, "finish_reason": s.finish_reason}
+            choice: dict[str, Any] = {"index": p * len(out.samples) + j, "finish_reason": s.finish_reason,
+                                      "logprobs": choice_logprobs(s, out.request.sampling, chat=chat,
+                                                                  engine_name=engine_name)}
             if chat:
                 choice["message"] = {"role": "assistant", "content": s.text}
-                choice["logprobs"] = None if lps is None else {"content": [
-                    {"token": "", "logprob": lp, "bytes": None, "top_logprobs": []} for lp in lps]}
             else:
                 choice["text"] = (out.request.prompt or "") + s.text if body.get("echo") else s.text
-                choice["logprobs"] = None if lps is None else {
-                    "tokens": None, "token_logprobs": lps, "top_logprobs": None, "text_offset": None}
             choices.append(choice)
-    used = sum(s.n_tokens for out in outs for s in out.samples)
-    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": used,
-             "total_tokens": None if prompt_tokens is None else prompt_tokens + used}
-    return {"id": ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24],
-            "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
-            "model": body["model"], "choices": choices, "usage": usage}
+    return {"id": completion_id(chat), "object": "chat.completion" if chat else "text_completion",
+            "created": int(time.time()), "model": body["model"], "choices": choices,
+            "usage": usage(outs, prompt_tokens)}
 
 
 # --- tokenization (vLLM's /tokenize) -----------------------------------------------------------

@@ -152,7 +152,7 @@ class HFEngine:
         outs = []
         for req, mine in zip(requests, per_req):
             samples = [Sample(r.text, tuple(r.logprobs) if req.sampling.logprobs else (), len(r.tokens),
-                              r.finish_reason) for r in mine]
+                              r.finish_reason, tuple(r.top)) for r in mine]
             samples = samples * req.sampling.n if req.sampling.temperature == 0 else samples
             outs.append(GenOutput(req, tuple(samples), sum(r.seconds for r in mine)))
         return outs
@@ -246,7 +246,8 @@ def _check_sampling(s: SamplingSettings) -> None:
     bad = [f"{name} {value!r} ({rule})" for name, value, ok, rule in [
         ("n", s.n, s.n >= 1, ">= 1"), ("temperature", s.temperature, s.temperature >= 0, ">= 0"),
         ("top_p", s.top_p, 0 < s.top_p <= 1, "in (0, 1]"),
-        ("max_new_tokens", s.max_new_tokens, s.max_new_tokens >= 1, ">= 1")] if not ok]
+        ("max_new_tokens", s.max_new_tokens, s.max_new_tokens >= 1, ">= 1"),
+        ("top_logprobs", s.top_logprobs, 0 <= s.top_logprobs <= 20, "in [0, 20]")] if not ok]
     if bad:
         raise EnsembleError(f"sampling settings: {'; '.join(bad)}: fix these values")
 

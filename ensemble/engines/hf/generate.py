@@ -31,6 +31,7 @@ class GenRow:
     seed: int
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
+    top: list[tuple[tuple[str, float], ...]] = field(default_factory=list)  # settings.top_logprobs > 0 only
     text: str = ""
     finish_reason: str = "length"
     seconds: float = 0.0  # this row's share of its batch's wall time
@@ -52,6 +53,7 @@ def decode_batch(forward: Forward, rows: Sequence[GenRow], *, pad_id: int, eos_i
     while True:
         live = [rows[i] for i in alive]
         tok, logp = pick_tokens(out.logits[:, -1, :], live, [gens[i] for i in alive])
+        record_top(out.logits[:, -1, :], live, detok)
         keep = [j for j, (row, t, lp) in enumerate(zip(live, tok.tolist(), logp.tolist()))
                 if not _append(row, t, lp, eos_ids, detok, ignore_eos)]
         if not keep:
@@ -97,6 +99,17 @@ def pick_tokens(logits: torch.Tensor, rows: Sequence[GenRow],
         tok[sel] = sample_top_p(logits[sel].float() / temp[:, None], top_p, u)
     logp = raw.gather(1, tok[:, None])[:, 0]
     return tok, logp
+
+
+def record_top(logits: torch.Tensor, rows: Sequence[GenRow], detok: Callable[[list[int]], str]) -> None:
+    """Append each row's ``settings.top_logprobs`` most likely (token text, raw logprob); logits (b, V)."""
+    k = max(r.settings.top_logprobs for r in rows)
+    if k <= 0:
+        return
+    vals, ids = torch.log_softmax(logits, dim=-1, dtype=torch.float32).topk(k, dim=-1)  # (b, k) each
+    for row, v, i in zip(rows, vals.tolist(), ids.tolist()):
+        if row.settings.top_logprobs > 0:
+            row.top.append(tuple((detok([t]), lp) for t, lp in zip(i, v))[: row.settings.top_logprobs])
 
 
 def sample_top_p(logits: torch.Tensor, top_p: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
