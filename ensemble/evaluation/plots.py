@@ -137,7 +137,7 @@ def heatmap_figure(values: np.ndarray, rows: Sequence[str], cols: Sequence[str],
 def _dark(rgba: Any) -> bool:
     """Is this cell colour dark enough for white text? (relative luminance below one half)"""
     r, g, b = rgba[:3]
-    return 0.2126 * r + 0.7152 * g + 0.0722 * b < 0.5
+    return bool(0.2126 * r + 0.7152 * g + 0.0722 * b < 0.5)
 
 
 def _short(label: str, limit: int = 24) -> str:
