@@ -216,3 +216,44 @@ def test_html_report_writes_the_page_with_the_ablation(tmp_path, example):
     assert "3 subsets drawn at random (seed 0)" in page and "stack" in page
     assert 'alt="Accuracy against the number of voters, per method"' in page
     assert "The items have no groups (add a &#x27;group&#x27; column" in page  # the bundled rows have none
+
+
+# -- `vote run` writes one ------------------------------------------------------------------------
+def write_run_config(tmp_path: Path, tiny_model: Path, adapters: dict[str, Path]) -> Path:
+    """Two dev and four test questions with a `group` in each item (read from the items' meta)."""
+    def rows(prefix: str, count: int):
+        for i in range(count):
+            yield {"id": f"{prefix}{i}", "question": f"Which is larger? ({i})", "options": ["3", "7"],
+                   "answer": "B", "group": "even" if i % 2 == 0 else "odd"}
+
+    for name, n in (("dev", 2), ("test", 4)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows(name[0], n)))
+    voters = "\n".join(f"  {k}: {v}" for k, v in adapters.items())
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"model: {tiny_model}\nout: {tmp_path / 'out'}\nprompt: mc\n"
+                   f"data: {{dev: {tmp_path / 'dev.jsonl'}, test: {tmp_path / 'test.jsonl'}}}\n"
+                   f"voters:\n{voters}\nrun:\n  batch_size: 4\n  methods: [majority, weighted]\n")
+    return cfg
+
+
+def test_vote_run_writes_the_html_report_and_prints_its_path(tmp_path, tiny_model, tiny_adapters, monkeypatch):
+    cfg = write_run_config(tmp_path, tiny_model, tiny_adapters)
+    res = CliRunner().invoke(main, ["run", str(cfg)], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    html_path = tmp_path / "out" / "report.html"
+    assert f"html report: {html_path}" in res.output and "report.html not written" not in res.output
+    page = html_path.read_text(encoding="utf-8")
+    assert sections_of(page) == list(SECTION_IDS)
+    assert "data.dev" in page and "every subset is run" in page  # 3 voters: no sampling
+    assert re.search(r'<td class="l">even</td><td>2</td>', page)  # the items' groups, 2 test items each
+
+    # A page that cannot be drawn is a warning: the run's report.json and tables still come out.
+    def broken(*args, **kwargs):
+        raise RuntimeError("no canvas")
+
+    monkeypatch.setattr("ensemble.evaluation.html.run_html", broken)
+    html_path.unlink()
+    res = CliRunner().invoke(main, ["run", str(cfg)], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert "warning: report.html not written: RuntimeError: no canvas" in res.output
+    assert not html_path.exists() and (tmp_path / "out" / "report.json").is_file()

@@ -94,7 +94,8 @@ def _ablation_table(ab: Ablation) -> str:
                    for k in ks)
     return (f"<table><tr><th>k</th><th>subsets</th>{head}</tr>{rows}</table>"
             + _note(f"Mean accuracy over the voter subsets of size k on {ab.n_eval_items} eval items [2.5%, 97.5% "
-                    f"of subsets]; * = {ab.cap} subsets drawn at random (seed {ab.seed}), else every subset."))
+                    "of subsets]; " + (f"* = {ab.cap} subsets drawn at random (seed {ab.seed}), else every subset."
+                                       if any(not r["exhaustive"] for r in ab.summary) else "every subset is run.")))
 
 
 def _subsets(row: Mapping[str, Any]) -> str:
