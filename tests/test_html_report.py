@@ -257,3 +257,12 @@ def test_vote_run_writes_the_html_report_and_prints_its_path(tmp_path, tiny_mode
     assert res.exit_code == 0, res.output
     assert "warning: report.html not written: RuntimeError: no canvas" in res.output
     assert not html_path.exists() and (tmp_path / "out" / "report.json").is_file()
+
+
+@pytest.mark.parametrize("n_voters", [1, 2, 8, 9, 16, 64])
+def test_page_ablation_voter_counts_span_one_to_all(n_voters):
+    from ensemble.evaluation.html import MAX_KS, page_ks
+
+    ks = page_ks(n_voters)
+    assert ks[0] == 1 and ks[-1] == n_voters and len(ks) <= MAX_KS and ks == sorted(set(ks))
+    assert ks == list(range(1, n_voters + 1)) if n_voters <= MAX_KS else len(ks) >= MAX_KS - 2

@@ -220,7 +220,7 @@ def submit_cmd(pred: str, gold: str | None, methods: tuple[str, ...], weights: s
 @with_fit_flags
 @click.option("--out", "out_file", required=True, type=click.Path(dir_okay=True), help="The HTML file to write.")
 @click.option("--n-boot", type=int, default=1000, show_default=True, help="Bootstrap resamples for intervals.")
-@click.option("--cap", type=int, default=200, show_default=True, help="Most voter subsets per k in the accuracy-vs-K plot.")
+@click.option("--cap", type=int, default=50, show_default=True, help="Most voter subsets per k in the accuracy-vs-K plot.")
 @handle_errors
 def report_cmd(inputs: tuple[str, ...], gold: str | None, methods: tuple[str, ...], weights: str | None,
                fit_on: str, dev_fraction: float, dev_items: str | None, seed: int, options: tuple[str, ...],

@@ -32,15 +32,16 @@ from ensemble.io import atomic_write_text
 from ensemble.predictions.matrix import VoteMatrix
 
 SECTION_IDS = ("summary", "methods", "voters-k", "reliability", "agreement", "per-class", "groups")
-REPORT_CAP = 200  # voter subsets per k in the page's ablation: enough for a smooth curve, seconds to run
+REPORT_CAP = 50  # voter subsets per k in the page's ablation: a readable curve without minutes of voting
+MAX_KS = 8  # voter counts k in the page's ablation; more voters: spaced out from 1 to K
 
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2em auto;max-width:1150px;
 padding:0 1em;color:#222}
 h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
-table{border-collapse:collapse;margin:.8em 0;font-size:.9em}
+table{border-collapse:collapse;margin:.8em 0;font-size:.9em;display:block;max-width:100%;overflow-x:auto}
 th,td{border:1px solid #ddd;padding:.25em .6em;text-align:right;white-space:nowrap}
-figure{margin:0}td.err{white-space:normal}
+figure{margin:0}td.err,#summary td{white-space:normal}
 th{background:#f3f3f3}td.l,th.l{text-align:left}tr.method td{background:#f7fbff}
 .figs{display:flex;flex-wrap:wrap;gap:1em}img{max-width:100%;height:auto;border:1px solid #eee}
 .note{color:#555;font-style:italic}.err{color:#a00}code{background:#f3f3f3;padding:0 .2em}
@@ -116,9 +117,18 @@ def page_ablation(m: VoteMatrix, report: Report, dev: np.ndarray | Split | None,
         return None, "No voting method ran on these predictions."
     options = {k: dict(v) for k, v in (method_options or {}).items() if k in methods}
     try:
-        return ablate(m, methods, dev=dev, method_options=options, cap=cap, seed=seed, on_error="record"), None
+        return ablate(m, methods, dev=dev, method_options=options, cap=cap, seed=seed, ks=page_ks(m.n_voters),
+                      on_error="record"), None
     except EnsembleError as exc:
         return None, f"The ablation could not run: {exc}"
+
+
+def page_ks(n_voters: int, most: int = MAX_KS) -> list[int]:
+    """The voter counts the page's ablation runs: every k up to ``most`` voters, else ``most``
+    counts spaced geometrically from 1 to K (1 and K always in)."""
+    if n_voters <= most:
+        return list(range(1, n_voters + 1))
+    return sorted(set(np.rint(np.geomspace(1, n_voters, most)).astype(int).tolist()))
 
 
 def render(m: VoteMatrix, report: Report, *, ablation: Ablation | None = None, ablation_note: str | None = None,
@@ -153,7 +163,7 @@ def html_report(m: VoteMatrix, report: Report, out: str | Path, *, dev: np.ndarr
 
 
 # -- `vote run` / `vote quickstart` ------------------------------------------------------------
-RUN_CAP = 50  # fewer subsets per k than `vote report`: the page must not add minutes to a run
+RUN_CAP = 20  # fewer subsets per k than `vote report`: the page must not add minutes to a run
 
 
 def run_html(cfg: Any, m: VoteMatrix, report: Report, split: Split | None, rows: Sequence[Mapping[str, Any]],

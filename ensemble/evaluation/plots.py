@@ -116,7 +116,7 @@ def heatmap_figure(values: np.ndarray, rows: Sequence[str], cols: Sequence[str],
                    vmin: float, vmax: float, cmap: str, colorbar: str, integers: bool = False) -> Figure:
     """A labelled heatmap with each cell's value written in it (NaN cells: '–')."""
     n_rows, n_cols = values.shape
-    fig = _figure(max(4.0, 1.2 + 0.55 * n_cols), max(3.2, 1.4 + 0.45 * n_rows))
+    fig = _figure(min(12.0, max(4.0, 1.2 + 0.55 * n_cols)), min(10.0, max(3.2, 1.4 + 0.45 * n_rows)))
     ax = fig.add_subplot()
     image = ax.imshow(np.ma.masked_invalid(values.astype(float)), vmin=vmin, vmax=vmax, cmap=cmap,
                       aspect="auto")
@@ -141,14 +141,18 @@ def _dark(rgba: Any) -> bool:
 
 
 def _short(label: str, limit: int = 24) -> str:
-    return label if len(label) <= limit else label[:limit - 1] + "…"
+    """Long names cut in the middle: voter names often differ only at the end (…-seed3-r16)."""
+    if len(label) <= limit:
+        return label
+    tail = (limit - 1) // 2
+    return label[:limit - 1 - tail] + "…" + label[-tail:]
 
 
 # -- per class, per group ------------------------------------------------------------------
 def bars_figure(values: Mapping[str, Sequence[float | None]], categories: Sequence[str], title: str,
                 ylabel: str) -> Figure:
     """Grouped bars: one group per category, one bar per series (missing values: no bar)."""
-    fig = _figure(max(6.0, 3.0 + 0.45 * len(categories) * max(1, len(values)) ** 0.5), 3.8)
+    fig = _figure(min(14.0, max(6.0, 3.0 + 0.45 * len(categories) * max(1, len(values)) ** 0.5)), 3.8)
     ax = fig.add_subplot()
     width = 0.8 / max(1, len(values))
     x = np.arange(len(categories))
