@@ -23,6 +23,8 @@ from ensemble.predictions.matrix import ABSTAIN, VoteMatrix
 
 def sections(m: VoteMatrix, report: Report, ablation: Ablation | None, ablation_note: str | None,
               groups: Sequence[str | None] | None, sources: Sequence[str]) -> list[tuple[str, str, str]]:
+    """[(id, heading, HTML body)] in page order (ids: ``html.SECTION_IDS``); without eval gold the
+    sections that need it hold a note instead."""
     ran = [n for n, row in report.methods.items() if "error" not in row]
     scored = bool(report.n_eval_items)
     no_gold = _note("No item outside dev has a gold answer; pass --gold to score the answers.")
@@ -52,7 +54,7 @@ def _summary(report: Report, sources: Sequence[str]) -> str:
     sel = report.selected_on_dev
     chosen = (f"<p><b>Method chosen on dev:</b> {e(sel['method'])} (dev accuracy {_f(sel['dev_accuracy'])}, "
               f"eval accuracy {_f(sel.get('eval_accuracy'))} on {report.n_eval_items} items) — the number to quote.</p>"
-              if sel else _note("No dev split: no method was chosen on dev (pass --fit-on dev)."))
+              if sel else _note("No dev split: no method was chosen on dev (vote report: --fit-on dev; vote run: data.dev)."))
     table = "".join(f'<tr><th class="l">{e(k)}</th><td class="l">{e(str(v))}</td></tr>' for k, v in rows)
     return chosen + f"<table>{table}</table>"
 
