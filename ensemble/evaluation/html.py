@@ -36,11 +36,11 @@ REPORT_CAP = 50  # voter subsets per k in the page's ablation: a readable curve 
 MAX_KS = 8  # voter counts k in the page's ablation; more voters: spaced out from 1 to K
 
 CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2em auto;max-width:1150px;
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2em auto;max-width:1250px;
 padding:0 1em;color:#222}
 h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
 table{border-collapse:collapse;margin:.8em 0;font-size:.9em;display:block;max-width:100%;overflow-x:auto}
-th,td{border:1px solid #ddd;padding:.25em .6em;text-align:right;white-space:nowrap}
+th,td{border:1px solid #ddd;padding:.25em .5em;text-align:right;white-space:nowrap}
 figure{margin:0}td.err,#summary td{white-space:normal}
 th{background:#f3f3f3}td.l,th.l{text-align:left}tr.method td{background:#f7fbff}
 .figs{display:flex;flex-wrap:wrap;gap:1em}img{max-width:100%;height:auto;border:1px solid #eee}

@@ -61,8 +61,8 @@ def _summary(report: Report, sources: Sequence[str]) -> str:
 
 def _methods_table(report: Report) -> str:
     e = html.escape
-    cols = ("", "name", "n", "accuracy", "95% CI", "macro-F1", "coverage", "ECE", "Brier", "dev acc.",
-            "Δ vs best voter", "Δ 95% CI", "McNemar p")
+    cols = ("", "name", "n", "accuracy [95% CI]", "macro-F1", "coverage", "ECE", "Brier", "dev acc.",
+            "Δ vs best voter [95% CI]", "McNemar p")
     head = "".join(f'<th class="l">{c}</th>' if c in ("", "name") else f"<th>{e(c)}</th>" for c in cols)
     rows = []
     for kind, table in (("method", report.methods), ("voter", report.voters)):
@@ -75,9 +75,9 @@ def _methods_table(report: Report) -> str:
             vs = r.get("vs_best_voter") or {}
             dev_acc = (report.selected_on_dev or {}).get("dev_accuracies", {}).get(name) if kind == "method" \
                 else r.get("dev_accuracy")
-            cells = [r.get("n"), _f(r.get("accuracy")), _ci(r.get("accuracy_ci")), _f(r.get("macro_f1")),
+            cells = [r.get("n"), _with_ci(r.get("accuracy"), r.get("accuracy_ci")), _f(r.get("macro_f1")),
                      _f(r.get("coverage")), _f(r.get("ece")), _f(r.get("brier")), _f(dev_acc),
-                     _f(vs.get("delta"), signed=True), _ci(vs.get("delta_ci"), signed=True), _f(vs.get("p_value"), 4)]
+                     _with_ci(vs.get("delta"), vs.get("delta_ci"), signed=True), _p(vs.get("p_value"))]
             rows.append(f'<tr class="{kind}"><td class="l">{kind}</td><td class="l">{label}</td>'
                         + "".join(f"<td>{e(str('–' if c is None else c))}</td>" for c in cells) + "</tr>")
     return (f"<table><tr>{head}</tr>{''.join(rows)}</table>"
@@ -214,3 +214,12 @@ def _f(x: Any, digits: int = 3, signed: bool = False) -> str:
 
 def _ci(ci: Sequence[float] | None, signed: bool = False) -> str:
     return "–" if not ci else f"[{_f(ci[0], signed=signed)}, {_f(ci[1], signed=signed)}]"
+
+
+def _with_ci(x: float | None, ci: Sequence[float] | None, signed: bool = False) -> str:
+    """'0.821 [0.714, 0.911]'; the value alone without an interval; '–' without a value."""
+    return _f(x, signed=signed) + ("" if x is None or not ci else " " + _ci(ci, signed=signed))
+
+
+def _p(p: float | None) -> str:
+    return "–" if p is None else ("<0.0001" if p < 1e-4 else f"{p:.4f}")
