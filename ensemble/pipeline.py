@@ -52,6 +52,7 @@ class RunResult:
     dev: np.ndarray | None = None  # (I,) bool: items the fitted methods fitted on (not scored)
     warnings: list[str] = field(default_factory=list)
     submission: Any = None
+    html: Path | None = None  # <out>/report.html (None when it could not be written: see warnings)
 
 
 # -- voters ------------------------------------------------------------------
@@ -247,6 +248,12 @@ def finish(cfg: Config, store: PredictionStore, splits: dict[str, list[Item]], v
     _write_json(Path(cfg.out) / "report.json", report.to_dict())
     result = RunResult(out=Path(cfg.out), matrix=m, report=report, n_new_rows=n_new, abstain_counts=abstain,
                        dev=None if split is None else split.dev_mask(m), warnings=warnings)
+    try:  # the page is a view of report.json: failing to draw it must not lose the run's result
+        from ensemble.evaluation.html import run_html
+
+        result.html = run_html(cfg, m, report, split, rows, {i: it.meta for i, it in items.items()})
+    except Exception as exc:  # noqa: BLE001
+        warnings.append(f"report.html not written: {type(exc).__name__}: {exc}")
     if cfg.run.submission:
         from ensemble.evaluation.submission import write_test_answers
 

@@ -34,6 +34,8 @@ def _print_run(result) -> None:
                       + ", ".join(f"{v}={n}" for v, n in unparsed.items()))
     console.print(f"predictions: {result.out / 'predictions.jsonl'} ({result.n_new_rows} new rows)", soft_wrap=True)
     console.print(f"report: {result.out / 'report.json'}", soft_wrap=True)
+    if result.html is not None:
+        console.print(f"html report: {result.html}", soft_wrap=True)
     for warning in result.warnings:
         console.print(f"[yellow]warning: {warning}[/]", soft_wrap=True)
     if result.submission is not None:
