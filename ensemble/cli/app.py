@@ -232,27 +232,25 @@ def submit_cmd(pred: tuple[str, ...], gold: str | None, methods: tuple[str, ...]
 
 
 @main.command("report")
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@pred_argument
 @with_fit_flags
 @click.option("--out", "out_file", required=True, type=click.Path(dir_okay=True), help="The HTML file to write.")
 @click.option("--n-boot", type=int, default=1000, show_default=True, help="Bootstrap resamples for intervals.")
 @click.option("--cap", type=int, default=50, show_default=True, help="Most voter subsets per k in the accuracy-vs-K plot.")
 @handle_errors
-def report_cmd(inputs: tuple[str, ...], gold: str | None, methods: tuple[str, ...], weights: str | None,
+def report_cmd(pred: tuple[str, ...], gold: str | None, methods: tuple[str, ...], weights: str | None,
                fit_on: str, dev_fraction: float, dev_items: str | None, seed: int, options: tuple[str, ...],
-               out_file: str, n_boot: int, cap: int) -> None:
-    """One self-contained HTML report of the votes in INPUT... (files concatenated): tables and plots."""
-    from ensemble.evaluation.html import html_report, load_inputs
-    from ensemble.evaluation.protocol import choose_split, runnable_methods
+               extract: tuple[str, ...], out_file: str, n_boot: int, cap: int) -> None:
+    """One self-contained HTML report of the votes in PRED...: tables and plots."""
+    from ensemble.evaluation.html import html_report
     from ensemble.evaluation.report import evaluate
 
-    m, groups = load_inputs(inputs, gold)
-    method_options = fit_options(parse_weights(weights), options)
-    split = choose_split(m, fit_on=fit_on, fraction=dev_fraction, dev_items=dev_items, seed=seed)
-    chosen = runnable_methods(m, methods, method_options, None if split is None else split.dev_mask(m), CLI_FIX)
+    m, split, chosen, method_options = prepare(pred, gold, methods, weights, fit_on, dev_fraction, dev_items,
+                                               seed, options, extract)
+    groups = [g or None for g in m.groups] if m.groups is not None and any(m.groups) else None
     report = evaluate(m, chosen, dev=split, method_options=method_options, n_boot=n_boot, seed=seed)
     path = html_report(m, report, out_file, dev=split, method_options=method_options, groups=groups, cap=cap,
-                       seed=seed, sources=inputs)
+                       seed=seed, sources=pred)
     click.echo(f"report: {path}")
 
 
