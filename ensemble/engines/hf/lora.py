@@ -33,8 +33,17 @@ class Unsupported(Exception):
     """The adapters use something stacking does not cover (DoRA, LoRA bias, embeddings...)."""
 
 
+def _is_alora(mod: Any, name: str) -> bool:
+    return type(mod.lora_variant.get(name)).__name__ == "ALoraLinearVariant"
+
+
 class StackedLoRA:
-    def __init__(self, model: Any, names: Sequence[str]) -> None:
+    """``rows(adapters)`` applies each row's adapter to every token of the pass. An aLoRA
+    adapter is only correct there when every token of the pass comes after its invocation
+    (the shared-prefix path guarantees it), so aLoRA adapters are refused unless
+    ``alora=True``."""
+
+    def __init__(self, model: Any, names: Sequence[str], *, alora: bool = False) -> None:
         from peft.tuners.lora.layer import Linear as LoraLinear
         from peft.tuners.lora.layer import LoraLayer
 
@@ -46,7 +55,8 @@ class StackedLoRA:
         for mod in layers:
             present = [n for n in self.names if n in mod.lora_A]
             if not isinstance(mod, LoraLinear) or any(
-                    mod.use_dora.get(n) or n in mod.lora_variant or mod.lora_bias.get(n) for n in present):
+                    mod.use_dora.get(n) or mod.lora_bias.get(n)
+                    or (n in mod.lora_variant and not (alora and _is_alora(mod, n))) for n in present):
                 raise Unsupported(f"{type(mod).__name__} with DoRA / LoRA variants / bias")
         self._patched = []
         for mod in layers:
@@ -80,6 +90,7 @@ class StackedLoRA:
         def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
             if self._rows is None:
                 return peft_forward(x, *args, **kwargs)
+            kwargs.pop("alora_offsets", None)  # PEFT's aLoRA bookkeeping; rows() decides here
             if self._rows.numel() == 0:
                 return base_layer(x, *args, **kwargs)
             mask = self._masks.get(owner)

@@ -1,0 +1,198 @@
+"""Shared-prefix scoring and prefill for aLoRA and top-layer voters (see ``kinds``).
+
+Rows (one question or prompt for one voter) are grouped into *units*: the rows of
+one question whose voters split it at the same place. A unit's voter-independent
+part runs once (``split.run_split``): the prompt before the aLoRA invocation with
+the base weights, and for top-layer voters the layers below ``first_layer``. Only
+the rest runs once per voter row, batched across voters.
+
+cloze:  the unit's tail is the prompt from the split on, followed by all options side
+        by side (each option token sees the prompt and the earlier tokens of its own
+        option, at the positions it would have alone). An option's first token is
+        scored from the last prompt token, the rest from the option slots.
+letter: the tail is the prompt from the split on; letters are read from its last token.
+prefill (generation): the tail is left-padded so that decoding continues with an
+        ordinary 2D mask [head mask, tail mask, 1, 1, ...].
+
+Exactness: each voter row gets what its own full forward pass gives (PEFT's aLoRA
+activates from the last invocation in the prompt; an option that itself contained
+the invocation sequence would move PEFT's activation point, which is not modelled).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import torch
+
+from ensemble.engines.hf.generate import left_pad
+from ensemble.engines.hf.kinds import VoterKind, find_invocation
+from ensemble.engines.hf.split import SplitModel, head_allowed, run_split
+
+Row = TypeVar("Row")
+RowsCtx = Callable[[list[str]], Any]  # rows_ctx(names): context where row b uses names[b]
+BASE = "__base__"
+
+
+@dataclass
+class Unit(Generic[Row]):
+    head: list[int]  # prompt tokens before the split: base weights, run once
+    tail: list[int]  # prompt tokens from the split on (never empty)
+    options: list[list[int]]  # cloze: option continuations; letter: candidate ids per letter
+    first_layer: int  # layers below it run once for the unit
+    rows: list[Row] = field(default_factory=list)
+    adapters: list[str] = field(default_factory=list)  # per row; BASE where the invocation is missing
+
+    @property
+    def length(self) -> int:
+        return len(self.head) + len(self.tail) + sum(len(o) for o in self.options)
+
+
+def split_prompt(ids: Sequence[int], kind: VoterKind) -> tuple[int, bool]:
+    """(s, active): ids[:s] need no adapter. active is False when an aLoRA's invocation is
+    not in the prompt: PEFT then never activates it, so the voter answers as the base."""
+    if not kind.invocation:
+        return 0, True
+    start = find_invocation(ids, kind.invocation)
+    if start is None:
+        return len(ids) - 1, False
+    return start, True
+
+
+def group_units(rows: Sequence[Row], prompt: Callable[[Row], list[int]], options: Callable[[Row], list[list[int]]],
+                adapter: Callable[[Row], str], kind: Callable[[str], VoterKind],
+                missing: Callable[[str], None]) -> list[Unit[Row]]:
+    """One unit per (head, tail, options, first_layer); ``missing(adapter)`` on absent invocations."""
+    units: dict[tuple, Unit[Row]] = {}
+    for row in rows:
+        ids, name = prompt(row), adapter(row)
+        k = kind(name)
+        s, active = split_prompt(ids, k)
+        if not active:
+            missing(name)
+        opts = options(row)
+        key = (tuple(ids[:s]), tuple(ids[s:]), tuple(map(tuple, opts)), k.first_layer)
+        unit = units.setdefault(key, Unit(list(ids[:s]), list(ids[s:]), opts, k.first_layer))
+        unit.rows.append(row)
+        unit.adapters.append(name if active else BASE)
+    return list(units.values())
+
+
+def unit_batches(units: list[Unit[Row]], batch_size: int) -> Iterator[list[Unit[Row]]]:
+    """Length-sorted batches of at most ``batch_size`` voter rows (a unit is never cut),
+    one ``first_layer`` per batch."""
+    batch: list[Unit[Row]] = []
+    for unit in sorted(units, key=lambda u: (u.first_layer, u.length)):
+        if batch and (sum(len(u.rows) for u in batch) + len(unit.rows) > batch_size
+                      or batch[-1].first_layer != unit.first_layer):
+            yield batch
+            batch = []
+        batch.append(unit)
+    if batch:
+        yield batch
+
+
+def _heads(units: Sequence[Unit], pad_id: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if not any(u.head for u in units):
+        empty = torch.zeros((len(units), 0), dtype=torch.long, device=device)
+        return empty, empty
+    return left_pad([u.head for u in units], pad_id, device)
+
+
+def _voters(units: Sequence[Unit], device: str) -> tuple[torch.Tensor, list[str]]:
+    unit = torch.tensor([i for i, u in enumerate(units) for _ in u.rows], device=device)
+    return unit, [a for u in units for a in u.adapters]
+
+
+def score_units(split: SplitModel, rows_ctx: RowsCtx, units: Sequence[Unit], *, mode: str, pad_id: int,
+                device: str) -> list[list[list[float]]]:
+    """Per voter row (in unit order), per option: cloze, the logprob of each of its tokens;
+    letter, the logprob of each spelling of the letter."""
+    head_ids, head_mask = _heads(units, pad_id, device)
+    # Tail layout per unit: [tail prompt tokens][option 0 slots][option 1 slots]...[padding].
+    slots = []  # per unit: (tokens, owner, rel) with owner -1 = prompt, k = option k, -2 = padding
+    for u in units:
+        toks, owner, rel = list(u.tail), [-1] * len(u.tail), list(range(len(u.tail)))
+        if mode == "cloze":
+            for k, c in enumerate(u.options):
+                toks += c[:-1]
+                owner += [k] * (len(c) - 1)
+                rel += [len(u.tail) + i for i in range(len(c) - 1)]
+        slots.append((toks, owner, rel))
+    width = max(len(t) for t, _, _ in slots)
+    U = len(units)
+    tail_ids = torch.full((U, width), pad_id, dtype=torch.long)
+    own = torch.full((U, width), -2, dtype=torch.long)
+    rel = torch.zeros((U, width), dtype=torch.long)
+    for i, (t, o, r) in enumerate(slots):
+        tail_ids[i, :len(t)], own[i, :len(t)], rel[i, :len(t)] = torch.tensor(t), torch.tensor(o), torch.tensor(r)
+    tail_ids, own, rel = tail_ids.to(device), own.to(device), rel.to(device)
+    oi, oj, ri, rj = own[:, :, None], own[:, None, :], rel[:, :, None], rel[:, None, :]
+    eye = torch.eye(width, dtype=torch.bool, device=device)[None]
+    # A prompt key is seen causally by prompt tokens and by every option slot; an option key
+    # by the later slots of its own option only.
+    allowed = ((oj == -1) & ((oi != -1) | (rj <= ri))) | ((oj >= 0) & (oi == oj) & (rj <= ri)) | eye
+    tail_pos = head_mask.sum(-1, keepdim=True) + rel  # (U, W): head length + offset
+    unit, adapters = _voters(units, device)
+    hidden, _ = run_split(split, rows_ctx, head_ids=head_ids, head_mask=head_mask, tail_ids=tail_ids,
+                          tail_pos=tail_pos, tail_allowed=allowed, unit=unit, adapters=adapters,
+                          first_layer=units[0].first_layer)
+    # Logits only where a score needs them: the last prompt token and the option slots.
+    pairs = []  # per unit: (slot, target id, option k)
+    for u in units:
+        last = len(u.tail) - 1
+        if mode == "letter":
+            pairs.append([(last, t, k) for k, cands in enumerate(u.options) for t in cands])
+            continue
+        at, mine = len(u.tail), [(last, c[0], k) for k, c in enumerate(u.options)]
+        for k, c in enumerate(u.options):
+            mine += [(at + i, c[i + 1], k) for i in range(len(c) - 1)]
+            at += len(c) - 1
+        pairs.append(mine)
+    return _pair_logprobs(split, hidden, units, pairs, device)
+
+
+def _pair_logprobs(split: SplitModel, hidden: torch.Tensor, units: Sequence[Unit], pairs: list[list[tuple]],
+                   device: str) -> list[list[list[float]]]:
+    """Log-probabilities of the (slot, target) pairs: per row, per option, in pair order."""
+    need = [sorted({p for p, _, _ in mine}) for mine in pairs]  # distinct slots per unit
+    P = max(len(n) for n in need)
+    sel = torch.zeros((len(units), P), dtype=torch.long)
+    for i, n in enumerate(need):
+        sel[i, :len(n)] = torch.tensor(n)
+    unit, _ = _voters(units, device)
+    rows_sel = sel.to(device)[unit]  # (R, P)
+    picked = hidden[torch.arange(len(unit), device=device)[:, None], rows_sel]  # (R, P, H)
+    logits = split.logits(picked).float()  # (R, P, V)
+    lse = logits.logsumexp(-1)  # (R, P)
+    out: list[list[list[float]]] = []
+    r = 0
+    for u, mine, n in zip(units, pairs, need):
+        where = {p: j for j, p in enumerate(n)}
+        p_idx = torch.tensor([where[p] for p, _, _ in mine], device=device)
+        t_idx = torch.tensor([t for _, t, _ in mine], device=device)
+        lp = (logits[r:r + len(u.rows), p_idx, t_idx] - lse[r:r + len(u.rows), p_idx]).tolist()  # (rows, pairs)
+        for row_lp in lp:
+            per: list[list[float]] = [[] for _ in u.options]
+            for (_, _, k), v in zip(mine, row_lp):
+                per[k].append(v)
+            out.append(per)
+        r += len(u.rows)
+    return out
+
+
+def prefill_units(split: SplitModel, rows_ctx: RowsCtx, units: Sequence[Unit], *, pad_id: int,
+                  device: str) -> tuple[torch.Tensor, Any, torch.Tensor, torch.Tensor]:
+    """Shared prefill for generation: (R, V) next-token logits, the per-row cache, the
+    (R, Lh + Tt) 0/1 attention mask and (R, 1) position of the last prompt token."""
+    head_ids, head_mask = _heads(units, pad_id, device)
+    tail_ids, tail_mask = left_pad([u.tail for u in units], pad_id, device)  # (U, Tt)
+    tail_pos = head_mask.sum(-1, keepdim=True) + (tail_mask.cumsum(-1) - 1).clamp(min=0)
+    unit, adapters = _voters(units, device)
+    hidden, cache = run_split(split, rows_ctx, head_ids=head_ids, head_mask=head_mask, tail_ids=tail_ids,
+                              tail_pos=tail_pos, tail_allowed=head_allowed(tail_mask), unit=unit,
+                              adapters=adapters, first_layer=units[0].first_layer, keep_cache=True)
+    logits = split.logits(hidden[:, -1, :])  # left-padded tails: the last slot is the last prompt token
+    mask = torch.cat([head_mask, tail_mask], dim=1)[unit]
+    return logits, cache, mask, tail_pos[unit][:, -1:]

@@ -1,0 +1,125 @@
+"""A forward pass cut in two: a voter-independent part run once, the rest per voter.
+
+The decoder is called layer by layer (embeddings, ``layers[a:b]``, final norm, LM
+head), so a batch can run
+
+    head   tokens before the split, all layers, base weights        (U rows, once)
+    tail   tokens after the split, layers [0, first_layer), base    (U rows, once)
+    voter  tokens after the split, layers [first_layer, L), each row
+           with its own adapter, over the copied cache / hidden states (R rows)
+
+and the LM head only at the positions a score needs. U = distinct (question, split)
+units, R = their voter rows. Masks are 4D additive biases (B, 1, Tq, Tkv) built here,
+so any attention implementation that accepts them works (sdpa, eager).
+
+Only decoders whose forward is exactly "embed -> layers -> norm -> head" with full
+causal attention qualify (``SUPPORTED``); others raise ``Unsupported`` and their
+voters keep the plain path.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ensemble.engines.hf.lora import Unsupported
+
+SUPPORTED = ("llama", "qwen2", "qwen3")  # embed -> layers -> norm -> head, no embedding scale or softcap
+
+
+class SplitModel:
+    """Direct access to a causal LM's embedding, decoder layers, norm and head."""
+
+    def __init__(self, model: Any) -> None:
+        """``model``: the bare transformers model (a PeftModel's ``get_base_model()``)."""
+        cfg = model.config
+        if cfg.model_type not in SUPPORTED:
+            raise Unsupported(f"model_type '{cfg.model_type}' (shared prefixes run on {', '.join(SUPPORTED)})")
+        if getattr(cfg, "use_sliding_window", False) and getattr(cfg, "sliding_window", None):
+            raise Unsupported("sliding-window attention")
+        if cfg._attn_implementation not in ("sdpa", "eager"):
+            raise Unsupported(f"attention '{cfg._attn_implementation}' (needs a 4D mask: sdpa or eager)")
+        dec = model.get_decoder()
+        self.model, self.config = model, cfg
+        self.embed, self.layers, self.norm = dec.embed_tokens, dec.layers, dec.norm
+        self.rotary, self.head = dec.rotary_emb, model.get_output_embeddings()
+        self.dtype = self.embed.weight.dtype
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+    def new_cache(self) -> Any:
+        from transformers import DynamicCache
+
+        return DynamicCache(config=self.config)
+
+    def run(self, hidden: torch.Tensor, pos: torch.Tensor, bias: torch.Tensor, start: int, stop: int,
+            cache: Any = None) -> torch.Tensor:
+        """Layers [start, stop) on hidden (B, T, H) at positions pos (B, T); bias (B, 1, T, Tkv)."""
+        emb = self.rotary(hidden, position_ids=pos)
+        for layer in self.layers[start:stop]:
+            hidden = layer(hidden, attention_mask=bias, position_embeddings=emb, position_ids=pos,
+                           cache=cache, use_cache=cache is not None)
+        return hidden
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(N, H) last-layer hidden states -> (N, V) logits."""
+        return self.head(self.norm(hidden))
+
+    def bias(self, allowed: torch.Tensor) -> torch.Tensor:
+        """(B, Tq, Tkv) bool -> (B, 1, Tq, Tkv) additive mask in the compute dtype."""
+        b = torch.zeros(allowed.shape, dtype=self.dtype, device=allowed.device)
+        return b.masked_fill(~allowed, torch.finfo(self.dtype).min)[:, None]
+
+
+def head_allowed(mask: torch.Tensor) -> torch.Tensor:
+    """Causal attention among left-padded tokens: mask (B, L) 0/1 -> (B, L, L) bool.
+
+    A padding query sees itself only (its output is never used; this avoids empty rows).
+    """
+    L = mask.shape[1]
+    causal = torch.ones(L, L, dtype=torch.bool, device=mask.device).tril()
+    eye = torch.eye(L, dtype=torch.bool, device=mask.device)
+    return (causal[None] & mask.bool()[:, None, :]) | eye[None]
+
+
+def select_cache(cache: Any, index: torch.Tensor, start: int = 0) -> None:
+    """Rows ``index`` (repeats allowed: one per voter) of the cache layers from ``start`` on."""
+    for layer in cache.layers[start:]:
+        if layer.is_initialized and layer.get_seq_length() > 0:
+            layer.keys, layer.values = layer.keys[index], layer.values[index]
+
+
+def run_split(split: SplitModel, rows_ctx: Any, *, head_ids: torch.Tensor, head_mask: torch.Tensor,
+              tail_ids: torch.Tensor, tail_pos: torch.Tensor, tail_allowed: torch.Tensor,
+              unit: torch.Tensor, adapters: list[str], first_layer: int, keep_cache: bool = False
+              ) -> tuple[torch.Tensor, Any]:
+    """Run one batch of units; returns (R, Tt, H) last-layer hidden states (pre-norm) and the cache.
+
+    head_ids/head_mask (U, Lh) left-padded (Lh may be 0); tail_ids/tail_pos (U, Tt);
+    tail_allowed (U, Tt, Tt) bool; unit (R,) the unit of each voter row; adapters (R,)
+    adapter names; rows_ctx(names) the context in which row b uses names[b].
+    keep_cache: select every cache layer per row (generation decodes on from it).
+    """
+    U, Lh = head_ids.shape
+    base = ["__base__"] * U
+    cache = split.new_cache() if Lh > 0 or keep_cache else None
+    if Lh > 0:
+        pos = (head_mask.cumsum(-1) - 1).clamp(min=0)
+        with rows_ctx(base):
+            split.run(split.embed(head_ids), pos, split.bias(head_allowed(head_mask)), 0, split.n_layers, cache)
+    Tt = tail_ids.shape[1]
+    key_ok = head_mask.bool()[:, None, :].expand(U, Tt, Lh)
+    bias = split.bias(torch.cat([key_ok, tail_allowed], dim=2))  # (U, 1, Tt, Lh + Tt)
+    hidden = split.embed(tail_ids)  # (U, Tt, H)
+    if first_layer > 0:
+        with rows_ctx(base):
+            hidden = split.run(hidden, tail_pos, bias, 0, first_layer, cache)
+    # One copy per voter row: hidden states, positions, mask and the cache of the layers to come.
+    hidden, pos, bias = hidden[unit], tail_pos[unit], bias[unit]
+    if cache is not None:
+        select_cache(cache, unit, 0 if keep_cache else first_layer)
+    with rows_ctx(adapters):
+        hidden = split.run(hidden, pos, bias, first_layer, split.n_layers, cache)
+    return hidden, cache
