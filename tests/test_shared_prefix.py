@@ -227,3 +227,66 @@ def test_invocation_tokens_survive_save_and_load(adapters, engine):
     assert saved["alora_invocation_tokens"] == ANSWER
     assert engine.model.peft_config["al3"].alora_invocation_tokens == ANSWER
     assert make_tokenizer()(" Answer:", add_special_tokens=False)["input_ids"] == ANSWER
+
+
+# -- `vote adapters add`: the kind and the invocation tokens round-trip ------------------
+
+def edited(src: Path, dst: Path, **changes) -> Path:
+    """A copy of the adapter folder ``src`` with ``changes`` in its adapter_config.json."""
+    import shutil
+
+    shutil.copytree(src, dst)
+    cfg = json.loads((dst / "adapter_config.json").read_text()) | changes
+    (dst / "adapter_config.json").write_text(json.dumps(cfg))
+    return dst
+
+
+def test_register_adapter_round_trips_the_kind(base, adapters, tmp_path):
+    from ensemble.training.adapters import load_voters, register_adapter
+
+    out = tmp_path / "run"
+    info = register_adapter(out, adapters["al3"], base=base)
+    assert (info.kind, info.invocation_tokens, info.first_layer) == ("alora", tuple(ANSWER), 0)
+    assert info.describe().startswith("aLoRA, invocation tokens [379, 31], rank 4")
+    top = register_adapter(out, adapters["top2"], base=base)
+    assert (top.kind, top.first_layer) == ("top", 1)
+    assert register_adapter(out, adapters["mix"], base=base).kind == "alora+top"
+    engine = build(base, load_voters(out))
+    assert engine._shared.kinds["al3"].invocation == tuple(ANSWER)
+    assert engine._shared.kinds["top2"].first_layer == 1
+
+
+def test_cli_adapters_add_says_the_kind(base, adapters, tmp_path):
+    from click.testing import CliRunner
+
+    from ensemble.cli.app import main
+
+    data = tmp_path / "train.jsonl"
+    data.write_text(json.dumps({"id": "q0", "question": "Is 2 even?", "options": ["yes", "no"], "answer": "A"}) + "\n")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"model: {base}\nout: {tmp_path / 'run'}\nprompt: mc\ndata: {{train: {data}}}\n")
+    res = CliRunner().invoke(main, ["adapters", "add", str(adapters["al1"]), "--config", str(cfg)],
+                             catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert "added voter 'al1' (aLoRA, invocation tokens [4], rank 4" in res.output
+
+
+def test_bad_kind_configs_are_refused(base, adapters, tmp_path):
+    from ensemble.errors import EnsembleError
+    from ensemble.training.adapters import check_adapter
+
+    untyped = edited(adapters["al1"], tmp_path / "untyped", task_type=None)
+    with pytest.raises(EnsembleError, match=r"untyped/adapter_config.json: an aLoRA \(alora_invocation_tokens\) "
+                                            r"with task_type None is never activated by PEFT; re-save it with "
+                                            r"LoraConfig\(task_type='CAUSAL_LM'"):
+        check_adapter(base, untyped)
+    with pytest.raises(EnsembleError, match=r"aLoRA voters untyped: .*task_type None.*never activated"):
+        build(base, {"untyped": untyped})
+    far = edited(adapters["al1"], tmp_path / "far", alora_invocation_tokens=[4, 99999])
+    with pytest.raises(EnsembleError, match=r"adapter far: alora_invocation_tokens \[99999\] are not in the base's "
+                                            r"vocabulary of 384 tokens — trained with a different tokenizer"):
+        check_adapter(base, far)
+    deep = edited(adapters["top1"], tmp_path / "deep", layers_to_transform=[2, 7])
+    with pytest.raises(EnsembleError, match=r"adapter deep: layers_to_transform \[2, 7\] names layers the base "
+                                            r"does not have \(it has layers 0-2\) — trained for a different base"):
+        check_adapter(base, deep)

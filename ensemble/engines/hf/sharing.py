@@ -47,6 +47,11 @@ class SharedVoters:
         if not self.kinds:
             return
         alora = sorted(n for n, k in self.kinds.items() if k.invocation)
+        untyped = [n for n in alora if getattr(model.peft_config[n], "task_type", None) != "CAUSAL_LM"]
+        if untyped:  # PEFT would never activate them: running them here would give other answers
+            raise EnsembleError(f"aLoRA voters {', '.join(untyped)}: task_type "
+                                f"{getattr(model.peft_config[untyped[0]], 'task_type', None)} is never activated "
+                                "by PEFT; re-save them with LoraConfig(task_type='CAUSAL_LM', ...)")
         try:
             self.split = SplitModel(model.get_base_model())
             self.stacked = stacked or StackedLoRA(model, list(self.kinds), alora=True)
