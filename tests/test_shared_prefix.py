@@ -91,7 +91,24 @@ def cloze_requests():
             for a in VOTERS]
     reqs += [ChoiceRequest(a, options=opts[1], prompt="Every bird can fly. Can Tom fly? Answer:", normalize="mean")
              for a in VOTERS]
+    # options that start alike share trie slots
+    reqs += [ChoiceRequest(a, options=NUMBERS, messages=MSGS, assistant_prefix=" Answer:", normalize="mean")
+             for a in VOTERS]
     return reqs
+
+
+NUMBERS = (" -5182", " -5194", " -5184", " 7")
+
+
+def test_options_that_start_alike_share_slots(engine):
+    from ensemble.engines.hf.shared import Unit, tail_layout
+
+    row = engine._score_row(ChoiceRequest("al1", options=NUMBERS, messages=MSGS))
+    toks, rel, allowed, pairs = tail_layout(Unit([], [9, 8], row.options, 0), "cloze")
+    assert len(toks) - 2 < sum(len(c) - 1 for c in row.options)  # fewer slots than options' tokens
+    assert len(pairs) == sum(len(c) for c in row.options)
+    for slot in range(2, len(toks)):  # every slot sees the prompt, itself, and rel - 2 option ancestors
+        assert allowed[slot, :2].all() and allowed[slot, slot] and int(allowed[slot].sum()) == rel[slot] + 1
 
 
 def letter_requests():
@@ -290,3 +307,36 @@ def test_bad_kind_configs_are_refused(base, adapters, tmp_path):
     with pytest.raises(EnsembleError, match=r"adapter deep: layers_to_transform \[2, 7\] names layers the base "
                                             r"does not have \(it has layers 0-2\) — trained for a different base"):
         check_adapter(base, deep)
+
+
+# -- the real SmolLM2 (run with -m slow) -----------------------------------------------
+
+@pytest.mark.slow
+def test_smollm2_shared_prefix_equals_full_forward(tmp_path):
+    """SmolLM2-135M, invocation = the chat template's "<|im_start|>assistant\\n"."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ensemble.engines.models import resolve_model
+
+    smol = resolve_model("smollm2")
+    inv = AutoTokenizer.from_pretrained(smol)("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
+    kw = {"rank": 8, "scale": 0.02, "target_modules": ("q_proj", "k_proj", "v_proj", "o_proj")}
+    ads = make_tiny_adapters(smol, tmp_path / "a", ["s_al1", "s_al2"], invocation=inv, **kw)
+    ads |= make_tiny_adapters(smol, tmp_path / "t", ["s_top"], layers=list(range(20, 30)), **kw)
+    ads |= make_tiny_adapters(smol, tmp_path / "p", ["s_plain"], **kw)
+    engine = build(smol, ads)
+    voters = [*ads, None]
+    msgs = ({"role": "user", "content": "What is the capital of France?"},)
+    reqs = [ChoiceRequest(a, (" Paris", " Berlin", " Rome"), messages=msgs, assistant_prefix="Answer:",
+                          normalize="sum") for a in voters]
+    reqs += [ChoiceRequest(a, ("A", "B"), messages=msgs, assistant_prefix="Answer:", mode="letter") for a in voters]
+    outs = engine.score_choices(reqs)
+    models = {None: AutoModelForCausalLM.from_pretrained(smol).eval()}
+    for name, path in ads.items():
+        models[name] = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(smol), path).eval()
+    worst = max(abs(g - w) for o in outs for g, w in zip(o.logliks, expected(engine, models, o.request)))
+    assert worst <= TOL
+    cloze = [o.logliks[0] for o in outs[:len(voters)]]
+    assert len({round(x, 4) for x in cloze}) == len(voters)  # every voter differs
+    engine.close()

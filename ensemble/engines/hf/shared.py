@@ -6,10 +6,11 @@ part runs once (``split.run_split``): the prompt before the aLoRA invocation wit
 the base weights, and for top-layer voters the layers below ``first_layer``. Only
 the rest runs once per voter row, batched across voters.
 
-cloze:  the unit's tail is the prompt from the split on, followed by all options side
-        by side (each option token sees the prompt and the earlier tokens of its own
-        option, at the positions it would have alone). An option's first token is
-        scored from the last prompt token, the rest from the option slots.
+cloze:  the unit's tail is the prompt from the split on, followed by the options as a
+        token trie (``tail_layout``: each option token sees the prompt and the earlier
+        tokens of its own option, at the positions it would have alone; options that
+        start alike share those slots). An option's first token is scored from the
+        last prompt token, the rest from the option slots.
 letter: the tail is the prompt from the split on; letters are read from its last token.
 prefill (generation): the tail is left-padded so that decoding continues with an
         ordinary 2D mask [head mask, tail mask, 1, 1, ...].
@@ -105,52 +106,63 @@ def _voters(units: Sequence[Unit], device: str) -> tuple[torch.Tensor, list[str]
     return unit, [a for u in units for a in u.adapters]
 
 
+def tail_layout(u: Unit, mode: str) -> tuple[list[int], list[int], torch.Tensor, list[tuple[int, int, int]]]:
+    """One unit's tail: (token ids, offsets from the split, (n, n) bool "slot i sees slot j",
+    (slot, target id, option) pairs whose logprob a score needs).
+
+    Prompt tokens are causal. In cloze mode the options follow as a token trie: options
+    that start alike (" -5182", " -5194") share slots, which hold the same tokens in the
+    same context at the same positions as in each option's own row; a slot sees the
+    prompt and its own trie ancestors. An option's first token is read at the last
+    prompt token, its token i + 1 at the slot of its first i + 1 tokens.
+    """
+    m = len(u.tail)
+    toks, rel, parent = list(u.tail), list(range(m)), list(range(-1, m - 1))
+    if mode == "letter":
+        pairs = [(m - 1, t, k) for k, cands in enumerate(u.options) for t in cands]
+    else:
+        pairs, node = [], {}  # node: (parent slot, token) -> slot
+        for k, c in enumerate(u.options):
+            at = m - 1
+            pairs.append((at, c[0], k))
+            for i in range(len(c) - 1):
+                if (at, c[i]) not in node:
+                    node[(at, c[i])] = len(toks)
+                    toks.append(c[i])
+                    rel.append(rel[at] + 1)
+                    parent.append(at)
+                at = node[(at, c[i])]
+                pairs.append((at, c[i + 1], k))
+    n = len(toks)
+    allowed = torch.zeros((n, n), dtype=torch.bool)
+    for i in range(n):  # parents come first: a slot sees what its parent sees, and itself
+        if parent[i] >= 0:
+            allowed[i] = allowed[parent[i]]
+        allowed[i, i] = True
+    return toks, rel, allowed, pairs
+
+
 def score_units(split: SplitModel, rows_ctx: RowsCtx, units: Sequence[Unit], *, mode: str, pad_id: int,
                 device: str) -> list[list[list[float]]]:
     """Per voter row (in unit order), per option: cloze, the logprob of each of its tokens;
     letter, the logprob of each spelling of the letter."""
     head_ids, head_mask = _heads(units, pad_id, device)
-    # Tail layout per unit: [tail prompt tokens][option 0 slots][option 1 slots]...[padding].
-    slots = []  # per unit: (tokens, owner, rel) with owner -1 = prompt, k = option k, -2 = padding
-    for u in units:
-        toks, owner, rel = list(u.tail), [-1] * len(u.tail), list(range(len(u.tail)))
-        if mode == "cloze":
-            for k, c in enumerate(u.options):
-                toks += c[:-1]
-                owner += [k] * (len(c) - 1)
-                rel += [len(u.tail) + i for i in range(len(c) - 1)]
-        slots.append((toks, owner, rel))
-    width = max(len(t) for t, _, _ in slots)
+    layouts = [tail_layout(u, mode) for u in units]
+    width = max(len(t) for t, _, _, _ in layouts)
     U = len(units)
     tail_ids = torch.full((U, width), pad_id, dtype=torch.long)
-    own = torch.full((U, width), -2, dtype=torch.long)
     rel = torch.zeros((U, width), dtype=torch.long)
-    for i, (t, o, r) in enumerate(slots):
-        tail_ids[i, :len(t)], own[i, :len(t)], rel[i, :len(t)] = torch.tensor(t), torch.tensor(o), torch.tensor(r)
-    tail_ids, own, rel = tail_ids.to(device), own.to(device), rel.to(device)
-    oi, oj, ri, rj = own[:, :, None], own[:, None, :], rel[:, :, None], rel[:, None, :]
-    eye = torch.eye(width, dtype=torch.bool, device=device)[None]
-    # A prompt key is seen causally by prompt tokens and by every option slot; an option key
-    # by the later slots of its own option only.
-    allowed = ((oj == -1) & ((oi != -1) | (rj <= ri))) | ((oj >= 0) & (oi == oj) & (rj <= ri)) | eye
+    allowed = torch.eye(width, dtype=torch.bool).repeat(U, 1, 1)  # padding slots see themselves only
+    for i, (t, r, a, _) in enumerate(layouts):
+        n = len(t)
+        tail_ids[i, :n], rel[i, :n], allowed[i, :n, :n] = torch.tensor(t), torch.tensor(r), a
+    tail_ids, rel, allowed = tail_ids.to(device), rel.to(device), allowed.to(device)
     tail_pos = head_mask.sum(-1, keepdim=True) + rel  # (U, W): head length + offset
     unit, adapters = _voters(units, device)
     hidden, _ = run_split(split, rows_ctx, head_ids=head_ids, head_mask=head_mask, tail_ids=tail_ids,
                           tail_pos=tail_pos, tail_allowed=allowed, unit=unit, adapters=adapters,
                           first_layer=units[0].first_layer)
-    # Logits only where a score needs them: the last prompt token and the option slots.
-    pairs = []  # per unit: (slot, target id, option k)
-    for u in units:
-        last = len(u.tail) - 1
-        if mode == "letter":
-            pairs.append([(last, t, k) for k, cands in enumerate(u.options) for t in cands])
-            continue
-        at, mine = len(u.tail), [(last, c[0], k) for k, c in enumerate(u.options)]
-        for k, c in enumerate(u.options):
-            mine += [(at + i, c[i + 1], k) for i in range(len(c) - 1)]
-            at += len(c) - 1
-        pairs.append(mine)
-    return _pair_logprobs(split, hidden, units, pairs, device)
+    return _pair_logprobs(split, hidden, units, [p for _, _, _, p in layouts], device)
 
 
 def _pair_logprobs(split: SplitModel, hidden: torch.Tensor, units: Sequence[Unit], pairs: list[list[tuple]],
