@@ -12,8 +12,10 @@ Sections (each a function returning a dict of results; ``SECTIONS`` lists them):
                   "Answer:" and the option tokens on a copy of that KV cache;
            top    layers_to_transform = the top third of the layers: the lower two thirds
                   run once, each voter runs the top third.
-         Each (kind, K) gets a fresh engine with exactly K adapters; the time is the best of
-         --repeats runs of one ``score_choices`` call over items x K voters, after a warm-up.
+         Each (kind, K) gets its own engine with exactly K adapters; the time is the best of
+         --repeats runs (round-robin over K) of one ``score_choices`` call over items x K
+         voters, after a warm-up.
+         --quick: K = 1 and 8, 4 questions, letter mode for aLoRA only.
          Targets (issue 9): aLoRA K=8 <= 2.5x K=1 (cloze), <= 1.5x (letter); top <= 3.5x.
   (train: added by the training bench.)
 
@@ -54,16 +56,29 @@ def load_items(n: int, seed: int) -> list[tuple[tuple[dict, ...], tuple[str, ...
 
 
 def make_adapters(base: Path, root: Path, kind: str, k: int, tokenizer: Any, n_layers: int) -> dict[str, Path]:
-    from ensemble.testing import make_tiny_adapters
+    """``k`` random rank-8 adapters of ``kind`` (one base load; seeded noise in A and B)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
 
     extra: dict[str, Any] = {}
     if kind == "alora":
-        extra["invocation"] = tokenizer(INVOCATION, add_special_tokens=False)["input_ids"]
+        extra["alora_invocation_tokens"] = tokenizer(INVOCATION, add_special_tokens=False)["input_ids"]
     elif kind == "top":
-        extra["layers"] = list(range(n_layers - n_layers // 3, n_layers))
-    names = [f"{kind}{i}" for i in range(k)]
-    return make_tiny_adapters(base, root / kind, names, rank=8, scale=0.02,
-                              target_modules=("q_proj", "k_proj", "v_proj", "o_proj"), **extra)
+        extra["layers_to_transform"] = list(range(n_layers - n_layers // 3, n_layers))
+    cfg = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], lora_dropout=0.0,
+                     task_type="CAUSAL_LM", **extra)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), cfg)
+    paths = {}
+    for i in range(k):
+        gen = torch.Generator().manual_seed(1000 + i)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_" in name:
+                    p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+        paths[f"{kind}{i}"] = root / kind / f"{kind}{i}"
+        model.save_pretrained(paths[f"{kind}{i}"])
+    return paths
 
 
 def requests(items, voters: list[str], mode: str) -> list:
@@ -77,30 +92,35 @@ def requests(items, voters: list[str], mode: str) -> list:
     return out
 
 
-def time_scoring(base: Path, adapters: dict[str, Path], items, modes: tuple[str, ...],
-                 repeats: int) -> dict[str, float]:
-    """Best wall time of one score_choices call over items x voters, per mode (fresh engine)."""
+def time_scoring(base: Path, adapters: dict[str, Path], ks: tuple[int, ...], items, modes: tuple[str, ...],
+                 repeats: int) -> dict[tuple[str, int], float]:
+    """(mode, K) -> best wall time of one score_choices call over items x K voters.
+
+    One engine per K (exactly K adapters loaded), all alive at once; the timed runs go
+    round-robin over K, so a change in the machine's load hits every K alike.
+    """
     import torch
 
     from ensemble.engines.base import EngineSpec
     from ensemble.engines.hf.engine import HFEngine
 
-    engine = HFEngine.from_spec(EngineSpec("hf", str(base), {k: str(v) for k, v in adapters.items()},
-                                           {"batch_size": 32}))
-    voters = list(adapters)
-    out = {}
+    engines = {k: HFEngine.from_spec(EngineSpec("hf", str(base), {n: str(p) for n, p in list(adapters.items())[:k]},
+                                                {"batch_size": 32})) for k in ks}
+    best: dict[tuple[str, int], float] = {}
     with torch.inference_mode():
-        for mode in modes:
-            reqs = requests(items, voters, mode)
-            engine.score_choices(requests(items[:1], voters, mode))  # warm-up
-            best = float("inf")
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                engine.score_choices(reqs)
-                best = min(best, time.perf_counter() - t0)
-            out[mode] = best
-    engine.close()
-    return out
+        for k, engine in engines.items():
+            for mode in modes:
+                engine.score_choices(requests(items[:1], engine.adapters, mode))  # warm-up
+        for _ in range(repeats):
+            for k, engine in engines.items():
+                for mode in modes:
+                    reqs = requests(items, engine.adapters, mode)
+                    t0 = time.perf_counter()
+                    engine.score_choices(reqs)
+                    best[mode, k] = min(best.get((mode, k), float("inf")), time.perf_counter() - t0)
+    for engine in engines.values():
+        engine.close()
+    return best
 
 
 def score_section(args: argparse.Namespace) -> dict[str, Any]:
@@ -114,20 +134,21 @@ def score_section(args: argparse.Namespace) -> dict[str, Any]:
     tok = AutoTokenizer.from_pretrained(base)
     n_layers = AutoConfig.from_pretrained(base).num_hidden_layers
     ks = (1, 8) if args.quick else (1, 2, 4, 8, 16)
-    items = load_items(args.items or (6 if args.quick else 24), args.seed)
+    items = load_items(args.items or (4 if args.quick else 24), args.seed)
     modes = ("cloze", "letter")
+    # --quick: only the headline ratios (plain LoRA's letter mode costs what its cloze mode does).
+    kind_modes = {"lora": ("cloze",), "alora": modes, "top": ("cloze",)} if args.quick else dict.fromkeys(KINDS, modes)
     times: dict[str, dict[str, dict[int, float]]] = {m: {kind: {} for kind in KINDS} for m in modes}
     with tempfile.TemporaryDirectory() as tmp:
         for kind in KINDS:
             adapters = make_adapters(base, Path(tmp), kind, max(ks), tok, n_layers)
-            for k in ks:
-                got = time_scoring(base, dict(list(adapters.items())[:k]), items, modes, args.repeats)
-                for mode, seconds in got.items():
-                    times[mode][kind][k] = seconds
-                    print(f"score {mode:6s} {kind:5s} K={k:2d}: {seconds:7.2f} s "
-                          f"({seconds / times[mode][kind][1]:.2f}x K=1)", flush=True)
+            got = time_scoring(base, adapters, ks, items, kind_modes[kind], args.repeats)
+            for (mode, k), seconds in sorted(got.items()):
+                times[mode][kind][k] = seconds
+                print(f"score {mode:6s} {kind:5s} K={k:2d}: {seconds:7.2f} s "
+                      f"({seconds / got[mode, 1]:.2f}x K=1)", flush=True)
     ratios = {f"{kind}{'' if m == 'cloze' else '_' + m}_k8_over_k1": round(times[m][kind][8] / times[m][kind][1], 2)
-              for m in modes for kind in KINDS}
+              for kind in KINDS for m in kind_modes[kind]}
     return {"score": {"items": len(items), "ks": list(ks), "threads": args.threads,
                       "seconds": {m: {kind: {str(k): round(s, 3) for k, s in t.items()} for kind, t in v.items()}
                                   for m, v in times.items()}},
@@ -141,13 +162,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="K = 1 and 8 only, few items (< 3 minutes)")
     ap.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, of {', '.join(SECTIONS)}")
-    ap.add_argument("--items", type=int, default=0, help="questions (default: 6 with --quick, else 24)")
-    ap.add_argument("--repeats", type=int, default=0, help="timed runs per point, best kept (default 1 / 2)")
+    ap.add_argument("--items", type=int, default=0, help="questions (default: 4 with --quick, else 24)")
+    ap.add_argument("--repeats", type=int, default=0, help="timed runs per point, best kept (default 2 / 3)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(ROOT / "experiments" / "results" / "bench_shared_prefix.json"))
     args = ap.parse_args()
-    args.repeats = args.repeats or (1 if args.quick else 2)
+    args.repeats = args.repeats or (2 if args.quick else 3)
     results: dict[str, Any] = {"quick": args.quick}
     for name in args.sections.split(","):
         if name not in SECTIONS:

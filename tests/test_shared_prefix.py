@@ -340,3 +340,16 @@ def test_smollm2_shared_prefix_equals_full_forward(tmp_path):
     cloze = [o.logliks[0] for o in outs[:len(voters)]]
     assert len({round(x, 4) for x in cloze}) == len(voters)  # every voter differs
     engine.close()
+
+
+@pytest.mark.parametrize("make", [cloze_requests, letter_requests])
+def test_last_layer_at_needed_slots_equals_the_whole_layer(base, adapters, engine, make):
+    """Llama runs its last layer at the scored slots only; other decoders run it whole."""
+    whole = build(base, adapters)
+    whole._shared.split.can_cut_last = False
+    reqs = make()
+    for a, b in zip(whole.score_choices(reqs), engine.score_choices(reqs)):
+        assert a.logliks == pytest.approx(b.logliks, abs=1e-5)
+    gen = [GenRequest(a, messages=MSGS, sampling=SamplingSettings(max_new_tokens=4)) for a in VOTERS]
+    for a, b in zip(whole.generate(gen), engine.generate(gen)):
+        assert a.samples[0].token_logprobs == pytest.approx(b.samples[0].token_logprobs, abs=1e-5)

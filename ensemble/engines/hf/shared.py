@@ -159,28 +159,32 @@ def score_units(split: SplitModel, rows_ctx: RowsCtx, units: Sequence[Unit], *, 
     tail_ids, rel, allowed = tail_ids.to(device), rel.to(device), allowed.to(device)
     tail_pos = head_mask.sum(-1, keepdim=True) + rel  # (U, W): head length + offset
     unit, adapters = _voters(units, device)
+    pairs = [p for _, _, _, p in layouts]
+    slots = [sorted({p for p, _, _ in mine}) for mine in pairs]  # distinct slots a score reads, per unit
+    need, need_ok = _padded(slots, device)
     hidden, _ = run_split(split, rows_ctx, head_ids=head_ids, head_mask=head_mask, tail_ids=tail_ids,
                           tail_pos=tail_pos, tail_allowed=allowed, unit=unit, adapters=adapters,
-                          first_layer=units[0].first_layer)
-    return _pair_logprobs(split, hidden, units, [p for _, _, _, p in layouts], device)
+                          first_layer=units[0].first_layer, need=need, need_ok=need_ok)
+    return _pair_logprobs(split, hidden, units, pairs, slots, device)
+
+
+def _padded(slots: list[list[int]], device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(U, P) slot indices, padded with each unit's first slot, and the (U, P) not-padding mask."""
+    P = max(len(n) for n in slots)
+    need = torch.tensor([n + [n[0]] * (P - len(n)) for n in slots], dtype=torch.long)
+    ok = torch.tensor([[True] * len(n) + [False] * (P - len(n)) for n in slots])
+    return need.to(device), ok.to(device)
 
 
 def _pair_logprobs(split: SplitModel, hidden: torch.Tensor, units: Sequence[Unit], pairs: list[list[tuple]],
-                   device: str) -> list[list[list[float]]]:
-    """Log-probabilities of the (slot, target) pairs: per row, per option, in pair order."""
-    need = [sorted({p for p, _, _ in mine}) for mine in pairs]  # distinct slots per unit
-    P = max(len(n) for n in need)
-    sel = torch.zeros((len(units), P), dtype=torch.long)
-    for i, n in enumerate(need):
-        sel[i, :len(n)] = torch.tensor(n)
-    unit, _ = _voters(units, device)
-    rows_sel = sel.to(device)[unit]  # (R, P)
-    picked = hidden[torch.arange(len(unit), device=device)[:, None], rows_sel]  # (R, P, H)
-    logits = split.logits(picked).float()  # (R, P, V)
+                   slots: list[list[int]], device: str) -> list[list[list[float]]]:
+    """Log-probabilities of the (slot, target) pairs: per row, per option, in pair order.
+    hidden (R, P, H): the last layer at each unit's ``slots``."""
+    logits = split.logits(hidden).float()  # (R, P, V)
     lse = logits.logsumexp(-1)  # (R, P)
     out: list[list[list[float]]] = []
     r = 0
-    for u, mine, n in zip(units, pairs, need):
+    for u, mine, n in zip(units, pairs, slots):
         where = {p: j for j, p in enumerate(n)}
         p_idx = torch.tensor([where[p] for p, _, _ in mine], device=device)
         t_idx = torch.tensor([t for _, t, _ in mine], device=device)
@@ -202,9 +206,12 @@ def prefill_units(split: SplitModel, rows_ctx: RowsCtx, units: Sequence[Unit], *
     tail_ids, tail_mask = left_pad([u.tail for u in units], pad_id, device)  # (U, Tt)
     tail_pos = head_mask.sum(-1, keepdim=True) + (tail_mask.cumsum(-1) - 1).clamp(min=0)
     unit, adapters = _voters(units, device)
+    # Left-padded tails: the last slot is the last prompt token, the only one whose logits count.
+    last = torch.full((len(units), 1), tail_ids.shape[1] - 1, dtype=torch.long, device=device)
     hidden, cache = run_split(split, rows_ctx, head_ids=head_ids, head_mask=head_mask, tail_ids=tail_ids,
                               tail_pos=tail_pos, tail_allowed=head_allowed(tail_mask), unit=unit,
-                              adapters=adapters, first_layer=units[0].first_layer, keep_cache=True)
-    logits = split.logits(hidden[:, -1, :])  # left-padded tails: the last slot is the last prompt token
+                              adapters=adapters, first_layer=units[0].first_layer, need=last,
+                              need_ok=torch.ones_like(last, dtype=torch.bool), keep_cache=True)
+    logits = split.logits(hidden[:, 0, :])
     mask = torch.cat([head_mask, tail_mask], dim=1)[unit]
     return logits, cache, mask, tail_pos[unit][:, -1:]

@@ -44,6 +44,8 @@ class SplitModel:
         self.embed, self.layers, self.norm = dec.embed_tokens, dec.layers, dec.norm
         self.rotary, self.head = dec.rotary_emb, model.get_output_embeddings()
         self.dtype = self.embed.weight.dtype
+        # last_at reads LlamaAttention's parts (k/v projections, rotary); other decoders run it whole.
+        self.can_cut_last = cfg.model_type == "llama"
 
     @property
     def n_layers(self) -> int:
@@ -62,6 +64,47 @@ class SplitModel:
             hidden = layer(hidden, attention_mask=bias, position_embeddings=emb, position_ids=pos,
                            cache=cache, use_cache=cache is not None)
         return hidden
+
+    def last_at(self, hidden: torch.Tensor, pos: torch.Tensor, bias: torch.Tensor, need: torch.Tensor,
+                need_ok: torch.Tensor, cache: Any) -> torch.Tensor:
+        """The last layer with outputs at slots ``need`` (R, P) only -> (R, P, H).
+
+        Scores read a few slots; the last layer's queries, attention, o_proj and MLP run
+        for those only. The keys / values of the other slots are projected here and put
+        in the cache (after any head entries); the layer appends the needed slots' own,
+        so keys are [head, other slots, needed slots], and the mask columns follow.
+        need_ok (R, P): False for padding entries of ``need`` (masked as keys).
+        """
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+        layer = self.layers[-1]
+        attn = layer.self_attn
+        R, T, _ = hidden.shape
+        rows = torch.arange(R, device=hidden.device)[:, None]
+        hits = torch.zeros((R, T), dtype=torch.long, device=hidden.device)  # padding repeats a slot: count
+        hits.index_put_((rows.expand_as(need), need), need_ok.long(), accumulate=True)
+        is_need = hits > 0
+        n_other = T - is_need.sum(1)  # (R,)
+        other = torch.argsort(is_need.to(torch.int8), dim=1, stable=True)[:, :int(n_other.max())]  # not needed first
+        other_ok = torch.arange(other.shape[1], device=hidden.device)[None] < n_other[:, None]
+        cache = cache if cache is not None else self.new_cache()
+        if other.shape[1] > 0:  # else every slot is needed
+            x = layer.input_layernorm(hidden[rows, other])  # (R, To, H)
+            shape = (R, other.shape[1], -1, attn.head_dim)
+            k, v = (proj(x).view(shape).transpose(1, 2) for proj in (attn.k_proj, attn.v_proj))
+            cos, sin = self.rotary(x, position_ids=pos[rows, other])
+            _, k = apply_rotary_pos_emb(k, k, cos, sin)
+            cache.update(k, v, attn.layer_idx)
+        Lh = bias.shape[-1] - T
+        head = torch.arange(Lh, device=hidden.device)[None].expand(R, Lh)
+        cols = torch.cat([head, Lh + other, Lh + need], dim=1)  # (R, Lh + To + P)
+        b = bias[:, 0][rows, need]  # (R, P, Lh + T): the needed queries' rows
+        b = b.gather(2, cols[:, None, :].expand(-1, need.shape[1], -1))
+        key_ok = torch.cat([torch.ones_like(head, dtype=torch.bool), other_ok, need_ok], dim=1)
+        b = b.masked_fill(~key_ok[:, None, :], torch.finfo(b.dtype).min)
+        h, p = hidden[rows, need], pos[rows, need]
+        return layer(h, attention_mask=b[:, None], position_embeddings=self.rotary(h, position_ids=p),
+                     position_ids=p, cache=cache, use_cache=True)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(N, H) last-layer hidden states -> (N, V) logits."""
@@ -93,14 +136,17 @@ def select_cache(cache: Any, index: torch.Tensor, start: int = 0) -> None:
 
 def run_split(split: SplitModel, rows_ctx: Any, *, head_ids: torch.Tensor, head_mask: torch.Tensor,
               tail_ids: torch.Tensor, tail_pos: torch.Tensor, tail_allowed: torch.Tensor,
-              unit: torch.Tensor, adapters: list[str], first_layer: int, keep_cache: bool = False
-              ) -> tuple[torch.Tensor, Any]:
-    """Run one batch of units; returns (R, Tt, H) last-layer hidden states (pre-norm) and the cache.
+              unit: torch.Tensor, adapters: list[str], first_layer: int, need: torch.Tensor,
+              need_ok: torch.Tensor, keep_cache: bool = False) -> tuple[torch.Tensor, Any]:
+    """Run one batch of units; returns (R, P, H) last-layer hidden states (pre-norm) at the
+    slots ``need`` and the cache.
 
     head_ids/head_mask (U, Lh) left-padded (Lh may be 0); tail_ids/tail_pos (U, Tt);
     tail_allowed (U, Tt, Tt) bool; unit (R,) the unit of each voter row; adapters (R,)
-    adapter names; rows_ctx(names) the context in which row b uses names[b].
-    keep_cache: select every cache layer per row (generation decodes on from it).
+    adapter names; rows_ctx(names) the context in which row b uses names[b]; need /
+    need_ok (U, P) the tail slots whose outputs are wanted (False: padding).
+    keep_cache: select every cache layer per row (generation decodes on from it; its
+    ``need`` must then be the last slot, so the cache stays in position order).
     """
     U, Lh = head_ids.shape
     base = ["__base__"] * U
@@ -117,9 +163,13 @@ def run_split(split: SplitModel, rows_ctx: Any, *, head_ids: torch.Tensor, head_
         with rows_ctx(base):
             hidden = split.run(hidden, tail_pos, bias, 0, first_layer, cache)
     # One copy per voter row: hidden states, positions, mask and the cache of the layers to come.
-    hidden, pos, bias = hidden[unit], tail_pos[unit], bias[unit]
+    hidden, pos, bias, need, need_ok = hidden[unit], tail_pos[unit], bias[unit], need[unit], need_ok[unit]
     if cache is not None:
         select_cache(cache, unit, 0 if keep_cache else first_layer)
+    rows = torch.arange(len(unit), device=hidden.device)[:, None]
     with rows_ctx(adapters):
-        hidden = split.run(hidden, pos, bias, first_layer, split.n_layers, cache)
-    return hidden, cache
+        if not split.can_cut_last:
+            return split.run(hidden, pos, bias, first_layer, split.n_layers, cache)[rows, need], cache
+        hidden = split.run(hidden, pos, bias, first_layer, split.n_layers - 1, cache)
+        cache = cache if cache is not None else split.new_cache()
+        return split.last_at(hidden, pos, bias, need, need_ok, cache), cache
