@@ -353,3 +353,12 @@ def test_last_layer_at_needed_slots_equals_the_whole_layer(base, adapters, engin
     gen = [GenRequest(a, messages=MSGS, sampling=SamplingSettings(max_new_tokens=4)) for a in VOTERS]
     for a, b in zip(whole.generate(gen), engine.generate(gen)):
         assert a.samples[0].token_logprobs == pytest.approx(b.samples[0].token_logprobs, abs=1e-5)
+
+
+def test_voter_rows_in_chunks_give_the_same_scores(engine, reference, monkeypatch):
+    from ensemble.engines.hf import split
+
+    monkeypatch.setattr(split, "VOTER_TOKENS", 8)  # a few voter rows per chunk
+    outs = engine.score_choices(cloze_requests())
+    worst = max(abs(g - w) for o in outs for g, w in zip(o.logliks, expected(engine, reference, o.request)))
+    assert worst <= TOL

@@ -32,7 +32,7 @@ from ensemble.engines.hf.kinds import VoterKind, find_invocation
 from ensemble.engines.hf.split import SplitModel, head_allowed, run_split
 
 Row = TypeVar("Row")
-RowsCtx = Callable[[list[str]], Any]  # rows_ctx(names): context where row b uses names[b]
+RowsCtx = Callable[..., Any]  # rows_ctx(names, blocks=False): context where row b uses names[b]
 BASE = "__base__"
 
 

@@ -70,9 +70,9 @@ class SharedVoters:
         return self.kinds.get(adapter, PLAIN)
 
     @contextmanager
-    def rows(self, names: list[str]) -> Iterator[None]:
+    def rows(self, names: list[str], blocks: bool = False) -> Iterator[None]:
         assert self.stacked is not None
-        with self.stacked.rows(names, self.device):
+        with self.stacked.rows(names, self.device, blocks=blocks):
             yield
 
     @property
