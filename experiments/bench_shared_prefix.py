@@ -93,11 +93,12 @@ def requests(items, voters: list[str], mode: str) -> list:
 
 
 def time_scoring(base: Path, adapters: dict[str, Path], ks: tuple[int, ...], items, modes: tuple[str, ...],
-                 repeats: int) -> dict[tuple[str, int], float]:
-    """(mode, K) -> best wall time of one score_choices call over items x K voters.
+                 repeats: int, clock: str) -> dict[tuple[str, int], float]:
+    """(mode, K) -> best time of one score_choices call over items x K voters.
 
     One engine per K (exactly K adapters loaded), all alive at once; the timed runs go
-    round-robin over K, so a change in the machine's load hits every K alike.
+    round-robin over K, so a change in the machine's load hits every K alike. clock
+    "cpu": this process's CPU time (steadier on a shared machine), "wall": elapsed time.
     """
     import torch
 
@@ -115,9 +116,10 @@ def time_scoring(base: Path, adapters: dict[str, Path], ks: tuple[int, ...], ite
             for k, engine in engines.items():
                 for mode in modes:
                     reqs = requests(items, engine.adapters, mode)
-                    t0 = time.perf_counter()
+                    now = time.process_time if clock == "cpu" else time.perf_counter
+                    t0 = now()
                     engine.score_choices(reqs)
-                    best[mode, k] = min(best.get((mode, k), float("inf")), time.perf_counter() - t0)
+                    best[mode, k] = min(best.get((mode, k), float("inf")), now() - t0)
     for engine in engines.values():
         engine.close()
     return best
@@ -142,14 +144,14 @@ def score_section(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         for kind in KINDS:
             adapters = make_adapters(base, Path(tmp), kind, max(ks), tok, n_layers)
-            got = time_scoring(base, adapters, ks, items, kind_modes[kind], args.repeats)
+            got = time_scoring(base, adapters, ks, items, kind_modes[kind], args.repeats, args.clock)
             for (mode, k), seconds in sorted(got.items()):
                 times[mode][kind][k] = seconds
-                print(f"score {mode:6s} {kind:5s} K={k:2d}: {seconds:7.2f} s "
+                print(f"score {mode:6s} {kind:5s} K={k:2d}: {seconds:7.2f} s {args.clock} "
                       f"({seconds / got[mode, 1]:.2f}x K=1)", flush=True)
     ratios = {f"{kind}{'' if m == 'cloze' else '_' + m}_k8_over_k1": round(times[m][kind][8] / times[m][kind][1], 2)
               for kind in KINDS for m in kind_modes[kind]}
-    return {"score": {"items": len(items), "ks": list(ks), "threads": args.threads,
+    return {"score": {"items": len(items), "ks": list(ks), "threads": args.threads, "clock": args.clock,
                       "seconds": {m: {kind: {str(k): round(s, 3) for k, s in t.items()} for kind, t in v.items()}
                                   for m, v in times.items()}},
             **ratios}
@@ -164,7 +166,9 @@ def main() -> None:
     ap.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, of {', '.join(SECTIONS)}")
     ap.add_argument("--items", type=int, default=0, help="questions (default: 4 with --quick, else 24)")
     ap.add_argument("--repeats", type=int, default=0, help="timed runs per point, best kept (default 2 / 3)")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier on a shared machine)")
+    ap.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
+                    help="time to compare: process CPU time (default; steady under other load) or wall time")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(ROOT / "experiments" / "results" / "bench_shared_prefix.json"))
     args = ap.parse_args()

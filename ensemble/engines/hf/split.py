@@ -28,6 +28,7 @@ SUPPORTED = ("llama", "qwen2", "qwen3")  # embed -> layers -> norm -> head, no e
 # Voter rows per chunk x tail tokens: larger activations spill the CPU caches (SmolLM2, 1
 # thread: 32 rows x 120 tokens in one pass cost 14% more than in four chunks).
 VOTER_TOKENS = 1024
+BLOCK_TOKENS = 128  # tail tokens per voter from which a voter's rows get their own LoRA matmuls
 
 
 class SplitModel:
@@ -178,7 +179,11 @@ def run_split(split: SplitModel, rows_ctx: Any, *, head_ids: torch.Tensor, head_
         idx = torch.tensor(order[c:c + size], dtype=torch.long, device=unit.device)
         u = unit[idx]  # one copy per voter row of everything below
         c_cache = sub_cache(split, cache, u, 0 if keep_cache else first_layer) if cache is not None else None
-        with rows_ctx([adapters[i] for i in order[c:c + size]], blocks=not keep_cache):
+        names = [adapters[i] for i in order[c:c + size]]
+        # Per-voter LoRA matmuls pay off for long runs of rows; short tails (letters) keep the
+        # masked stack: one matmul pair per module whatever the number of voters.
+        blocks = not keep_cache and len(names) * Tt >= BLOCK_TOKENS * len(set(names))
+        with rows_ctx(names, blocks=blocks):
             out, c_cache = _voter_pass(split, hidden[u], tail_pos[u], bias[u], need[u], need_ok[u], first_layer,
                                        c_cache)
         outs.append(out)
