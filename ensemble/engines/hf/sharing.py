@@ -110,11 +110,12 @@ class SharedVoters:
 
     def score(self, rows: Sequence[ScoreRow], mode: str, *, batch_size: int, pad_id: int) -> None:
         """Fill ``logliks`` of cloze or letter rows (all of sharing voters)."""
-        assert self.split is not None
+        split = self.split
+        assert split is not None
         units = self._units(rows, lambda r: r.prefix, lambda r: r.options)
 
         def run(batch: list[Unit]) -> None:
-            per_row = score_units(self.split, self.rows, batch, mode=mode, pad_id=pad_id, device=self.device)
+            per_row = score_units(split, self.rows, batch, mode=mode, pad_id=pad_id, device=self.device)
             for row, per in zip([r for u in batch for r in u.rows], per_row):
                 if mode == "letter":
                     row.logliks = [max(lps) for lps in per]
@@ -126,11 +127,12 @@ class SharedVoters:
     def generate(self, rows: Sequence[GenRow], *, batch_size: int, pad_id: int, eos_ids: set[int],
                  detok: Callable[[list[int]], str], ignore_eos: bool) -> None:
         """Decode rows of sharing voters: shared prefill per unit, then ordinary decoding."""
-        assert self.split is not None
+        split = self.split
+        assert split is not None
         units = self._units(rows, lambda r: r.ids, lambda r: [])
 
         def run(batch: list[Unit]) -> None:
-            logits, cache, mask, pos = prefill_units(self.split, self.rows, batch, pad_id=pad_id, device=self.device)
+            logits, cache, mask, pos = prefill_units(split, self.rows, batch, pad_id=pad_id, device=self.device)
             # Rows whose aLoRA invocation is missing decode as the base model (unit adapter BASE).
             decode_from(self.forward, [r for u in batch for r in u.rows], logits, cache, mask, pos,
                         eos_ids=eos_ids, detok=detok, device=self.device, ignore_eos=ignore_eos,
