@@ -71,11 +71,14 @@ def make_tiny_model(out_dir: str | Path, *, seed: int = 0, hidden_size: int = 32
 
 def make_tiny_adapters(base_dir: str | Path, out_dir: str | Path, names: Sequence[str],
                        *, rank: int = 4, target_modules: Sequence[str] = ("q_proj", "v_proj"),
-                       scale: float = 0.5) -> dict[str, Path]:
+                       scale: float = 0.5, invocation: Sequence[int] | None = None,
+                       layers: Sequence[int] | None = None) -> dict[str, Path]:
     """Write one random PEFT LoRA folder per name under ``out_dir``; return name -> path.
 
     PEFT initialises ``lora_B`` to zero (an adapter that changes nothing); we fill
     both matrices with seeded noise so every adapter gives different outputs.
+    ``invocation``: token ids making each an Activated LoRA (aLoRA); ``layers``: PEFT
+    ``layers_to_transform`` (e.g. the top layers only).
     """
     import torch
     from peft import LoraConfig, get_peft_model
@@ -88,8 +91,11 @@ def make_tiny_adapters(base_dir: str | Path, out_dir: str | Path, names: Sequenc
         if (path / "adapter_config.json").exists():
             continue
         base = AutoModelForCausalLM.from_pretrained(base_dir)
+        # task_type CAUSAL_LM: without it PEFT never activates an aLoRA.
         cfg = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=list(target_modules),
-                         lora_dropout=0.0, task_type="CAUSAL_LM")
+                         lora_dropout=0.0, task_type="CAUSAL_LM",
+                         alora_invocation_tokens=list(invocation) if invocation else None,
+                         layers_to_transform=list(layers) if layers is not None else None)
         model = get_peft_model(base, cfg)
         gen = torch.Generator().manual_seed(1000 + i)
         with torch.no_grad():

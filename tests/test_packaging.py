@@ -91,7 +91,7 @@ def _requirements() -> dict[str, str]:
 FLOORS = [
     ("scikit-learn", (1, 7), "brier_score_loss(labels=..., scale_by_half=...)"),
     ("scipy", (1, 7), "scipy.stats.binomtest"),
-    ("transformers", (5, 2), "TrainingArguments(train_sampling_strategy=...)"),
+    ("transformers", (5, 24), "forward(cache=...) and out.cache (past_key_values deprecated)"),
     ("peft", (0, 18), "aLoRA: LoraConfig(alora_invocation_tokens=...)"),
     ("accelerate", (1, 1), "transformers' Trainer"),
     ("click", (8, 0), "click.version_option(package_name=...)"),

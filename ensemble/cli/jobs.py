@@ -203,7 +203,7 @@ def adapters_add(path: str, config: str, name: str | None) -> None:
 
     cfg = _load(config, ())
     info = register_adapter(Path(cfg.out), Path(path), name=name, base=resolve_model(cfg.model))
-    click.echo(f"added voter '{info.name}' (rank {info.rank}, modules {', '.join(info.target_modules)})")
+    click.echo(f"added voter '{info.name}' ({info.describe()})")
 
 
 @main.group("data")

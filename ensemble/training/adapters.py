@@ -8,7 +8,10 @@ compares them with the base model built on the meta device (no memory, ~0.1 s):
 * every target module must name modules of the base;
 * every ``lora_A`` (r, in_features) / ``lora_B`` (out_features, r) must fit the base
   module's in / out features: an adapter trained on another model fails here with
-  the module, both sizes, and the base the adapter says it was trained for.
+  the module, both sizes, and the base the adapter says it was trained for;
+* the voter kind (``ensemble.engines.hf.kinds``): an aLoRA's invocation token ids must
+  exist in the base's vocabulary (and PEFT only activates it with task_type
+  CAUSAL_LM); ``layers_to_transform`` must name layers the base has.
 
 ``register_adapter(out, path)`` checks it against the run's base model (from
 ``<out>/manifest.json``, or ``base=``) and records it in ``<out>/voters.json``.
@@ -22,6 +25,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from ensemble.engines.hf.kinds import VoterKind, kind_from_config
 from ensemble.errors import EnsembleError
 from ensemble.io import atomic_write_text
 
@@ -40,6 +44,18 @@ class AdapterInfo:
     alpha: float
     target_modules: tuple[str, ...]
     base_model_name: str | None
+    kind: str = "lora"  # "lora" | "alora" | "top" | "alora+top"
+    invocation_tokens: tuple[int, ...] = ()  # aLoRA: the adapter acts from these tokens on
+    first_layer: int = 0  # top-layer: the adapter leaves layers below this one alone
+
+    def describe(self) -> str:
+        """One line for `vote adapters add`."""
+        parts = [f"rank {self.rank}", f"modules {', '.join(self.target_modules)}"]
+        if self.invocation_tokens:
+            parts.insert(0, f"aLoRA, invocation tokens {list(self.invocation_tokens)}")
+        if self.first_layer:
+            parts.insert(0, f"top layers from {self.first_layer}")
+        return ", ".join(parts)
 
 
 def read_adapter_config(adapter_dir: str | Path) -> dict[str, Any]:
@@ -117,9 +133,35 @@ def check_adapter(base: Any, adapter_dir: str | Path, name: str | None = None) -
         raise EnsembleError(f"{weights}: not found; save the adapter with model.save_pretrained(dir) "
                             "(safetensors is the default)")
     _check_shapes(name, weights, shapes, said)
+    kind = _check_kind(name, adapter_dir, cfg, shapes, said)
     return AdapterInfo(name=name, path=adapter_dir, rank=int(cfg["r"]), alpha=float(cfg.get("lora_alpha", cfg["r"])),
                        target_modules=(targets,) if isinstance(targets, str) else tuple(sorted(targets)),
-                       base_model_name=cfg.get("base_model_name_or_path"))
+                       base_model_name=cfg.get("base_model_name_or_path"), kind=kind.name,
+                       invocation_tokens=kind.invocation, first_layer=kind.first_layer)
+
+
+def _check_kind(name: str, adapter_dir: Path, cfg: dict[str, Any], shapes: dict[str, tuple[int, int]],
+                said: str) -> VoterKind:
+    """The voter kind the config declares, checked against the base's vocabulary and layers."""
+    kind = kind_from_config(cfg)
+    path = adapter_dir / "adapter_config.json"
+    if kind.invocation:
+        if cfg.get("task_type") != "CAUSAL_LM":
+            raise EnsembleError(f"{path}: an aLoRA (alora_invocation_tokens) with task_type "
+                                f"{cfg.get('task_type')!r} is never activated by PEFT; re-save it with "
+                                "LoraConfig(task_type='CAUSAL_LM', ...)")
+        vocab = next((n for k, (n, _) in shapes.items() if k.endswith("embed_tokens")), None)
+        bad = [t for t in kind.invocation if vocab is not None and not 0 <= t < vocab]
+        if bad:
+            raise EnsembleError(f"adapter {name}: alora_invocation_tokens {bad} are not in the base's vocabulary "
+                                f"of {vocab} tokens — trained with a different tokenizer ({said})")
+    layers = {int(m) for k in shapes for m in re.findall(r"\.layers\.(\d+)\.", k)}
+    asked = cfg.get("layers_to_transform")
+    asked = [asked] if isinstance(asked, int) else list(asked or [])
+    if layers and any(int(i) not in layers for i in asked):
+        raise EnsembleError(f"adapter {name}: layers_to_transform {asked} names layers the base does not have "
+                            f"(it has layers 0-{max(layers)}) — trained for a different base ({said})")
+    return kind
 
 
 def _check_shapes(name: str, weights: Path, shapes: dict[str, tuple[int, int]], said: str) -> None:

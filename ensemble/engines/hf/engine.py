@@ -26,6 +26,8 @@ Options (``EngineSpec.options``):
               row per sample; scoring: one row per question (its options run together)
   ignore_eos  keep generating after EOS (benchmarks with a fixed token count)
   lora_batching  "stacked" (default) | "peft" | "separate", see above
+  share_prefix   true (default): aLoRA and top-layer voters run a question's
+              voter-independent part once (``sharing``); false: once per voter row
 
 Latency: each row gets its batch's wall time divided by the batch's rows; a
 request's ``latency_s`` is the sum over its rows (its ``n`` samples / one question).
@@ -52,6 +54,7 @@ from ensemble.engines.base import (
     softmax,
 )
 from ensemble.engines.hf.generate import GenRow, decode_batch
+from ensemble.engines.hf.kinds import loaded_kinds
 from ensemble.engines.hf.load import (
     attach_adapters,
     contiguous_lm_head,
@@ -61,12 +64,13 @@ from ensemble.engines.hf.load import (
 )
 from ensemble.engines.hf.lora import StackedLoRA, Unsupported
 from ensemble.engines.hf.score import ScoreRow, score_cloze, score_letters
+from ensemble.engines.hf.sharing import SharedVoters
 from ensemble.errors import EnsembleError
 from ensemble.registry import unknown_name
 
 log = logging.getLogger(__name__)
 BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
-OPTIONS = ("dtype", "device", "batch_size", "ignore_eos", "lora_batching")
+OPTIONS = ("dtype", "device", "batch_size", "ignore_eos", "lora_batching", "share_prefix")
 LORA_BATCHING = ("stacked", "peft", "separate")
 R = TypeVar("R", GenRow, ScoreRow)
 
@@ -75,7 +79,8 @@ class HFEngine:
     name = "hf"
 
     def __init__(self, model: Any, tokenizer: Any, adapter_names: Sequence[str], *, device: str,
-                 batch_size: int = 32, ignore_eos: bool = False, lora_batching: str = "stacked") -> None:
+                 batch_size: int = 32, ignore_eos: bool = False, lora_batching: str = "stacked",
+                 share_prefix: bool = True) -> None:
         """Wrap an already-loaded model (a PeftModel when there are adapters)."""
         self.model, self.tokenizer, self.device = model, tokenizer, device
         self._adapters = list(adapter_names)
@@ -89,7 +94,8 @@ class HFEngine:
         self._stacked: StackedLoRA | None = None
         if lora_batching in ("stacked", "peft") and self._adapters:
             try:
-                stacked = StackedLoRA(model, self._adapters)  # also the check that rows may mix
+                # Also the check that rows may mix; aLoRA rows only ever run in the shared path.
+                stacked = StackedLoRA(model, self._adapters, alora=True)
                 if lora_batching == "stacked":
                     self._stacked = stacked
                 else:
@@ -98,6 +104,8 @@ class HFEngine:
                 log.warning("adapters cannot share a batch (%s); using lora_batching='separate'", exc)
                 lora_batching = "separate"
         self.lora_batching = lora_batching
+        self._shared = SharedVoters(model, loaded_kinds(model, self._adapters), self._stacked,
+                                    share=bool(share_prefix)) if self._adapters else None
         contiguous_lm_head(model)
         gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         gen_eos = gen_eos if isinstance(gen_eos, list) else [gen_eos]
@@ -114,7 +122,8 @@ class HFEngine:
         base, tok = load_model(spec.model, dtype, device)
         model = attach_adapters(base, spec.adapters, dtype)
         return cls(model, tok, list(spec.adapters), device=device, batch_size=opts.get("batch_size", 32),
-                   ignore_eos=opts.get("ignore_eos", False), lora_batching=opts.get("lora_batching", "stacked"))
+                   ignore_eos=opts.get("ignore_eos", False), lora_batching=opts.get("lora_batching", "stacked"),
+                   share_prefix=opts.get("share_prefix", True))
 
     @classmethod
     def from_model(cls, model: Any, tokenizer: Any, adapters: dict[str, str] | None = None,
@@ -143,7 +152,11 @@ class HFEngine:
                 rows.append(GenRow(ids, adapter, s, seed=(seed * 1_000_003 + j) % 2**63))
                 owner.append(i)
         detok: Callable[[list[int]], str] = lambda t: self.tokenizer.decode(t, skip_special_tokens=True)
-        self._run_batches(rows, lambda batch: decode_batch(
+        shared, rows_plain = self._split_rows(rows)
+        if shared:
+            self._shared.generate(shared, batch_size=self.batch_size, pad_id=self.pad_id,  # type: ignore[union-attr]
+                                  eos_ids=self.eos_ids, detok=detok, ignore_eos=self.ignore_eos)
+        self._run_batches(rows_plain, lambda batch: decode_batch(
             self._forward, batch, pad_id=self.pad_id, eos_ids=self.eos_ids, detok=detok,
             device=self.device, ignore_eos=self.ignore_eos))
         per_req: list[list[GenRow]] = [[] for _ in requests]
@@ -163,7 +176,9 @@ class HFEngine:
         rows = [self._score_row(req) for req in requests]
         kinds = {"cloze": score_cloze, "letter": score_letters}
         for mode, fn in kinds.items():
-            mine = [r for r, req in zip(rows, requests) if req.mode == mode]
+            shared, mine = self._split_rows([r for r, req in zip(rows, requests) if req.mode == mode])
+            if shared:
+                self._shared.score(shared, mode, batch_size=self.batch_size, pad_id=self.pad_id)  # type: ignore[union-attr]
             self._run_batches(mine, lambda batch, fn=fn: fn(self._forward, batch, pad_id=self.pad_id,
                                                              device=self.device))
         return [ChoiceOutput(req, tuple(r.logliks), softmax(r.logliks), r.seconds)
@@ -188,6 +203,13 @@ class HFEngine:
         return ScoreRow(prefix, adapter, conts, normalize=req.normalize)
 
     # -- shared plumbing ----------------------------------------------------------------
+
+    def _split_rows(self, rows: list[R]) -> tuple[list[R], list[R]]:
+        """(rows of aLoRA / top-layer voters, the others: plain LoRA and base-model rows)."""
+        if self._shared is None:
+            return [], rows
+        return ([r for r in rows if self._shared.handles(r.adapter)],
+                [r for r in rows if not self._shared.handles(r.adapter)])
 
     def _run_batches(self, rows: list[R], fn: Callable[[list[R]], None]) -> None:
         """Call ``fn`` on length-sorted batches of ``batch_size`` rows; share out the time."""

@@ -46,28 +46,39 @@ def decode_batch(forward: Forward, rows: Sequence[GenRow], *, pad_id: int, eos_i
     """Decode ``rows`` together in place (tokens, logprobs, text, finish_reason)."""
     ids, mask = left_pad([r.ids for r in rows], pad_id, device)  # (B, L) each
     pos = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: real tokens start at position 0
-    gens = [torch.Generator().manual_seed(r.seed) for r in rows]
-    alive = list(range(len(rows)))  # rows still decoding, in batch order
     out = forward([r.adapter for r in rows], input_ids=ids, attention_mask=mask, position_ids=pos,
                   use_cache=True, logits_to_keep=1)
+    decode_from(forward, rows, out.logits[:, -1, :], out.cache, mask, pos[:, -1:], eos_ids=eos_ids,
+                detok=detok, device=device, ignore_eos=ignore_eos)
+
+
+def decode_from(forward: Forward, rows: Sequence[GenRow], logits: torch.Tensor, cache: Any, mask: torch.Tensor,
+                pos: torch.Tensor, *, eos_ids: set[int], detok: Callable[[list[int]], str], device: str,
+                ignore_eos: bool = False, adapters: Sequence[str] | None = None) -> None:
+    """Decode on from a prefill: logits (B, V) after the prompt, its KV cache, the (B, L)
+    0/1 attention mask over the cached tokens and (B, 1) position of the last prompt token.
+    ``forward`` runs every later step, row b with ``adapters[b]`` (default: its row's)."""
+    names = list(adapters) if adapters is not None else [r.adapter for r in rows]
+    gens = [torch.Generator().manual_seed(r.seed) for r in rows]
+    alive = list(range(len(rows)))  # rows still decoding, in batch order
     while True:
         live = [rows[i] for i in alive]
-        tok, logp = pick_tokens(out.logits[:, -1, :], live, [gens[i] for i in alive])
-        record_top(out.logits[:, -1, :], live, detok)
+        tok, logp = pick_tokens(logits, live, [gens[i] for i in alive])
+        record_top(logits, live, detok)
         keep = [j for j, (row, t, lp) in enumerate(zip(live, tok.tolist(), logp.tolist()))
                 if not _append(row, t, lp, eos_ids, detok, ignore_eos)]
         if not keep:
             break
-        cache = out.past_key_values
         if len(keep) < len(alive):  # drop finished rows from the batch and the KV cache
             index = torch.tensor(keep, device=device)
             cache.batch_select_indices(index)
             mask, pos, tok = mask[index], pos[index], tok[index]
             alive = [alive[j] for j in keep]
         mask = torch.cat([mask, mask.new_ones(len(alive), 1)], dim=1)  # (b, L + t)
-        pos = pos[:, -1:] + 1  # (b, 1)
-        out = forward([rows[i].adapter for i in alive], input_ids=tok[:, None].to(device),
-                      attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True)
+        pos = pos + 1  # (b, 1)
+        out = forward([names[i] for i in alive], input_ids=tok[:, None].to(device),
+                      attention_mask=mask, position_ids=pos, cache=cache, use_cache=True)
+        logits, cache = out.logits[:, -1, :], out.cache
     for row in rows:
         row.text = cut_at_stop(detok(_strip_eos(row, eos_ids, ignore_eos)), row.settings.stop)
 

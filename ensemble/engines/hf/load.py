@@ -114,8 +114,11 @@ def attach_adapters(base: Any, adapters: dict[str, str | Path], dtype: Any) -> A
     for name, folder in folders.items():
         try:
             if model is None:
-                model = PeftModel.from_pretrained(base, folder, adapter_name=name,
-                                                  autocast_adapter_dtype=not keep, is_trainable=False)
+                from ensemble.engines.hf.lora import peft_wrap_quietly
+
+                with peft_wrap_quietly():  # PEFT's own is_gradient_checkpointing read (see there)
+                    model = PeftModel.from_pretrained(base, folder, adapter_name=name,
+                                                      autocast_adapter_dtype=not keep, is_trainable=False)
             else:
                 model.load_adapter(folder, adapter_name=name, autocast_adapter_dtype=not keep,
                                    is_trainable=False)

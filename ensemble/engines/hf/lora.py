@@ -94,20 +94,31 @@ def check_peft(mod: Any, names: Sequence[str]) -> None:
             raise peft_error(f"LoRA layer {kind}: scaling['{n}'] is {mod.scaling.get(n)!r}, not a number")
 
 
+def _is_alora(mod: Any, name: str) -> bool:
+    return type(mod.lora_variant.get(name)).__name__ == "ALoraLinearVariant"
+
+
 class StackedLoRA:
-    def __init__(self, model: Any, names: Sequence[str]) -> None:
+    """``rows(adapters)`` applies each row's adapter to every token of the pass. An aLoRA
+    adapter is only correct there when every token of the pass comes after its invocation
+    (the shared-prefix path guarantees it), so aLoRA adapters are refused unless
+    ``alora=True``."""
+
+    def __init__(self, model: Any, names: Sequence[str], *, alora: bool = False) -> None:
         lora_layer, lora_linear = peft_layer_classes()
         self.names = list(names)
         self.index = {n: i for i, n in enumerate(self.names)}
         self._rows: torch.Tensor | None = None  # (B,) adapter index per row, -1 = base model
         self._masks: dict[tuple[int, ...], torch.Tensor] = {}  # per forward: owner key -> (B, R) mask
+        self._blocks: list[tuple[int, int, int]] | None = None  # rows(blocks=True): (start, end, adapter)
         layers: list[Any] = [m for m in model.modules() if isinstance(m, lora_layer)]
         for mod in layers:
             if not isinstance(mod, lora_linear):
                 raise Unsupported(f"{type(mod).__name__} layers (stacking covers linear layers)")
             present = [n for n in self.names if n in mod.lora_A] if hasattr(mod, "lora_A") else []
             check_peft(mod, present)
-            if any(mod.use_dora.get(n) or n in mod.lora_variant or mod.lora_bias.get(n) for n in present):
+            if any(mod.use_dora.get(n) or mod.lora_bias.get(n)
+                   or (n in mod.lora_variant and not (alora and _is_alora(mod, n))) for n in present):
                 raise Unsupported(f"{type(mod).__name__} with DoRA / LoRA variants / bias")
             if mod.merged_adapters:
                 raise Unsupported(f"adapters merged into the base weights ({', '.join(mod.merged_adapters)})")
@@ -146,7 +157,9 @@ class StackedLoRA:
         try:
             with torch.no_grad():
                 base = base_layer(x)
-                want = type(mod).forward(mod, x, adapter_names=[name]) - base
+                # an aLoRA acts from its offset on: make it act on both probe tokens
+                extra = {"alora_offsets": [x.shape[1]]} if _is_alora(mod, name) else {}
+                want = type(mod).forward(mod, x, adapter_names=[name], **extra) - base
                 with self.rows([name], w.device):
                     got = mod.forward(x) - base
         finally:
@@ -161,27 +174,45 @@ class StackedLoRA:
                              "layer, so PEFT now computes LoRA differently")
 
     @contextmanager
-    def rows(self, adapters: Sequence[str], device: Any) -> Iterator[None]:
-        """Within this block, row b of every forward uses ``adapters[b]`` (unknown = base)."""
+    def rows(self, adapters: Sequence[str], device: Any, *, blocks: bool = False) -> Iterator[None]:
+        """Within this block, row b of every forward uses ``adapters[b]`` (unknown = base).
+
+        blocks=True: rows come in runs of one adapter (many tokens each, e.g. a prefill
+        sorted by voter); each run gets its own adapter's two matmuls instead of all
+        adapters' columns masked (K times fewer LoRA FLOPs, K times more calls).
+        """
         rows = [self.index.get(a, -1) for a in adapters]
+        if blocks:
+            starts = [b for b in range(len(rows)) if b == 0 or rows[b] != rows[b - 1]]
+            self._blocks = [(s, e, rows[s]) for s, e in zip(starts, starts[1:] + [len(rows)]) if rows[s] >= 0]
         # A batch of base-model rows only: skip the LoRA matmuls (an empty tensor marks it).
         self._rows = torch.tensor(rows if max(rows) >= 0 else [], dtype=torch.long, device=device)
         self._masks = {}
         try:
             yield
         finally:
-            self._rows, self._masks = None, {}
+            self._rows, self._masks, self._blocks = None, {}, None
 
     def _make_forward(self, mod: Any, a_all: torch.Tensor, b_all: torch.Tensor, owner: tuple[int, ...]):
         peft_forward = type(mod).forward.__get__(mod)
         base_layer = mod.get_base_layer()
         owner_t = torch.tensor(owner, device=a_all.device)
+        spans = {a: (owner.index(a), len(owner) - owner[::-1].index(a)) for a in set(owner)}  # adapter -> columns
 
         def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
             if self._rows is None:
                 return peft_forward(x, *args, **kwargs)
+            kwargs.pop("alora_offsets", None)  # PEFT's aLoRA bookkeeping; rows() decides here
             if self._rows.numel() == 0:
                 return base_layer(x, *args, **kwargs)
+            if self._blocks is not None:
+                out = base_layer(x, *args, **kwargs)
+                for start, end, a in self._blocks:
+                    if a in spans:
+                        c0, c1 = spans[a]
+                        out[start:end] += torch.nn.functional.linear(
+                            torch.nn.functional.linear(x[start:end], a_all[c0:c1]), b_all[:, c0:c1])
+                return out
             mask = self._masks.get(owner)
             if mask is None:  # built once per forward for each distinct set of adapters
                 mask = (self._rows[:, None] == owner_t[None, :]).to(x.dtype)  # (B, R)

@@ -92,7 +92,7 @@ def score_cloze(forward: Forward, rows: Sequence[ScoreRow], *, pad_id: int, devi
         dtype = out.logits.dtype  # the additive mask must match the model's compute dtype
         bias = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)
         logits = forward([r.adapter for r in rows], input_ids=inp, attention_mask=bias[:, None],
-                         position_ids=pos[:, -1:] + 1 + offset, past_key_values=out.past_key_values,
+                         position_ids=pos[:, -1:] + 1 + offset, cache=out.cache,
                          use_cache=True).logits  # (B, W, V)
         # log_softmax at the chosen ids only: logit - logsumexp, no (B, W, V) log-prob copy.
         chosen = logits.gather(2, target[:, :, None])[:, :, 0].float() - logits.float().logsumexp(dim=-1)
