@@ -76,13 +76,16 @@ class VariantConfig:
     alpha: float | None = None
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
     split: str = "full"
-    flavour: Literal["lora", "rslora", "dora"] = "lora"
+    flavour: Literal["lora", "rslora", "dora", "alora"] = "lora"
     prompt: str | None = None  # template name; None = the config's prompt
+    layers: str = "all"  # "all" or "top:N": LoRA on the top N decoder layers only
+    bagging: Literal["none", "poisson"] = "none"  # shared batches: Poisson(1) weight per training row
 
     def __post_init__(self) -> None:
         check(self.rank > 0, "variant.rank", self.rank, "use a positive LoRA rank such as 8")
         check(split_kind(self.split) in SPLIT_KINDS, "variant.split", self.split,
               "use full, kfold:K, bootstrap, shard:K or subsample:F")
+        check(layers_ok(self.layers), "variant.layers", self.layers, LAYERS_FIX)
 
 
 @dataclass(frozen=True)
@@ -105,8 +108,10 @@ class GridConfig:
     alpha_ratio: float = 2.0
     target_modules: tuple[tuple[str, ...], ...] = ()
     splits: tuple[str, ...] = ()
-    flavours: tuple[Literal["lora", "rslora", "dora"], ...] = ()
+    flavours: tuple[Literal["lora", "rslora", "dora", "alora"], ...] = ()
     prompts: tuple[str, ...] = ()  # template names; () = the config's prompt
+    layers: tuple[str, ...] = ()  # "all" / "top:N" per variant; () = all layers
+    bagging: Literal["none", "poisson"] = "none"  # for every product variant (shared batches only)
     variants: tuple[VariantConfig, ...] = ()  # explicit variants, added after the product
     max_variants: int | None = None  # keep only the first N variants of the expansion
 
@@ -115,6 +120,8 @@ class GridConfig:
         for s in self.splits:
             check(split_kind(s) in SPLIT_KINDS, "train.grid.splits", s,
                   "use full, kfold:K, bootstrap, shard:K or subsample:F")
+        for layers in self.layers:
+            check(layers_ok(layers), "train.grid.layers", layers, LAYERS_FIX)
 
 
 @dataclass(frozen=True)
@@ -134,6 +141,12 @@ class TrainConfig:
     eval_every: int | None = None  # steps between held-out evaluations; None = at the end only
     dtype: Literal["float32", "bfloat16"] = "bfloat16"
     trainer: Literal["loop", "hf"] = "loop"
+    # Train the grid's variants in one process on shared batches (training.multi): the
+    # part that does not depend on the voter (aLoRA: the prompt's KV cache; top:N: the
+    # lower layers) runs once per batch; a variant's split becomes 0/1 (bootstrap:
+    # count, bagging: poisson) weights on the rows of the shared batch.
+    shared_batches: bool = False
+    checkpoint_every: int = 10  # shared batches: steps between resumable checkpoints (0 = never)
     grid: GridConfig = field(default_factory=GridConfig)
 
     def __post_init__(self) -> None:
@@ -144,6 +157,9 @@ class TrainConfig:
         check(0 < self.learning_rate < 1, "train.learning_rate", self.learning_rate, "use a value like 2e-4")
         check(0 <= self.warmup_ratio < 1, "train.warmup_ratio", self.warmup_ratio, "use a value in [0, 1)")
         check(0 < self.heldout_fraction < 1, "train.heldout_fraction", self.heldout_fraction, "use a value in (0, 1)")
+        check(self.checkpoint_every >= 0, "train.checkpoint_every", self.checkpoint_every, "use 0 (never) or more")
+        check(not self.shared_batches or self.trainer == "loop", "train.shared_batches", self.shared_batches,
+              "shared batches run in the lean loop; set trainer: loop or shared_batches: false")
 
 
 @dataclass(frozen=True)
@@ -191,6 +207,15 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
     source: str = ""  # set by load_config: the file this came from
+
+
+LAYERS_FIX = "use all, or top:N with N a positive number of decoder layers"
+
+
+def layers_ok(layers: str) -> bool:
+    """'all' or 'top:N' (N >= 1; checked against the model's depth when training starts)."""
+    kind, _, n = str(layers).partition(":")
+    return layers == "all" or (kind == "top" and n.isdigit() and int(n) > 0)
 
 
 def split_kind(split: str) -> str:

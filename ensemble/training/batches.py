@@ -1,0 +1,144 @@
+"""Training rows -> token batches -> answer log-probabilities.
+
+1. examples: ``build_examples(items, template, mode)`` -> prompt messages + the
+   assistant reply to learn (``prompts.training_target``: "Answer: B" / "Answer: Paris")
+   + what to score for held-out accuracy (``prompts.choice_continuations``).
+2. tokens: chat template over the prompt (``add_generation_prompt=True``), then the
+   target tokens + EOS. Labels are -100 on the prompt: the loss is on the answer only.
+   Sequences are *left*-padded with explicit position ids, so every answer ends at
+   the last position and the model computes logits for the last few positions only
+   (``logits_to_keep``): full (B, T, vocab) logits cost SmolLM2 (vocab 49152, hidden
+   576) 1.46x more time per token on CPU (4.05 vs 2.77 s per 1k padded tokens).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ensemble.data.readers import ChatExample, Item
+
+Message = dict[str, str]
+Seq = tuple[list[int], int]  # (prompt + answer token ids, number of answer tokens at the end)
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training / held-out row. ``choices`` are the continuations scored after
+    ``prefix`` (empty for free-form chat examples: no accuracy, loss only)."""
+
+    id: str
+    messages: tuple[Message, ...]
+    target: str
+    prefix: str = ""
+    choices: tuple[str, ...] = ()
+    gold: int | None = None
+
+
+def build_examples(rows: Sequence[Item | ChatExample], template: Any, mode: str) -> list[Example]:
+    """Items -> prompt + target + scored choices; ChatExamples keep their own target."""
+    from ensemble.prompts import (
+        choice_continuations,
+        render_messages,
+        scoring_prefix,
+        training_target,
+    )
+
+    out = []
+    for row in rows:
+        if isinstance(row, ChatExample):
+            out.append(Example(row.id, tuple(row.messages), row.target))
+            continue
+        choices = choice_continuations(row, mode) if row.options else ()  # type: ignore[arg-type]
+        gold = row.letters.index(row.answer) if row.options and row.answer in row.letters else None
+        out.append(Example(row.id, render_messages(template, row), training_target(template, row, mode),  # type: ignore[arg-type]
+                           scoring_prefix(template, row), choices, gold))
+    return out
+
+
+
+def prompt_ids(tok: Any, messages: Sequence[Message]) -> list[int]:
+    """Chat template with the assistant turn opened; plain "content\\n\\n" blocks without one."""
+    if getattr(tok, "chat_template", None):
+        text = tok.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+    else:
+        text = "".join(m["content"] + "\n\n" for m in messages)
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+def encode(tok: Any, ex: Example, max_length: int) -> tuple[list[int], int]:
+    """(prompt + target + EOS token ids, number of answer tokens at the end).
+
+    Too long: the prompt loses tokens from its start (the answer is kept whole unless
+    it alone is longer than ``max_length``; then its end is cut)."""
+    answer = (tok(ex.target, add_special_tokens=False)["input_ids"] + [tok.eos_token_id])[:max_length - 1]
+    prompt = prompt_ids(tok, ex.messages)
+    return prompt[-(max_length - len(answer)):] + answer, len(answer)
+
+
+def choice_tokens(tok: Any, ex: Example, max_length: int) -> tuple[list[int], list[list[int]]]:
+    """(context ids = prompt + scoring prefix, one continuation id list per choice).
+
+    Each continuation is the tail of tokenize(prefix + choice), as in training (where
+    the whole target is tokenised at once); the context is cut from its start so that
+    context + the longest continuation fits ``max_length``."""
+    prompt = prompt_ids(tok, ex.messages)
+    pre = tok(ex.prefix, add_special_tokens=False)["input_ids"] if ex.prefix else []
+    conts = []
+    for choice in ex.choices:
+        full = tok(ex.prefix + choice, add_special_tokens=False)["input_ids"]
+        conts.append(full[len(pre):] if full[:len(pre)] == pre else tok(choice, add_special_tokens=False)["input_ids"])
+    context = prompt + pre
+    return context[-max(1, max_length - max(len(c) for c in conts)):], conts
+
+
+def collate(seqs: Sequence[tuple[list[int], int]], pad_id: int) -> dict[str, Any]:
+    """Left-pad to (B, T): input_ids, attention_mask, position_ids, labels (-100 off the answer)."""
+    import torch
+
+    width = max(len(ids) for ids, _ in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    labels = torch.full((len(seqs), width), -100, dtype=torch.long)
+    for b, (seq, n_answer) in enumerate(seqs):
+        ids[b, width - len(seq):] = torch.tensor(seq)
+        mask[b, width - len(seq):] = 1
+        labels[b, width - n_answer:] = torch.tensor(seq[len(seq) - n_answer:])
+    positions = (mask.cumsum(1) - 1).clamp(min=0)
+    return {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "labels": labels}
+
+
+def answer_logprobs(model: Any, batch: dict[str, Any]) -> Any:
+    """(B, K-1) log-probabilities of the last K-1 tokens (labels -100 elsewhere -> 0 there).
+
+    Only the last K positions get logits (K = longest answer + 1): left padding puts
+    every answer at the end."""
+    import torch
+
+    labels = batch["labels"]
+    k = min(labels.shape[1], int((labels != -100).sum(1).max()) + 1)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   position_ids=batch["position_ids"], logits_to_keep=k).logits.float()  # (B, K, V)
+    target = labels[:, labels.shape[1] - k + 1:]  # (B, K-1): the token each logit row predicts
+    logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return logp * (target != -100)
+
+
+def answer_loss(model: Any, batch: dict[str, Any]) -> Any:
+    """Mean negative log-likelihood over the batch's answer tokens (a scalar tensor)."""
+    logp = answer_logprobs(model, batch)
+    return -logp.sum() / (batch["labels"] != -100).sum().clamp(min=1)
+
+
+def answer_rows(logp: Any, labels: Any) -> tuple[Any, Any]:
+    """(B,) summed answer log-probability and (B,) answer-token count per row, from
+    ``answer_logprobs``' (B, K-1) output and the batch's labels."""
+    return logp.sum(1), (labels != -100).sum(1)
+
+
+def weighted_loss(row_logp: Any, row_tokens: Any, weights: Any) -> Any:
+    """sum_b w_b * NLL_b / sum_b w_b * n_b: per-example weights on the token-mean NLL.
+
+    All weights 1 gives ``answer_loss``; a weight-0 row adds nothing to either sum."""
+    w = weights.to(row_logp.dtype)
+    return -(w * row_logp).sum() / (w * row_tokens.to(row_logp.dtype)).sum().clamp(min=1e-12)
