@@ -54,7 +54,7 @@ def evaluate(model: Any, tok: Any, heldout: Sequence[Example], *, batch_size: in
         rows.append(ScoreRow(prefix=context, adapter="variant", options=conts))
     order = sorted(range(len(rows)), key=lambda i: len(rows[i].prefix))
     chat = [encode(tok, ex, max_length) for ex in heldout if not ex.choices]
-    forward = lambda adapters, **kwargs: model(**kwargs)
+    forward = _forward(model)
     nll, n = 0.0, 0
     with torch.no_grad(), autocast():
         for i in range(0, len(order), batch_size):
@@ -70,6 +70,22 @@ def evaluate(model: Any, tok: Any, heldout: Sequence[Example], *, batch_size: in
         nll, n = nll - ll[gold], n + 1
     accuracy = float(np.mean([int(np.argmax(ll)) == g for ll, g in judged])) if judged else None
     return accuracy, (nll / n if n else None), per_item
+
+
+def _forward(model: Any) -> Any:
+    """The scorer's forward for ``model``'s active adapter. An aLoRA is active from its
+    invocation on: PEFT finds it in ``input_ids``, but the option pass runs on top of the
+    prefix's cache with option tokens only (no invocation in them), so it gets an explicit
+    offset covering every token (the invocation ended the prefix)."""
+    config = getattr(model, "active_peft_config", None)
+    alora = bool(getattr(config, "alora_invocation_tokens", None))
+
+    def forward(adapters: Any, **kwargs: Any) -> Any:
+        if alora and (kwargs.get("past_key_values") is not None or kwargs.get("cache") is not None):
+            ids = kwargs["input_ids"]
+            kwargs["alora_offsets"] = [ids.shape[1]] * ids.shape[0]
+        return model(**kwargs)
+    return forward
 
 
 def eval_batch(cfg: TrainConfig) -> int:
