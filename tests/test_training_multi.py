@@ -18,7 +18,14 @@ from ensemble.prompts import get_template
 from ensemble.testing import make_tiny_model
 from ensemble.training.grid import expand_grid
 from ensemble.training.multi import Member, row_weights, train_group
-from ensemble.training.recipe import build_examples, collate, encode, evaluate, load_lora_model, train_variant
+from ensemble.training.recipe import (
+    build_examples,
+    collate,
+    encode,
+    evaluate,
+    load_lora_model,
+    train_variant,
+)
 from ensemble.training.shared import PrefixCache, TopLayers, plain_rows
 
 

@@ -141,6 +141,10 @@ class TrainConfig:
     eval_every: int | None = None  # steps between held-out evaluations; None = at the end only
     dtype: Literal["float32", "bfloat16"] = "bfloat16"
     trainer: Literal["loop", "hf"] = "loop"
+    # Padded tokens per forward pass with gradients (the lean loop cuts a batch into passes
+    # and sums their gradients: same update, activations for this many tokens at a time;
+    # SmolLM2 keeps ~1.7 MB per token). 0 = the whole batch in one pass.
+    max_batch_tokens: int = 384
     # Train the grid's variants in one process on shared batches (training.multi): the
     # part that does not depend on the voter (aLoRA: the prompt's KV cache; top:N: the
     # lower layers) runs once per batch; a variant's split becomes 0/1 (bootstrap:
@@ -157,6 +161,8 @@ class TrainConfig:
         check(0 < self.learning_rate < 1, "train.learning_rate", self.learning_rate, "use a value like 2e-4")
         check(0 <= self.warmup_ratio < 1, "train.warmup_ratio", self.warmup_ratio, "use a value in [0, 1)")
         check(0 < self.heldout_fraction < 1, "train.heldout_fraction", self.heldout_fraction, "use a value in (0, 1)")
+        check(self.max_batch_tokens >= 0, "train.max_batch_tokens", self.max_batch_tokens,
+              "use 0 (whole batches) or a token count such as 384")
         check(self.checkpoint_every >= 0, "train.checkpoint_every", self.checkpoint_every, "use 0 (never) or more")
         check(not self.shared_batches or self.trainer == "loop", "train.shared_batches", self.shared_batches,
               "shared batches run in the lean loop; set trainer: loop or shared_batches: false")

@@ -68,7 +68,7 @@ CHAT_KEYS = ("instruction", "conversations", "messages")
 # Settings that change the weights (eval_every, checkpoint_every and the grid itself do not).
 _NOT_RECIPE = ("grid", "eval_every", "checkpoint_every")
 # Fields added later, left out of the hash at their defaults: older runs keep their hashes.
-_NEW_DEFAULTS = {"shared_batches": False}
+_NEW_DEFAULTS = {"shared_batches": False, "max_batch_tokens": 384}
 
 
 def load_training_rows(cfg: Config, out: Path) -> list[Item | ChatExample]:

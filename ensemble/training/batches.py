@@ -130,15 +130,24 @@ def answer_loss(model: Any, batch: dict[str, Any]) -> Any:
     return -logp.sum() / (batch["labels"] != -100).sum().clamp(min=1)
 
 
+def passes(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
+    """Positions of a batch's rows, cut into forward passes of at most ``max_tokens``
+    padded tokens each (one row at least; ``0``: one pass). Rows go in length order,
+    so a pass pads little. The gradient of a batch is the sum over its passes (each
+    pass's summed NLL over the batch's answer-token count), so the split changes
+    memory, not the result: activations kept for backward scale with the pass."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    if not max_tokens:
+        return [order]
+    out: list[list[int]] = [[]]
+    for i in order:
+        if out[-1] and (len(out[-1]) + 1) * lengths[i] > max_tokens:
+            out.append([])
+        out[-1].append(i)
+    return out
+
+
 def answer_rows(logp: Any, labels: Any) -> tuple[Any, Any]:
     """(B,) summed answer log-probability and (B,) answer-token count per row, from
     ``answer_logprobs``' (B, K-1) output and the batch's labels."""
     return logp.sum(1), (labels != -100).sum(1)
-
-
-def weighted_loss(row_logp: Any, row_tokens: Any, weights: Any) -> Any:
-    """sum_b w_b * NLL_b / sum_b w_b * n_b: per-example weights on the token-mean NLL.
-
-    All weights 1 gives ``answer_loss``; a weight-0 row adds nothing to either sum."""
-    w = weights.to(row_logp.dtype)
-    return -(w * row_logp).sum() / (w * row_tokens.to(row_logp.dtype)).sum().clamp(min=1e-12)

@@ -13,7 +13,9 @@ poisson`` (online bagging). Per batch and micro-step:
    nothing but the batch;
 2. each variant runs its own part with gradients, on its rows of the batch with a
    non-zero weight only (a weight-0 row is never computed), loss
-   ``sum_b w_b NLL_b / sum_b w_b n_b``;
+   ``sum_b w_b NLL_b / sum_b w_b n_b`` (NLL_b summed over row b's n_b answer tokens;
+   all weights 1 gives the plain recipe's token-mean loss), in passes of at most
+   ``train.max_batch_tokens`` tokens;
 3. each variant with any weighted row this step clips and steps its own AdamW; every
    variant's schedule advances every step.
 
@@ -43,7 +45,7 @@ import numpy as np
 
 from ensemble.config.schema import TrainConfig
 from ensemble.errors import EnsembleError
-from ensemble.training.batches import Example, Seq, collate, encode, weighted_loss
+from ensemble.training.batches import Example, Seq, collate, encode, passes
 from ensemble.training.grid import Variant
 from ensemble.training.heldout import eval_batch, eval_point, evaluate
 from ensemble.training.kinds import (
@@ -57,6 +59,7 @@ from ensemble.training.loop import (
     SCHEDULERS,
     autocast_for,
     batch_order,
+    bound_heap,
     total_steps,
 )
 from ensemble.training.recipe import VariantResult, check_invocation
@@ -212,22 +215,29 @@ def _step_losses(model: Any, states: Sequence[_State], batch: dict[str, Any], se
     with autocast():
         lower = top.lower(batch, splits) if splits else {}
         prefix = cache.prefix([seqs[i] for i in idx], device) if cache and any(s.alora for s in active) else None
+    n_answer = torch.tensor([seqs[i][1] for i in idx], device=device, dtype=torch.float32)  # (B,)
     losses = {}
     for s in active:
-        rows = torch.nonzero(weights[s.adapter] > 0)[:, 0]
+        w = weights[s.adapter]
+        rows = torch.nonzero(w > 0)[:, 0]
+        denom = float((w * n_answer).sum()) * cfg.grad_accum  # sum_b w_b n_b over the whole micro-batch
+        width = prefix.suffix["input_ids"].shape[1] if s.alora and prefix is not None else batch["input_ids"].shape[1]
         model.set_adapter(s.adapter)
         _rng_set(s.rng, device)  # the member's own dropout stream
-        with autocast():
-            if s.split is not None and top:
-                row_logp, row_tokens = top.upper_rows(lower[s.split], s.split, batch, rows)
-            elif s.alora and cache:
-                row_logp, row_tokens = cache.suffix_rows(prefix, rows)
-            else:
-                row_logp, row_tokens = plain_rows(model, batch, rows)
-            loss = weighted_loss(row_logp, row_tokens, weights[s.adapter][rows]) / cfg.grad_accum
-        loss.backward()
+        losses[s.adapter] = 0.0
+        for part in passes([width] * len(rows), cfg.max_batch_tokens):  # bounded activations per pass
+            sub = rows[part]
+            with autocast():
+                if s.split is not None and top:
+                    row_logp, _ = top.upper_rows(lower[s.split], s.split, batch, sub)
+                elif s.alora and prefix is not None:
+                    row_logp, _ = cache.suffix_rows(prefix, sub)
+                else:
+                    row_logp, _ = plain_rows(model, batch, sub)
+                loss = -(w[sub] * row_logp).sum() / denom
+            loss.backward()
+            losses[s.adapter] += float(loss.detach())
         s.rng = _rng_get(device)
-        losses[s.adapter] = float(loss.detach())
     return losses
 
 
@@ -240,6 +250,7 @@ def train_group(base_path: str | Path, members: Sequence[Member], pool: Sequence
     import torch
 
     progress = progress or (lambda event, **info: None)
+    bound_heap()
     started = time.perf_counter()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, tok, rngs, invocation = build_group_model(base_path, members, cfg, pool[0].prefix if pool else "", device)

@@ -50,6 +50,7 @@ from ensemble.training.loop import (  # noqa: F401
     MAX_GRAD_NORM,
     autocast_for,
     batch_order,
+    bound_heap,
     fit_hf,
     fit_loop,
     total_steps,
@@ -122,6 +123,7 @@ def train_variant(base_path: str | Path, variant: Variant, examples: Sequence[Ex
     progress = progress or (lambda event, **info: None)
     if not examples:
         raise EnsembleError(f"variant '{variant.name}': no training rows; add training data or change its split")
+    bound_heap()
     started = time.perf_counter()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, tok = load_lora_model(base_path, variant, cfg, answer_cue=examples[0].prefix)
