@@ -226,3 +226,105 @@ def test_resume_after_a_kill_is_bit_identical(base, pool, tmp_path):
     steps.clear()
     train_group(base, changed, pool, CFG, tmp_path / "killed", on_step=steps.append)
     assert steps == list(range(1, 7))
+
+
+# --- `vote train` with shared batches: config, manifest, SIGKILL and resume ------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+# One thread, as conftest sets for this process: CPU matmuls may sum in another order
+# with another thread count, and bit-identity is only promised on the same setup.
+KILLED_RUN = """
+import sys, time, pathlib, torch
+torch.set_num_threads(1)
+from ensemble.config.loader import load_config
+from ensemble.training import train_grid
+def progress(event, **info):
+    if event == "step" and info["step"] == 3:  # after the step-2 checkpoint
+        pathlib.Path(sys.argv[2]).write_text("inside step 3")
+        time.sleep(600)
+train_grid(load_config(sys.argv[1]), progress=progress)
+"""
+GRID_NAMES = ["s0-r4-attn-full-alora", "s1-r4-attn-shard2.1-lora-top1", "bag"]
+
+
+def shared_config(root: Path, base: Path, out: str) -> Path:
+    data = root / "train.jsonl"
+    data.write_text("".join(json.dumps({"id": f"q{i}", "question": f"Question {i}: pick one",
+                                        "options": list(o), "answer": "AB"[o.index("yes")]}) + "\n"
+                            for i, o in enumerate([("yes", "no"), ("no", "yes")] * 10)))
+    path = root / f"{out}.yaml"
+    path.write_text(f"""
+model: {base}
+out: {root / out}
+prompt: mc
+data: {{train: {data}}}
+train:
+  max_steps: 4
+  batch_size: 4
+  learning_rate: 0.01
+  dtype: float32
+  lora_dropout: 0.1
+  heldout_fraction: 0.2
+  shared_batches: true
+  checkpoint_every: 2
+  grid:
+    seeds: [0]
+    ranks: [4]
+    flavours: [alora]
+    variants:
+      - {{seed: 1, rank: 4, layers: "top:1", split: "shard:2:1"}}
+      - {{name: bag, seed: 2, rank: 4, split: bootstrap, bagging: poisson}}
+""")
+    return path
+
+
+def test_vote_train_shared_batches_resumes_after_sigkill(base, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from ensemble.config.loader import load_config
+    from ensemble.training import load_manifest, train_grid
+
+    cfg = load_config(shared_config(tmp_path, base, "whole"))
+    assert [v.name for v in expand_grid(cfg.train.grid, cfg.prompt)] == GRID_NAMES
+    whole = train_grid(cfg)
+    names = list(whole.variants)
+    assert [whole.variants[n]["status"] for n in names] == ["done"] * 3
+    assert not (tmp_path / "whole" / "checkpoints" / "shared-default.pt").exists()  # removed when done
+    saved = json.loads((tmp_path / "whole" / "adapters" / names[0] / "adapter_config.json").read_text())
+    assert saved["alora_invocation_tokens"] and saved["layers_to_transform"] is None
+    top = json.loads((tmp_path / "whole" / "adapters" / names[1] / "adapter_config.json").read_text())
+    assert top["layers_to_transform"] == [2]
+    assert whole.variants["bag"]["settings"]["bagging"] == "poisson"
+
+    killed = shared_config(tmp_path, base, "killed")
+    marker = tmp_path / "killed.marker"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(killed), str(marker)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "the training subprocess never reached step 3"
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert (tmp_path / "killed" / "checkpoints" / "shared-default.pt").is_file()
+    steps: list[int] = []
+    resumed = train_grid(load_config(killed), progress=lambda e, **i: steps.append(i["step"]) if e == "step" else None)
+    assert steps == [3, 4]  # from the checkpoint on, not from step 1
+    for name in names:
+        a = (tmp_path / "whole" / "adapters" / name / "adapter_model.safetensors").read_bytes()
+        b = (tmp_path / "killed" / "adapters" / name / "adapter_model.safetensors").read_bytes()
+        assert a == b, name  # bit-identical to the uninterrupted run, dropout included
+        for key in ("settings_hash", "loss_curve", "train_ids", "heldout_ids"):
+            assert resumed.variants[name][key] == whole.variants[name][key], (name, key)
+    events: list[str] = []
+    train_grid(load_config(killed), progress=lambda e, **i: events.append(e))
+    assert events.count("variant_skipped") == 3 and "step" not in events
+    assert load_manifest(tmp_path / "killed").done().keys() == set(names)

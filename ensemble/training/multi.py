@@ -32,12 +32,8 @@ with adapters bit-identical to an uninterrupted run.
 """
 from __future__ import annotations
 
-import math
-import os
-import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,21 +42,25 @@ import numpy as np
 from ensemble.config.schema import TrainConfig
 from ensemble.errors import EnsembleError
 from ensemble.training.batches import Example, Seq, collate, encode, passes
-from ensemble.training.grid import Variant
 from ensemble.training.heldout import eval_batch, eval_point, evaluate
-from ensemble.training.kinds import (
-    invocation_ids,
-    lora_config,
-    n_decoder_layers,
-    top_layers,
-)
 from ensemble.training.loop import (
     MAX_GRAD_NORM,
-    SCHEDULERS,
     autocast_for,
     batch_order,
     bound_heap,
     total_steps,
+)
+from ensemble.training.members import (  # noqa: F401  (Member, row_weights: the group's public names)
+    Member,
+    State,
+    build_group_model,
+    checkpoint_path,
+    load_checkpoint,
+    rng_get,
+    rng_set,
+    row_weights,
+    save_checkpoint,
+    save_member,
 )
 from ensemble.training.recipe import VariantResult, check_invocation
 from ensemble.training.shared import PrefixCache, TopLayers, plain_rows
@@ -69,141 +69,7 @@ Progress = Callable[..., None]
 POOL_SEED = 0  # the shared batch order; variants differ by their weights, not by their batches
 
 
-@dataclass(frozen=True)
-class Member:
-    """One variant of a group: its (n_pool,) row weights and its held-out examples."""
-
-    variant: Variant
-    weights: np.ndarray
-    heldout: tuple[Example, ...]
-    key: str = ""  # settings hash: a checkpoint entry is restored only under the same key
-
-
-def row_weights(variant: Variant, train_idx: Sequence[int], n_pool: int) -> np.ndarray:
-    """(n_pool,) float32: how often each pool row counts for ``variant`` (0 = never)."""
-    w = np.bincount(np.asarray(train_idx, dtype=np.int64), minlength=n_pool).astype(np.float32)
-    if variant.bagging == "poisson":
-        w *= np.random.default_rng([variant.seed, 1_000_003]).poisson(1.0, n_pool).astype(np.float32)
-    return w
-
-
-class _State:
-    """A member's training state: adapter name, parameters, optimizer, schedule, RNG, curves."""
-
-    def __init__(self, model: Any, member: Member, adapter: str, cfg: TrainConfig, n_steps: int, rng: Any) -> None:
-        import torch
-        from transformers import get_scheduler
-
-        self.member, self.adapter, self.rng = member, adapter, rng
-        self.params = {n: p for n, p in model.named_parameters() if f".{adapter}." in n}
-        self.opt = torch.optim.AdamW(list(self.params.values()), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-        self.sched = get_scheduler(SCHEDULERS[cfg.scheduler], self.opt, num_training_steps=n_steps,
-                                   num_warmup_steps=math.ceil(cfg.warmup_ratio * n_steps))
-        self.curve: list[tuple[int, float, float]] = []
-        self.evals: list[tuple[int, float | None, float | None]] = []
-        n_layers = n_decoder_layers(model.get_base_model())
-        layers = top_layers(member.variant, n_layers)
-        self.split = layers[0] if layers and member.variant.flavour != "alora" else None
-        self.alora = member.variant.flavour == "alora"
-
-    def snapshot(self) -> dict[str, Any]:
-        return {"key": self.member.key, "params": {n: p.detach().cpu().clone() for n, p in self.params.items()},
-                "opt": self.opt.state_dict(), "sched": self.sched.state_dict(), "rng": self.rng,
-                "curve": list(self.curve), "evals": list(self.evals)}
-
-    def restore(self, saved: dict[str, Any]) -> None:
-        import torch
-
-        with torch.no_grad():
-            for n, p in self.params.items():
-                p.copy_(saved["params"][n])
-        self.opt.load_state_dict(saved["opt"])
-        self.sched.load_state_dict(saved["sched"])
-        self.rng, self.curve, self.evals = saved["rng"], list(saved["curve"]), list(saved["evals"])
-
-
-def _rng_get(device: str) -> Any:
-    import torch
-
-    return (torch.get_rng_state(), torch.cuda.get_rng_state() if device == "cuda" else None)
-
-
-def _rng_set(state: Any, device: str) -> None:
-    import torch
-
-    torch.set_rng_state(state[0])
-    if device == "cuda":
-        torch.cuda.set_rng_state(state[1])
-
-
-def build_group_model(base_path: str | Path, members: Sequence[Member], cfg: TrainConfig, answer_cue: str,
-                      device: str) -> tuple[Any, Any, list[Any], list[int] | None]:
-    """(PEFT model with adapter ``voter<i>`` per member, tokenizer, per-member RNG states,
-    aLoRA invocation). Member i's LoRA is initialised from torch seed = its variant seed,
-    exactly as ``recipe.load_lora_model`` initialises a variant trained alone."""
-    import torch
-    from peft import get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(base_path)
-    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
-    n_layers = n_decoder_layers(base)
-    invocation = invocation_ids(tok, answer_cue) if any(m.variant.flavour == "alora" for m in members) else None
-    model, rngs = None, []
-    for i, m in enumerate(members):
-        torch.manual_seed(m.variant.seed)
-        lora = lora_config(m.variant, cfg, n_layers, invocation)
-        if model is None:
-            model = get_peft_model(base, lora, adapter_name=f"voter{i}")
-        else:
-            model.add_adapter(f"voter{i}", lora)
-        rngs.append(_rng_get(device))
-    model.to(device)
-    return model, tok, rngs, invocation
-
-
-def _checkpoint_path(out_dir: str | Path, group: str) -> Path:
-    return Path(out_dir) / "checkpoints" / f"{group}.pt"
-
-
-def _save_checkpoint(path: Path, step: int, states: Sequence[_State]) -> None:
-    import torch
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save({"step": step, "members": {s.member.variant.name: s.snapshot() for s in states}}, tmp)
-    os.replace(tmp, path)  # the old checkpoint or the new one, never half of one
-
-
-def _load_checkpoint(path: Path, states: Sequence[_State]) -> int:
-    """Restore every member from ``path`` when all of them are in it; return its step (0: none)."""
-    import torch
-
-    if not path.is_file():
-        return 0
-    saved = torch.load(path, weights_only=False)
-    entries = [saved["members"].get(s.member.variant.name) for s in states]
-    if any(e is None or e["key"] != s.member.key for e, s in zip(entries, states)):
-        return 0
-    for e, s in zip(entries, states):
-        s.restore(e)
-    return int(saved["step"])
-
-
-def save_member(model: Any, adapter: str, out_dir: str | Path, name: str) -> Path:
-    """PEFT folder ``<out>/adapters/<name>`` for one adapter of the group, published when complete."""
-    root = Path(out_dir) / "adapters"
-    tmp, final = root / f".tmp-{name}", root / name
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, selected_adapters=[adapter])  # PEFT writes <tmp>/<adapter>/
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp / adapter, final)
-    shutil.rmtree(tmp, ignore_errors=True)
-    return final
-
-
-def _step_losses(model: Any, states: Sequence[_State], batch: dict[str, Any], seqs: Sequence[Seq], idx: list[int],
+def _step_losses(model: Any, states: Sequence[State], batch: dict[str, Any], seqs: Sequence[Seq], idx: list[int],
                  shared: dict[str, Any], cfg: TrainConfig, device: str, autocast: Any) -> dict[str, float]:
     """One micro-batch: the shared part once, then each member's forward + backward."""
     import torch
@@ -223,7 +89,7 @@ def _step_losses(model: Any, states: Sequence[_State], batch: dict[str, Any], se
         denom = float((w * n_answer).sum()) * cfg.grad_accum  # sum_b w_b n_b over the whole micro-batch
         width = prefix.suffix["input_ids"].shape[1] if s.alora and prefix is not None else batch["input_ids"].shape[1]
         model.set_adapter(s.adapter)
-        _rng_set(s.rng, device)  # the member's own dropout stream
+        rng_set(s.rng, device)  # the member's own dropout stream
         losses[s.adapter] = 0.0
         for part in passes([width] * len(rows), cfg.max_batch_tokens):  # bounded activations per pass
             sub = rows[part]
@@ -237,7 +103,7 @@ def _step_losses(model: Any, states: Sequence[_State], batch: dict[str, Any], se
                 loss = -(w[sub] * row_logp).sum() / denom
             loss.backward()
             losses[s.adapter] += float(loss.detach())
-        s.rng = _rng_get(device)
+        s.rng = rng_get(device)
     return losses
 
 
@@ -260,15 +126,15 @@ def train_group(base_path: str | Path, members: Sequence[Member], pool: Sequence
         check_invocation(next(m.variant.name for m in members if m.variant.flavour == "alora"), seqs, invocation,
                          [ex.id for ex in pool])
     n_steps = total_steps(len(pool), cfg)
-    states = [_State(model, m, f"voter{i}", cfg, n_steps, rngs[i]) for i, m in enumerate(members)]
+    states = [State(model, m, f"voter{i}", cfg, n_steps, rngs[i]) for i, m in enumerate(members)]
     for s in states:
         if not s.member.weights.any():
             raise EnsembleError(f"variant '{s.member.variant.name}': no training rows with a non-zero weight; "
                                 "add training data or change its split")
     shared = {"top": TopLayers(model) if share and any(s.split is not None for s in states) else None,
               "prefix": PrefixCache(model, invocation, pad) if share and invocation else None}
-    ckpt = _checkpoint_path(out_dir, group)
-    first = _load_checkpoint(ckpt, states) + 1
+    ckpt = checkpoint_path(out_dir, group)
+    first = load_checkpoint(ckpt, states) + 1
     autocast = autocast_for(cfg, device)
     batches = batch_order([len(ids) for ids, _ in seqs], cfg.batch_size, POOL_SEED)
     for _ in range((first - 1) * cfg.grad_accum):  # batches an interrupted run already used
@@ -300,7 +166,7 @@ def train_group(base_path: str | Path, members: Sequence[Member], pool: Sequence
                 s.evals.append(eval_point(model, tok, s.member.variant.name, s.member.heldout, cfg, step,
                                           autocast, progress))
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < n_steps:
-            _save_checkpoint(ckpt, step, states)
+            save_checkpoint(ckpt, step, states)
         if on_step is not None:
             on_step(step)
     results = []
@@ -319,4 +185,4 @@ def train_group(base_path: str | Path, members: Sequence[Member], pool: Sequence
 
 def drop_checkpoint(out_dir: str | Path, group: str) -> None:
     """Remove a group's checkpoint once all its adapters are saved and recorded."""
-    _checkpoint_path(out_dir, group).unlink(missing_ok=True)
+    checkpoint_path(out_dir, group).unlink(missing_ok=True)
