@@ -328,3 +328,32 @@ def test_vote_train_shared_batches_resumes_after_sigkill(base, tmp_path):
     train_grid(load_config(killed), progress=lambda e, **i: events.append(e))
     assert events.count("variant_skipped") == 3 and "step" not in events
     assert load_manifest(tmp_path / "killed").done().keys() == set(names)
+
+
+def test_config_errors_name_the_field_and_the_fix():
+    from ensemble.config.loader import ConfigError
+
+    with pytest.raises(ConfigError, match=r"field 'variant.layers' is 'top:0'; use all, or top:N with N a positive"):
+        VariantConfig(layers="top:0")
+    with pytest.raises(ConfigError, match=r"field 'train.grid.layers' is 'bottom:2'; use all, or top:N"):
+        GridConfig(layers=("bottom:2",))
+    with pytest.raises(ConfigError, match=r"field 'train.shared_batches' is True; shared batches run in the lean loop"):
+        TrainConfig(shared_batches=True, trainer="hf")
+    with pytest.raises(ConfigError, match=r"field 'train.max_batch_tokens' is -1; use 0 \(whole batches\)"):
+        TrainConfig(max_batch_tokens=-1)
+    names = [v.name for v in expand_grid(GridConfig(layers=("all", "top:2"), flavours=("lora", "alora")), "mc")]
+    assert names == ["s0-r8-attn-full-lora", "s0-r8-attn-full-lora-top2", "s0-r8-attn-full-alora",
+                     "s0-r8-attn-full-alora-top2"]
+
+
+def test_new_fields_keep_old_hashes():
+    """layers / bagging / shared_batches / max_batch_tokens at their defaults leave the
+    settings hash of a variant trained before they existed unchanged (no retraining)."""
+    from ensemble.training import recipe_settings
+
+    v = variants(VariantConfig(name="v"))[0]
+    assert "layers" not in v.settings() and "bagging" not in v.settings()
+    assert "layers" in dataclasses.replace(v, layers="top:2").settings()
+    settings = recipe_settings(TrainConfig())
+    assert not {"shared_batches", "max_batch_tokens", "checkpoint_every"} & settings.keys()
+    assert recipe_settings(TrainConfig(shared_batches=True))["shared_batches"] is True
