@@ -230,3 +230,29 @@ def test_a_batch_cut_into_passes_gives_the_same_update(base, examples, tmp_path)
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
     assert not all(torch.equal(a[k], b[k]) for k in a)  # really another computation (summation order)
     assert [round(x, 4) for _, x, _ in whole.loss_curve] == [round(x, 4) for _, x, _ in cut.loss_curve]
+
+
+def test_frozen_weights_in_bf16_give_the_same_products(base, examples):
+    """Under bf16 autocast a frozen fp32 weight is cast on every call; storing the cast
+    once changes no bit of the output or of the LoRA gradients (and the LoRA stays fp32)."""
+    from ensemble.training.loop import frozen_weights_in_bf16
+
+    v = one_variant()
+    batch = collate([encode(load_lora_model(base, v, CFG)[1], ex, 256) for ex in examples[:4]], 0)
+    outs = []
+    for convert in (False, True):
+        model, _ = load_lora_model(base, v, CFG)
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                torch.nn.init.normal_(p, std=0.5)
+        if convert:
+            frozen_weights_in_bf16(model)
+            assert model.get_output_embeddings().weight.dtype == torch.bfloat16
+            assert model.get_input_embeddings().weight.dtype == torch.float32
+            assert all(p.dtype == torch.float32 for n, p in model.named_parameters() if "lora_" in n)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logp = answer_logprobs(model, batch)
+        grads = torch.autograd.grad(logp.sum(), [p for p in model.parameters() if p.requires_grad])
+        outs.append((logp, grads))
+    assert torch.equal(outs[0][0], outs[1][0])
+    assert all(torch.equal(a, b) for a, b in zip(outs[0][1], outs[1][1]))

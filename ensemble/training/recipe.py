@@ -53,6 +53,7 @@ from ensemble.training.loop import (  # noqa: F401
     bound_heap,
     fit_hf,
     fit_loop,
+    frozen_weights_in_bf16,
     total_steps,
     trainer_batch,
 )
@@ -127,6 +128,8 @@ def train_variant(base_path: str | Path, variant: Variant, examples: Sequence[Ex
     started = time.perf_counter()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, tok = load_lora_model(base_path, variant, cfg, answer_cue=examples[0].prefix)
+    if cfg.dtype == "bfloat16" and cfg.trainer == "loop" and variant.flavour != "dora":
+        frozen_weights_in_bf16(model)  # every forward runs under bf16 autocast: same products
     model.to(device)
     train = [encode(tok, ex, cfg.max_length) for ex in examples]
     invocation = model.peft_config["default"].alora_invocation_tokens
