@@ -11,8 +11,10 @@ trained for the same number of steps with the same batch size either
 
 Time = from the first ``train_start`` event to the last ``step`` event of each call:
 model loading, held-out evaluation (none here) and saving are left out, the first
-(warm-up) step is in. ``*_wall_speedup`` counts whole calls (5 model loads vs 1).
-One torch thread; on a shared machine the ratios are indicative.
+(warm-up) step is in; wall clock (``*_speedup``) and this process's CPU time
+(``*_cpu_speedup``: one torch thread, so it is the work done, and other processes on a
+shared machine disturb it less). ``*_wall_speedup`` counts whole calls (5 model loads
+vs 1). On a shared machine the ratios are indicative.
 
     python experiments/bench_train_shared.py [--quick] [--out results.json]
 """
@@ -55,32 +57,39 @@ def _base() -> tuple[str, str]:
     return str(make_tiny_model(Path(tempfile.gettempdir()) / "ensemble-bench-tiny", num_layers=6)), "tiny"
 
 
-def _timer() -> tuple[list[float], Any]:
-    marks: list[float] = []
+def _timer() -> tuple[list[tuple[float, float]], Any]:
+    """(wall, CPU) time marks at ``train_start`` and every ``step`` event."""
+    marks: list[tuple[float, float]] = []
 
     def progress(event: str, **info: Any) -> None:
         if event in ("train_start", "step"):
-            marks.append(time.perf_counter())
+            marks.append((time.perf_counter(), time.process_time()))
     return marks, progress
+
+
+def _span(marks: list[tuple[float, float]]) -> np.ndarray:
+    return np.array(marks[-1]) - np.array(marks[0])
 
 
 def _one_kind(base: str, examples: list, cfg: TrainConfig, variant: VariantConfig) -> dict[str, float]:
     variants = expand_grid(GridConfig(variants=tuple(dataclasses.replace(variant, name=f"v{i}", seed=i)
                                                      for i in range(K))), "mc_short")
     with tempfile.TemporaryDirectory() as out:
-        sep_steps, t0 = 0.0, time.perf_counter()
+        sep, t0 = np.zeros(2), time.perf_counter()
         for v in variants:
             marks, progress = _timer()
             train_variant(base, v, examples, [], cfg, out, progress=progress)
-            sep_steps += marks[-1] - marks[0]
+            sep += _span(marks)
         sep_wall = time.perf_counter() - t0
         members = [Member(v, np.ones(len(examples), np.float32), (), key=v.name) for v in variants]
         marks, progress = _timer()
         t0 = time.perf_counter()
         train_group(base, members, examples, cfg, out, progress=progress)
-        shared_wall, shared_steps = time.perf_counter() - t0, marks[-1] - marks[0]
-    return {"separate_s": round(sep_steps, 2), "shared_s": round(shared_steps, 2),
-            "speedup": round(sep_steps / shared_steps, 2), "wall_speedup": round(sep_wall / shared_wall, 2)}
+        shared_wall, shared = time.perf_counter() - t0, _span(marks)
+    return {"separate_s": round(sep[0], 2), "shared_s": round(shared[0], 2),
+            "separate_cpu_s": round(sep[1], 2), "shared_cpu_s": round(shared[1], 2),
+            "speedup": round(sep[0] / shared[0], 2), "cpu_speedup": round(sep[1] / shared[1], 2),
+            "wall_speedup": round(sep_wall / shared_wall, 2)}
 
 
 def bench_training(quick: bool) -> dict[str, Any]:
@@ -101,6 +110,7 @@ def bench_training(quick: bool) -> dict[str, Any]:
     alora = _one_kind(base, examples, cfg, VariantConfig(rank=8, target_modules=attn, flavour="alora"))
     top = _one_kind(base, examples, cfg, VariantConfig(rank=8, target_modules=attn, layers=f"top:{max(1, n_layers // 3)}"))
     return {"train_alora_speedup": alora["speedup"], "train_top_speedup": top["speedup"],
+            "train_alora_cpu_speedup": alora["cpu_speedup"], "train_top_cpu_speedup": top["cpu_speedup"],
             "train_alora_wall_speedup": alora["wall_speedup"], "train_top_wall_speedup": top["wall_speedup"],
             "train_alora": alora, "train_top": top, "train_model": name, "train_k": K, "train_steps": steps,
             "train_batch_size": cfg.batch_size, "train_top_layers": max(1, n_layers // 3), "train_threads": 1}
