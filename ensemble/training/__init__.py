@@ -183,8 +183,18 @@ def train_grid(cfg: Config, *, progress: Callable[..., None] | None = None) -> M
     examples_by_prompt = {p: build_examples(rows, t, cfg.train.mode) for p, t in templates.items()}
     progress("setup", base=str(base), n_rows=len(rows), n_variants=len(variants), names=names)
     pending: list[tuple[Variant, Any, Any, dict[str, Any], str, dict[str, Any]]] = []
+
+    def record(result: VariantResult, settings: dict[str, Any], settings_hash: str, fields: dict[str, Any]) -> None:
+        nonlocal manifest
+        manifest = manifest.with_variant(result.name, {
+            "settings": settings, "settings_hash": settings_hash, "status": "done", **fields,
+            "loss_curve": [list(p) for p in result.loss_curve], "eval_curve": [list(p) for p in result.eval_curve],
+            "heldout_accuracy": result.heldout_accuracy, "heldout_loss": result.heldout_loss,
+            "n_steps": result.n_steps, "seconds": round(result.seconds, 2), "adapter": f"adapters/{result.name}"})
+        write_manifest(out, _ordered(manifest, names))
+
     for index, variant in enumerate(variants):
-        template = templates[variant.prompt]
+        template, examples = templates[variant.prompt], examples_by_prompt[variant.prompt]
         train_idx, held_idx = split_indices(variant, len(rows), groups=groups,
                                             heldout_fraction=cfg.train.heldout_fraction)
         train_ids, held_ids = [ids[i] for i in train_idx], [ids[i] for i in held_idx]
@@ -198,25 +208,15 @@ def train_grid(cfg: Config, *, progress: Callable[..., None] | None = None) -> M
             manifest = manifest.with_variant(variant.name, {**entry, "status": "done"})  # type: ignore[dict-item]
             progress("variant_skipped", name=variant.name, index=index, total=len(variants))
             continue
-        pending.append((variant, train_idx, held_idx, settings, settings_hash, fields))
-
-    def record(result: VariantResult, settings: dict[str, Any], settings_hash: str, fields: dict[str, Any]) -> None:
-        nonlocal manifest
-        manifest = manifest.with_variant(result.name, {
-            "settings": settings, "settings_hash": settings_hash, "status": "done", **fields,
-            "loss_curve": [list(p) for p in result.loss_curve], "eval_curve": [list(p) for p in result.eval_curve],
-            "heldout_accuracy": result.heldout_accuracy, "heldout_loss": result.heldout_loss,
-            "n_steps": result.n_steps, "seconds": round(result.seconds, 2), "adapter": f"adapters/{result.name}"})
-        write_manifest(out, _ordered(manifest, names))
-
-    if cfg.train.shared_batches:
-        _train_shared(base, pending, examples_by_prompt, cfg.train, out, progress, record)
-    for variant, train_idx, held_idx, settings, settings_hash, fields in [] if cfg.train.shared_batches else pending:
-        examples = examples_by_prompt[variant.prompt]
-        progress("variant", name=variant.name, index=names.index(variant.name), total=len(variants))
+        if cfg.train.shared_batches:
+            pending.append((variant, train_idx, held_idx, settings, settings_hash, fields))
+            continue
+        progress("variant", name=variant.name, index=index, total=len(variants))
         result = train_variant(base, variant, [examples[i] for i in train_idx], [examples[i] for i in held_idx],
                                cfg.train, out, progress=progress)
         record(result, settings, settings_hash, fields)
+    if pending:
+        _train_shared(base, pending, examples_by_prompt, cfg.train, out, progress, record)
     manifest = _ordered(manifest, names)
     write_manifest(out, manifest)
     progress("done", n_variants=len(variants))
