@@ -75,11 +75,12 @@ def lora_config(variant: Variant, cfg: TrainConfig, n_layers: int, invocation: S
     alora = variant.flavour == "alora"
     if alora and not invocation:
         raise EnsembleError(f"variant '{variant.name}': flavour alora needs invocation tokens")
-    return LoraConfig(r=variant.rank, lora_alpha=variant.alpha, target_modules=modules,
+    alpha: Any = variant.alpha  # PEFT annotates an int; a float alpha works
+    return LoraConfig(r=variant.rank, lora_alpha=alpha, target_modules=modules,
                       lora_dropout=cfg.lora_dropout, use_rslora=variant.flavour == "rslora",
                       use_dora=variant.flavour == "dora", task_type="CAUSAL_LM",
                       layers_to_transform=top_layers(variant, n_layers),
-                      alora_invocation_tokens=list(invocation) if alora else None)
+                      alora_invocation_tokens=list(invocation or ()) if alora else None)
 
 
 def n_decoder_layers(model: Any) -> int:

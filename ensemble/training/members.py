@@ -118,6 +118,8 @@ def build_group_model(base_path: str | Path, members: Sequence[Member], cfg: Tra
         else:
             model.add_adapter(f"voter{i}", lora)
         rngs.append(rng_get(device))
+    if model is None:
+        raise ValueError("a group needs at least one member")
     if cfg.dtype == "bfloat16" and not any(m.variant.flavour == "dora" for m in members):
         frozen_weights_in_bf16(model)  # every forward runs under bf16 autocast: same products
     model.to(device)

@@ -173,13 +173,13 @@ def train_group(base_path: str | Path, members: Sequence[Member], pool: Sequence
     for s in states:
         model.set_adapter(s.adapter)
         name = s.member.variant.name
-        accuracy, loss, logliks = evaluate(model, tok, s.member.heldout, batch_size=eval_batch(cfg),
-                                           max_length=cfg.max_length, autocast=autocast)
+        accuracy, held_loss, logliks = evaluate(model, tok, s.member.heldout, batch_size=eval_batch(cfg),
+                                                max_length=cfg.max_length, autocast=autocast)
         path = save_member(model, s.adapter, out_dir, name)
         seconds = (time.perf_counter() - started) / len(states)
-        progress("train_done", name=name, heldout_accuracy=accuracy, heldout_loss=loss, seconds=seconds)
-        results.append(VariantResult(name, path, tuple(s.curve), tuple(s.evals) + ((n_steps, loss, accuracy),),
-                                     accuracy, loss, tuple(logliks), n_steps, seconds))
+        progress("train_done", name=name, heldout_accuracy=accuracy, heldout_loss=held_loss, seconds=seconds)
+        results.append(VariantResult(name, path, tuple(s.curve), tuple(s.evals) + ((n_steps, held_loss, accuracy),),
+                                     accuracy, held_loss, tuple(logliks), n_steps, seconds))
     return results
 
 
