@@ -28,21 +28,25 @@ from ensemble.data.benchmark import write_benchmark
 from ensemble.data.formats import read_items
 from ensemble.engines.models import resolve_model
 from ensemble.prompts import get_template
-from ensemble.training import recipe
+from ensemble.training import loop, recipe
 from ensemble.training.grid import expand_grid
 
 
-def full_logits_loss(model, batch):
-    """The stock loss: logits for every position, model-side cross-entropy."""
-    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                 position_ids=batch["position_ids"], labels=batch["labels"]).loss
+def full_logits_logprobs(model, batch):
+    """(B, T-1) answer-token log-probabilities from logits at every position (the stock setup)."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   position_ids=batch["position_ids"]).logits.float()  # (B, T, V)
+    target = batch["labels"][:, 1:]
+    logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return logp * (target != -100)
 
 
 def timed_run(base, variant, examples, cfg, kind: str) -> dict:
     stamps: list[float] = []
     tokens: list[int] = []  # padded tokens per training forward (B*T), counted after the first step
     progress = lambda event, **info: stamps.append(time.perf_counter()) if event == "step" else None
-    original, original_load, original_tb = recipe.answer_loss, recipe.load_lora_model, recipe.trainer_batch
+    # The lean loop and the Trainer path live in training.loop; the model is loaded in training.recipe.
+    original, original_load, original_tb = loop.answer_logprobs, recipe.load_lora_model, loop.trainer_batch
 
     def load(*a, **k):
         model, tok = original_load(*a, **k)
@@ -54,16 +58,16 @@ def timed_run(base, variant, examples, cfg, kind: str) -> dict:
 
     recipe.load_lora_model = load
     if kind == "loop_full_logits":
-        recipe.answer_loss = full_logits_loss
+        loop.answer_logprobs = full_logits_logprobs
     if kind == "hf_full_logits":  # the stock Trainer setup: every position's logits
-        recipe.trainer_batch = recipe.collate
+        loop.trainer_batch = recipe.collate
     try:
         with tempfile.TemporaryDirectory() as out:
             trainer = "hf" if kind.startswith("hf") else "loop"
             res = recipe.train_variant(base, variant, examples, examples[:8], dataclasses.replace(cfg, trainer=trainer),
                                        out, progress=progress)
     finally:
-        recipe.answer_loss, recipe.load_lora_model, recipe.trainer_batch = original, original_load, original_tb
+        loop.answer_logprobs, recipe.load_lora_model, loop.trainer_batch = original, original_load, original_tb
     seconds = stamps[-1] - stamps[0]
     per_step = [b - a for a, b in pairwise(stamps)]
     return {"s_per_step": seconds / (len(stamps) - 1), "s_per_1k_padded_tokens": 1000 * seconds / sum(tokens),

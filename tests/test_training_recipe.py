@@ -210,3 +210,50 @@ def test_heldout_loss_is_the_gold_options_nll_and_chat_rows_their_answers(base, 
     batch = collate([encode(tok, chat[0], 256)], tok.pad_token_id)
     want = -float(answer_logprobs(model, batch).sum()) / int((batch["labels"] != -100).sum())
     assert (acc_c, ll_c) == (None, []) and loss_c == pytest.approx(want, rel=1e-5)
+
+
+def test_a_batch_cut_into_passes_gives_the_same_update(base, examples, tmp_path):
+    """max_batch_tokens bounds the activations kept for backward; the gradient is the sum
+    over passes of each pass's NLL over the whole batch's answer tokens: the same step."""
+    from safetensors.torch import load_file
+
+    from ensemble.training.batches import passes
+
+    assert passes([5, 3, 9, 3], 0) == [[1, 3, 0, 2]]
+    assert passes([5, 3, 9, 3], 10) == [[1, 3], [0], [2]]  # 2 x 3 fits in 10; 5 and 9 each alone
+    assert passes([5, 3, 9, 3], 1) == [[1], [3], [0], [2]]  # one row at least
+    v = one_variant()
+    whole = train_variant(base, v, examples[:16], examples[16:20], dataclasses.replace(CFG, max_batch_tokens=0),
+                          tmp_path / "whole")
+    cut = train_variant(base, v, examples[:16], examples[16:20], dataclasses.replace(CFG, max_batch_tokens=40),
+                        tmp_path / "cut")
+    a, b = (load_file(r.adapter / "adapter_model.safetensors") for r in (whole, cut))
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    assert not all(torch.equal(a[k], b[k]) for k in a)  # really another computation (summation order)
+    assert [round(x, 4) for _, x, _ in whole.loss_curve] == [round(x, 4) for _, x, _ in cut.loss_curve]
+
+
+def test_frozen_weights_in_bf16_give_the_same_products(base, examples):
+    """Under bf16 autocast a frozen fp32 weight is cast on every call; storing the cast
+    once changes no bit of the output or of the LoRA gradients (and the LoRA stays fp32)."""
+    from ensemble.training.loop import frozen_weights_in_bf16
+
+    v = one_variant()
+    batch = collate([encode(load_lora_model(base, v, CFG)[1], ex, 256) for ex in examples[:4]], 0)
+    outs = []
+    for convert in (False, True):
+        model, _ = load_lora_model(base, v, CFG)
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                torch.nn.init.normal_(p, std=0.5)
+        if convert:
+            frozen_weights_in_bf16(model)
+            assert model.get_output_embeddings().weight.dtype == torch.bfloat16
+            assert model.get_input_embeddings().weight.dtype == torch.float32
+            assert all(p.dtype == torch.float32 for n, p in model.named_parameters() if "lora_" in n)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logp = answer_logprobs(model, batch)
+        grads = torch.autograd.grad(logp.sum(), [p for p in model.parameters() if p.requires_grad])
+        outs.append((logp, grads))
+    assert torch.equal(outs[0][0], outs[1][0])
+    assert all(torch.equal(a, b) for a, b in zip(outs[0][1], outs[1][1]))

@@ -84,8 +84,10 @@ class VariantConfig:
     alpha: float | None = None
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
     split: str = "full"
-    flavour: Literal["lora", "rslora", "dora"] = "lora"
+    flavour: Literal["lora", "rslora", "dora", "alora"] = "lora"
     prompt: str | None = None  # template name; None = the config's prompt
+    layers: str = "all"  # "all" or "top:N": LoRA on the top N decoder layers only
+    bagging: Literal["none", "poisson"] = "none"  # shared batches: Poisson(1) weight per training row
 
     def __post_init__(self) -> None:
         check(self.rank > 0, "variant.rank", self.rank, "use a positive LoRA rank such as 8")
@@ -93,6 +95,7 @@ class VariantConfig:
               "use full, kfold:K, bootstrap, shard:K or subsample:F")
         if self.prompt is not None:
             checks.check_prompt_name(self.prompt, "variant.prompt")
+        check(layers_ok(self.layers), "variant.layers", self.layers, LAYERS_FIX)
 
 
 @dataclass(frozen=True)
@@ -115,8 +118,10 @@ class GridConfig:
     alpha_ratio: float = 2.0
     target_modules: tuple[tuple[str, ...], ...] = ()
     splits: tuple[str, ...] = ()
-    flavours: tuple[Literal["lora", "rslora", "dora"], ...] = ()
+    flavours: tuple[Literal["lora", "rslora", "dora", "alora"], ...] = ()
     prompts: tuple[str, ...] = ()  # template names; () = the config's prompt
+    layers: tuple[str, ...] = ()  # "all" / "top:N" per variant; () = all layers
+    bagging: Literal["none", "poisson"] = "none"  # for every product variant (shared batches only)
     variants: tuple[VariantConfig, ...] = ()  # explicit variants, added after the product
     max_variants: int | None = None  # keep only the first N variants of the expansion
 
@@ -127,6 +132,8 @@ class GridConfig:
                   "use full, kfold:K, bootstrap, shard:K or subsample:F")
         for p in self.prompts:
             checks.check_prompt_name(p, "train.grid.prompts")
+        for layers in self.layers:
+            check(layers_ok(layers), "train.grid.layers", layers, LAYERS_FIX)
 
 
 @dataclass(frozen=True)
@@ -146,6 +153,16 @@ class TrainConfig:
     eval_every: int | None = None  # steps between held-out evaluations; None = at the end only
     dtype: Literal["float32", "bfloat16"] = "bfloat16"
     trainer: Literal["loop", "hf"] = "loop"
+    # Padded tokens per forward pass with gradients (the lean loop cuts a batch into passes
+    # and sums their gradients: same update, activations for this many tokens at a time;
+    # SmolLM2 keeps ~1.7 MB per token). 0 = the whole batch in one pass.
+    max_batch_tokens: int = 384
+    # Train the grid's variants in one process on shared batches (training.multi): the
+    # part that does not depend on the voter (aLoRA: the prompt's KV cache; top:N: the
+    # lower layers) runs once per batch; a variant's split becomes 0/1 (bootstrap:
+    # count, bagging: poisson) weights on the rows of the shared batch.
+    shared_batches: bool = False
+    checkpoint_every: int = 10  # shared batches: steps between resumable checkpoints (0 = never)
     grid: GridConfig = field(default_factory=GridConfig)
 
     def __post_init__(self) -> None:
@@ -156,6 +173,11 @@ class TrainConfig:
         check(0 < self.learning_rate < 1, "train.learning_rate", self.learning_rate, "use a value like 2e-4")
         check(0 <= self.warmup_ratio < 1, "train.warmup_ratio", self.warmup_ratio, "use a value in [0, 1)")
         check(0 < self.heldout_fraction < 1, "train.heldout_fraction", self.heldout_fraction, "use a value in (0, 1)")
+        check(self.max_batch_tokens >= 0, "train.max_batch_tokens", self.max_batch_tokens,
+              "use 0 (whole batches) or a token count such as 384")
+        check(self.checkpoint_every >= 0, "train.checkpoint_every", self.checkpoint_every, "use 0 (never) or more")
+        check(not self.shared_batches or self.trainer == "loop", "train.shared_batches", self.shared_batches,
+              "shared batches run in the lean loop; set trainer: loop or shared_batches: false")
 
 
 @dataclass(frozen=True)
@@ -217,6 +239,15 @@ class Config:
         # pre-flight instead, so `vote train` can load it.
         if self.data.dev is not None or self.data.test is not None or self.data.benchmark is not None:
             checks.check_run_data(self.data, self.run)
+
+
+LAYERS_FIX = "use all, or top:N with N a positive number of decoder layers"
+
+
+def layers_ok(layers: str) -> bool:
+    """'all' or 'top:N' (N >= 1; checked against the model's depth when training starts)."""
+    kind, _, n = str(layers).partition(":")
+    return layers == "all" or (kind == "top" and n.isdigit() and int(n) > 0)
 
 
 def split_kind(split: str) -> str:

@@ -14,8 +14,13 @@ n_heldout, total steps), ``step`` (name, step, total, loss, lr), ``eval`` (name,
 heldout_loss, heldout_accuracy), ``train_done`` (name, heldout_accuracy, heldout_loss,
 seconds); finally ``done`` (n_variants).
 
-Modules: grid (variants), splits (rows per variant), recipe (train one), manifest
-(the record), adapters (voters trained elsewhere).
+With ``train.shared_batches: true`` the pending variants of one prompt template
+train together in one process on shared batches (``training.multi``); their
+progress events interleave, and their checkpoints live in ``<out>/checkpoints``.
+
+Modules: grid (variants), kinds (PEFT config per voter kind), splits (rows per
+variant), batches / loop / heldout / recipe (train one), shared / multi (train K on
+shared batches), manifest (the record), adapters (voters trained elsewhere).
 """
 from __future__ import annotations
 
@@ -61,8 +66,10 @@ __all__ = ["AdapterInfo", "Example", "Manifest", "Variant", "VariantResult", "ad
 
 log = logging.getLogger(__name__)
 CHAT_KEYS = ("instruction", "conversations", "messages")
-# Settings that change the weights (eval_every and the grid itself do not).
-_NOT_RECIPE = ("grid", "eval_every")
+# Settings that change the weights (eval_every, checkpoint_every and the grid itself do not).
+_NOT_RECIPE = ("grid", "eval_every", "checkpoint_every")
+# Fields added later, left out of the hash at their defaults: older runs keep their hashes.
+_NEW_DEFAULTS = {"shared_batches": False, "max_batch_tokens": 384}
 
 
 def load_training_rows(cfg: Config, out: Path) -> list[Item | ChatExample]:
@@ -94,7 +101,8 @@ def load_training_rows(cfg: Config, out: Path) -> list[Item | ChatExample]:
 
 
 def recipe_settings(train: TrainConfig) -> dict[str, Any]:
-    return {k: v for k, v in to_dict(train).items() if k not in _NOT_RECIPE}
+    return {k: v for k, v in to_dict(train).items()
+            if k not in _NOT_RECIPE and not (k in _NEW_DEFAULTS and v == _NEW_DEFAULTS[k])}
 
 
 def _is_done(entry: dict[str, Any] | None, settings_hash: str, train_hash: str, heldout_hash: str,
@@ -119,6 +127,32 @@ def _remove_partial(out: Path) -> None:
     for tmp in (out / "adapters").glob(".tmp-*"):
         log.info("removing half-written %s", tmp)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _train_shared(base: Any, pending: Sequence[tuple], examples_by_prompt: dict[Any, list[Example]],
+                  train: TrainConfig, out: Path, progress: Callable[..., None], record: Callable[..., None]) -> None:
+    """Pending variants grouped by prompt template, each group in one process on shared batches."""
+    from ensemble.training.multi import (
+        Member,
+        drop_checkpoint,
+        row_weights,
+        train_group,
+    )
+
+    by_prompt: dict[Any, list[tuple]] = {}
+    for p in pending:
+        by_prompt.setdefault(p[0].prompt, []).append(p)
+    for prompt, group in by_prompt.items():
+        pool = examples_by_prompt[prompt]
+        members = [Member(v, row_weights(v, train_idx, len(pool)), tuple(pool[i] for i in held_idx), key=key)
+                   for v, train_idx, held_idx, _, key, _ in group]
+        name = f"shared-{prompt or 'default'}"
+        for index, (v, *_rest) in enumerate(group):
+            progress("variant", name=v.name, index=index, total=len(group))
+        results = train_group(base, members, pool, train, out, group=name, progress=progress)
+        for result, (_, _, _, settings, key, fields) in zip(results, group):
+            record(result, settings, key, fields)
+        drop_checkpoint(out, name)
 
 
 def train_grid(cfg: Config, *, progress: Callable[..., None] | None = None) -> Manifest:
@@ -152,12 +186,25 @@ def train_grid(cfg: Config, *, progress: Callable[..., None] | None = None) -> M
                  for v in variants}
     examples_by_prompt = {p: build_examples(rows, t, cfg.train.mode) for p, t in templates.items()}
     progress("setup", base=str(base), n_rows=len(rows), n_variants=len(variants), names=names)
+    pending: list[tuple[Variant, Any, Any, dict[str, Any], str, dict[str, Any]]] = []
+
+    def record(result: VariantResult, settings: dict[str, Any], settings_hash: str, fields: dict[str, Any]) -> None:
+        nonlocal manifest
+        manifest = manifest.with_variant(result.name, {
+            "settings": settings, "settings_hash": settings_hash, "status": "done", **fields,
+            "loss_curve": [list(p) for p in result.loss_curve], "eval_curve": [list(p) for p in result.eval_curve],
+            "heldout_accuracy": result.heldout_accuracy, "heldout_loss": result.heldout_loss,
+            "n_steps": result.n_steps, "seconds": round(result.seconds, 2), "adapter": f"adapters/{result.name}"})
+        write_manifest(out, _ordered(manifest, names))
+
     for index, variant in enumerate(variants):
         template, examples = templates[variant.prompt], examples_by_prompt[variant.prompt]
         train_idx, held_idx = split_indices(variant, len(rows), groups=groups,
                                             heldout_fraction=cfg.train.heldout_fraction)
         train_ids, held_ids = [ids[i] for i in train_idx], [ids[i] for i in held_idx]
         context = {"recipe": recipe, "prompt_template": to_dict(template)}
+        if cfg.train.shared_batches:  # the shared batch order comes from every row of the file
+            context["pool_items_hash"] = ids_fields("pool", ids)["pool_items_hash"]
         settings, settings_hash = {**variant.settings(), **context}, variant.settings_hash(context)
         fields = {**ids_fields("train", train_ids), **ids_fields("heldout", held_ids)}
         entry = manifest.variants.get(variant.name)
@@ -165,15 +212,15 @@ def train_grid(cfg: Config, *, progress: Callable[..., None] | None = None) -> M
             manifest = manifest.with_variant(variant.name, {**entry, "status": "done"})  # type: ignore[dict-item]
             progress("variant_skipped", name=variant.name, index=index, total=len(variants))
             continue
+        if cfg.train.shared_batches:
+            pending.append((variant, train_idx, held_idx, settings, settings_hash, fields))
+            continue
         progress("variant", name=variant.name, index=index, total=len(variants))
         result = train_variant(base, variant, [examples[i] for i in train_idx], [examples[i] for i in held_idx],
                                cfg.train, out, progress=progress)
-        manifest = manifest.with_variant(variant.name, {
-            "settings": settings, "settings_hash": settings_hash, "status": "done", **fields,
-            "loss_curve": [list(p) for p in result.loss_curve], "eval_curve": [list(p) for p in result.eval_curve],
-            "heldout_accuracy": result.heldout_accuracy, "heldout_loss": result.heldout_loss,
-            "n_steps": result.n_steps, "seconds": round(result.seconds, 2), "adapter": f"adapters/{variant.name}"})
-        write_manifest(out, _ordered(manifest, names))
+        record(result, settings, settings_hash, fields)
+    if pending:
+        _train_shared(base, pending, examples_by_prompt, cfg.train, out, progress, record)
     manifest = _ordered(manifest, names)
     write_manifest(out, manifest)
     progress("done", n_variants=len(variants))

@@ -2,14 +2,19 @@
 
 ``expand_grid(grid, default_prompt)`` spells out the product
 
-    seeds x ranks x target_modules x splits x flavours x prompts
+    seeds x ranks x target_modules x splits x flavours x layers x prompts
 
 in that nesting order (the last factor varies fastest), where a ``kfold:K`` or
 ``shard:K`` split contributes K variants (fold / shard 0..K-1), then appends the
 explicit ``grid.variants``, then keeps the first ``max_variants``. Each variant
 gets a readable, unique name such as ``s0-r8-attn-kfold5.2-lora`` (seed 0, rank 8,
 attention projections, fold 2 of 5, plain LoRA); it names the adapter folder and
-the voter.
+the voter. Top-layer variants add ``-topN``, Poisson-bagged ones ``-pois``.
+
+Voter kinds (``flavour``, ``layers``; see ``training.kinds``): ``alora`` is an
+activated LoRA (active from the answer's invocation tokens on), ``layers: top:N``
+puts the LoRA on the top N decoder layers only. Both leave a part of every forward
+pass to the base model, which shared batches (``training.multi``) compute once.
 
 Split syntax: ``full``, ``kfold:K``, ``kfold:K:i`` (only fold i), ``bootstrap``,
 ``shard:K``, ``shard:K:i``, ``subsample:F`` (0 < F < 1).
@@ -55,6 +60,8 @@ class Variant:
     split_index: int
     flavour: str
     prompt: str | None
+    layers: str = "all"
+    bagging: str = "none"
 
     @property
     def split_spec(self) -> str:
@@ -70,6 +77,10 @@ class Variant:
         out = asdict(self)
         del out["name"]
         out["target_modules"] = list(self.target_modules)
+        # Fields added later are left out at their defaults: older runs keep their hashes.
+        for key, default in (("layers", "all"), ("bagging", "none")):
+            if out[key] == default:
+                del out[key]
         return out
 
     def settings_hash(self, extra: Mapping[str, Any] | None = None) -> str:
@@ -121,8 +132,13 @@ def split_name(kind: str, param: float | None, index: int) -> str:
 
 
 def variant_name(seed: int, rank: int, modules: tuple[str, ...], kind: str,
-                 param: float | None, index: int, flavour: str, prompt: str | None) -> str:
+                 param: float | None, index: int, flavour: str, prompt: str | None,
+                 layers: str = "all", bagging: str = "none") -> str:
     parts = [f"s{seed}", f"r{rank}", modules_name(modules), split_name(kind, param, index), flavour]
+    if layers != "all":
+        parts.append(layers.replace(":", ""))  # top:4 -> top4
+    if bagging != "none":
+        parts.append("pois")
     if prompt is not None:
         parts.append(prompt)
     return "-".join(parts)
@@ -149,17 +165,18 @@ def expand_grid(grid: GridConfig, default_prompt: str | Mapping[str, Any] | None
     default = default_prompt if isinstance(default_prompt, str) else None
     # The prompt goes into names only when the grid varies it.
     prompts: list[str | None] = list(grid.prompts) or [None]
-    product_set = any((grid.seeds, grid.ranks, grid.target_modules, grid.splits, grid.flavours, grid.prompts))
+    product_set = any((grid.seeds, grid.ranks, grid.target_modules, grid.splits, grid.flavours, grid.layers,
+                       grid.prompts))
     use_product = product_set or not grid.variants  # explicit variants alone, unless the product is asked for
     splits = [m for s in (grid.splits or DEFAULT_SPLITS) for m in _split_variants(s, "train.grid.splits")]
     out: list[Variant] = []
-    for seed, rank, modules, (kind, param, index), flavour, prompt in itertools.product(
+    for seed, rank, modules, (kind, param, index), flavour, layers, prompt in itertools.product(
             grid.seeds or DEFAULT_SEEDS, grid.ranks or DEFAULT_RANKS, grid.target_modules or DEFAULT_MODULES,
-            splits, grid.flavours or DEFAULT_FLAVOURS, prompts) if use_product else ():
+            splits, grid.flavours or DEFAULT_FLAVOURS, grid.layers or ("all",), prompts) if use_product else ():
         alpha = grid.alpha if grid.alpha is not None else grid.alpha_ratio * rank
-        name = variant_name(seed, rank, tuple(modules), kind, param, index, flavour, prompt)
+        name = variant_name(seed, rank, tuple(modules), kind, param, index, flavour, prompt, layers, grid.bagging)
         out.append(Variant(name, seed, rank, float(alpha), tuple(modules), kind, param, index, flavour,
-                           None if prompt == default else prompt))
+                           None if prompt == default else prompt, layers, grid.bagging))
     for i, v in enumerate(grid.variants):
         out.extend(_explicit(v, grid, i, default))
     if grid.max_variants is not None:
@@ -175,12 +192,13 @@ def _explicit(v: VariantConfig, grid: GridConfig, i: int, default: str | None) -
     out = []
     for kind, param, index in members:
         if v.name is None:
-            name = variant_name(v.seed, v.rank, v.target_modules, kind, param, index, v.flavour, v.prompt)
+            name = variant_name(v.seed, v.rank, v.target_modules, kind, param, index, v.flavour, v.prompt,
+                                v.layers, v.bagging)
         else:
             name = f"{v.name}.{index}" if len(members) > 1 else v.name
         prompt = None if v.prompt == default else v.prompt
         out.append(Variant(name, v.seed, v.rank, float(alpha), tuple(v.target_modules), kind, param, index,
-                           v.flavour, prompt))
+                           v.flavour, prompt, v.layers, v.bagging))
     return out
 
 

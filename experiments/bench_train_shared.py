@@ -1,0 +1,131 @@
+"""Training K = 5 variants on shared batches vs 5 separate runs, same steps (issue point 9).
+
+For each voter kind with a shared part, ``aLoRA`` (``flavour: alora``; the prompt's KV
+cache is the base's) and ``top-third`` (``layers: top:L/3``; the lower two thirds are
+the base's): five variants that differ by seed (rank 8, attention projections), each
+trained for the same number of steps with the same batch size either
+
+    separate  ``recipe.train_variant`` five times (its own batches, whole forward pass), or
+    shared    ``multi.train_group`` once (one shared batch stream; the shared part once
+              per batch, each variant's own part on top; every row weight 1).
+
+Time = from the first ``train_start`` event to the last ``step`` event of each call:
+model loading, held-out evaluation (none here) and saving are left out, the first
+(warm-up) step is in; wall clock (``*_speedup``) and this process's CPU time
+(``*_cpu_speedup``: one torch thread, so it is the work done, and other processes on a
+shared machine disturb it less). ``*_wall_speedup`` counts whole calls (5 model loads
+vs 1). On a shared machine the ratios are indicative.
+
+    python experiments/bench_train_shared.py [--quick] [--out results.json]
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ensemble.data.formats import read_items
+
+from ensemble.config.schema import GridConfig, TrainConfig, VariantConfig
+from ensemble.data.benchmark import write_benchmark
+from ensemble.engines.models import resolve_model
+from ensemble.errors import EnsembleError
+from ensemble.prompts import get_template
+from ensemble.training.grid import expand_grid
+from ensemble.training.multi import Member, train_group
+from ensemble.training.recipe import build_examples, train_variant
+
+K = 5
+
+
+def _base() -> tuple[str, str]:
+    """SmolLM2 when it is on disk, else the tiny test model (then the ratios mean little)."""
+    try:
+        path = resolve_model("smollm2")
+        if (Path(path) / "config.json").is_file():
+            return str(path), "smollm2-135m-instruct"
+    except (EnsembleError, OSError):  # no cached model and no network: fall back
+        pass
+    from ensemble.testing import make_tiny_model
+
+    return str(make_tiny_model(Path(tempfile.gettempdir()) / "ensemble-bench-tiny", num_layers=6)), "tiny"
+
+
+def _timer() -> tuple[list[tuple[float, float]], Any]:
+    """(wall, CPU) time marks at ``train_start`` and every ``step`` event."""
+    marks: list[tuple[float, float]] = []
+
+    def progress(event: str, **info: Any) -> None:
+        if event in ("train_start", "step"):
+            marks.append((time.perf_counter(), time.process_time()))
+    return marks, progress
+
+
+def _span(marks: list[tuple[float, float]]) -> np.ndarray:
+    return np.array(marks[-1]) - np.array(marks[0])
+
+
+def _one_kind(base: str, examples: list, cfg: TrainConfig, variant: VariantConfig) -> dict[str, float]:
+    variants = expand_grid(GridConfig(variants=tuple(dataclasses.replace(variant, name=f"v{i}", seed=i)
+                                                     for i in range(K))), "mc_short")
+    with tempfile.TemporaryDirectory() as out:
+        sep, t0 = np.zeros(2), time.perf_counter()
+        for v in variants:
+            marks, progress = _timer()
+            train_variant(base, v, examples, [], cfg, out, progress=progress)
+            sep += _span(marks)
+        sep_wall = time.perf_counter() - t0
+        members = [Member(v, np.ones(len(examples), np.float32), (), key=v.name) for v in variants]
+        marks, progress = _timer()
+        t0 = time.perf_counter()
+        train_group(base, members, examples, cfg, out, progress=progress)
+        shared_wall, shared = time.perf_counter() - t0, _span(marks)
+    return {"separate_s": round(sep[0], 2), "shared_s": round(shared[0], 2),
+            "separate_cpu_s": round(sep[1], 2), "shared_cpu_s": round(shared[1], 2),
+            "speedup": round(sep[0] / shared[0], 2), "cpu_speedup": round(sep[1] / shared[1], 2),
+            "wall_speedup": round(sep_wall / shared_wall, 2)}
+
+
+def bench_training(quick: bool) -> dict[str, Any]:
+    """{"train_alora_speedup", "train_top_speedup", ...}: separate / shared training time."""
+    torch.set_num_threads(1)
+    base, name = _base()
+    from transformers import AutoConfig
+
+    n_layers = AutoConfig.from_pretrained(base).num_hidden_layers
+    with tempfile.TemporaryDirectory() as d:
+        items = read_items(write_benchmark(d, n_train=60, n_dev=0, n_test=0, seed=0,
+                                           kinds=["arith", "compare", "sequence", "order"])["train"])
+    examples = build_examples(items, get_template("mc_short_auto"), "cloze")[:96]
+    steps = 3 if quick else 8
+    cfg = TrainConfig(max_steps=steps, batch_size=8, learning_rate=2e-3, scheduler="constant", dtype="bfloat16",
+                      lora_dropout=0.05, checkpoint_every=0)
+    attn = ("q_proj", "k_proj", "v_proj", "o_proj")
+    alora = _one_kind(base, examples, cfg, VariantConfig(rank=8, target_modules=attn, flavour="alora"))
+    top = _one_kind(base, examples, cfg, VariantConfig(rank=8, target_modules=attn, layers=f"top:{max(1, n_layers // 3)}"))
+    return {"train_alora_speedup": alora["speedup"], "train_top_speedup": top["speedup"],
+            "train_alora_cpu_speedup": alora["cpu_speedup"], "train_top_cpu_speedup": top["cpu_speedup"],
+            "train_alora_wall_speedup": alora["wall_speedup"], "train_top_wall_speedup": top["wall_speedup"],
+            "train_alora": alora, "train_top": top, "train_model": name, "train_k": K, "train_steps": steps,
+            "train_batch_size": cfg.batch_size, "train_top_layers": max(1, n_layers // 3), "train_threads": 1}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    result = bench_training(args.quick)
+    print(json.dumps(result, indent=1))
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
