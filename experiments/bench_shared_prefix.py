@@ -17,7 +17,9 @@ Sections (each a function returning a dict of results; ``SECTIONS`` lists them):
          voters, after a warm-up.
          --quick: K = 1 and 8, 4 questions, letter mode for aLoRA only.
          Targets (issue 9): aLoRA K=8 <= 2.5x K=1 (cloze), <= 1.5x (letter); top <= 3.5x.
-  (train: added by the training bench.)
+  train  K = 5 variants trained in one process on shared batches vs 5 separate runs, same
+         steps, per kind (``experiments/bench_train_shared.bench_training``). Targets:
+         aLoRA >= 3x, top third >= 2x.
 
 Writes experiments/results/bench_shared_prefix.json; the LAST line printed is one JSON
 object with the headline ratios (cloze unless named; null where a section did not run).
@@ -157,7 +159,17 @@ def score_section(args: argparse.Namespace) -> dict[str, Any]:
             **ratios}
 
 
-SECTIONS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {"score": score_section}
+def train_section(args: argparse.Namespace) -> dict[str, Any]:
+    """K = 5 variants on shared batches vs 5 separate runs (bench_train_shared)."""
+    sys.path.insert(0, str(ROOT / "experiments"))
+    from bench_train_shared import bench_training
+
+    got = bench_training(args.quick)
+    return {"train": got, **{k: got[k] for k in ("train_alora_speedup", "train_top_speedup") if k in got}}
+
+
+SECTIONS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {"score": score_section,
+                                                                      "train": train_section}
 
 
 def main() -> None:

@@ -30,10 +30,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from ensemble.data.formats import read_items
 
 from ensemble.config.schema import GridConfig, TrainConfig, VariantConfig
 from ensemble.data.benchmark import write_benchmark
+from ensemble.data.formats import read_items
 from ensemble.engines.models import resolve_model
 from ensemble.errors import EnsembleError
 from ensemble.prompts import get_template

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from ensemble.data.items import Item
 from safetensors.torch import load_file
 
 from ensemble.config.schema import GridConfig, TrainConfig, VariantConfig
+from ensemble.data.items import Item
 from ensemble.errors import EnsembleError
 from ensemble.prompts import get_template
 from ensemble.testing import make_tiny_model
