@@ -198,3 +198,14 @@ def test_cli_eval_per_group_option(tmp_path):
     assert glob["methods"]["weighted"]["accuracy"] == 0.5
     assert per["methods"]["weighted"]["accuracy"] == 1.0
     assert per["methods"]["weighted"]["info"]["group_dev_items"] == {"X": 10, "Y": 10}
+
+
+@pytest.mark.parametrize("tie_break", ["first", "confidence", "random", "abstain"])
+def test_weighted_per_group_under_every_tie_policy_and_one_vote_per_voter(tie_break):
+    # 2 samples per voter (the same vote twice): samples="voter" reduces them to one
+    m, dev = two_groups()
+    m2 = replace(m, labels=np.repeat(m.labels, 2, axis=2))
+    for samples in ("each", "voter"):
+        d = vote(m2, "weighted", dev=dev, samples=samples, tie_break=tie_break, per_group=True,
+                 group_prior=5)
+        assert eval_accuracy(m2, dev, d.labels) == 1.0 and d.info["n_tied"] == 0
