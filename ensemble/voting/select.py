@@ -15,12 +15,21 @@ tied on it are ranked by name, so the selection never depends on voter order.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from ensemble.errors import EnsembleError
 from ensemble.predictions.matrix import Decision, VoteMatrix, support
 from ensemble.voting import METHODS
+from ensemble.voting.groups import (
+    DEFAULT_GROUP_PRIOR,
+    blend,
+    check_group_options,
+    fit_groups,
+    own_share,
+)
+from ensemble.voting.majority import plurality
 from ensemble.voting.tiebreak import (
     DEFAULT_TIE_BREAK,
     break_ties,
@@ -86,9 +95,26 @@ def greedy_counts(per_voter: np.ndarray, gold: np.ndarray, max_rounds: int, init
     return chosen
 
 
+def select_counts(m: VoteMatrix, idx: np.ndarray, max_rounds: int, init: int,
+                  on_dev: str) -> list[int]:
+    """Voter indices in the order greedy selection on the dev items ``idx`` added them."""
+    assert m.gold is not None
+    labels = m.labels[idx]                                       # (D, V, S)
+    per_voter = np.stack([support(labels[:, j], m.n_classes) for j in range(m.n_voters)])
+    per_voter_conf = None
+    if on_dev == "confidence":
+        conf = vote_confidence(m, "select", idx)                 # (D, V, S)
+        per_voter_conf = np.stack([support(labels[:, j], m.n_classes, conf[:, j])
+                                   for j in range(m.n_voters)])
+    keys = hash_keys([m.items[i] for i in idx]) if on_dev == "random" else None
+    return greedy_counts(per_voter, m.gold[idx], max_rounds, init, names=m.voters,
+                         tie_break=on_dev, keys=keys, per_voter_conf=per_voter_conf)
+
+
 @METHODS.register("select")
 def select(m: VoteMatrix, *, dev: np.ndarray | None = None, max_rounds: int = 50, init: int = 0,
-           tie_break: str = DEFAULT_TIE_BREAK) -> Decision:
+           tie_break: str = DEFAULT_TIE_BREAK, per_group: bool = False,
+           group_prior: float = DEFAULT_GROUP_PRIOR) -> Decision:
     """Weighted vote whose integer weights come from greedy selection on dev gold.
 
     Use with a few hundred dev items when some voters are redundant or harmful:
@@ -99,6 +125,13 @@ def select(m: VoteMatrix, *, dev: np.ndarray | None = None, max_rounds: int = 50
     all-abstain item. ``init=N`` starts from the N best voters on dev, once each
     (N >= the number of voters: all of them).
     info = {"chosen": [voters in order of addition], "weights": {voter: count}, ...}.
+
+    ``per_group=True`` also runs the selection on each group's dev items
+    (``ensemble.voting.groups``). Selection counts are a mixture over voters, so a
+    group's weights are the convex blend (1 - a) global + a own, a = n / (n +
+    group_prior), with its own counts rescaled to the global total first (only
+    proportions matter to a plurality): a small group mostly keeps the global mix.
+    A group where no voter gets a dev item right keeps the global counts.
     """
     if isinstance(max_rounds, bool) or not isinstance(max_rounds, (int, np.integer)) \
             or max_rounds < 1:
@@ -107,24 +140,33 @@ def select(m: VoteMatrix, *, dev: np.ndarray | None = None, max_rounds: int = 50
         raise EnsembleError(f"select: init must be a whole number >= 0 (voters to start from), "
                             f"got {init!r}")
     check_tie_break(tie_break, "select")
+    check_group_options(per_group, group_prior, "select")
     on_dev = effective_tie_break(m, tie_break)                   # the policy the vote applies
     idx = dev_items(m, dev, "select", "pass dev= a bool mask of items with gold answers")
     assert m.gold is not None                                    # dev_items found gold
-    labels = m.labels[idx]                                       # (D, V, S)
-    per_voter = np.stack([support(labels[:, j], m.n_classes) for j in range(m.n_voters)])
-    per_voter_conf = None
-    if on_dev == "confidence":
-        conf = vote_confidence(m, "select", idx)                 # (D, V, S)
-        per_voter_conf = np.stack([support(labels[:, j], m.n_classes, conf[:, j])
-                                   for j in range(m.n_voters)])
-    keys = hash_keys([m.items[i] for i in idx]) if on_dev == "random" else None
-    chosen = greedy_counts(per_voter, m.gold[idx], int(max_rounds), int(init), names=m.voters,
-                           tie_break=on_dev, keys=keys, per_voter_conf=per_voter_conf)
+    chosen = select_counts(m, idx, int(max_rounds), int(init), on_dev)
     if not chosen:
         raise EnsembleError(f"select: no voter gets any of the {len(idx)} dev items right, so "
                             "none can be selected: check the gold answers or use majority")
     counts = np.bincount(chosen, minlength=m.n_voters)          # (V,) weight = times chosen
-    decision = weighted(m, weights=counts.astype(np.float64), tie_break=tie_break)
-    info = dict(decision.info, chosen=[m.voters[j] for j in chosen],
-                weights={v: int(c) for v, c in zip(m.voters, counts)})
-    return Decision(labels=decision.labels, scores=decision.scores, info=info)
+    info: dict[str, Any] = {"chosen": [m.voters[j] for j in chosen],
+                            "weights": {v: int(c) for v, c in zip(m.voters, counts)}}
+    global_w = counts.astype(np.float64)
+    if not per_group:
+        decision = weighted(m, weights=global_w, tie_break=tie_break)
+        return Decision(labels=decision.labels, scores=decision.scores,
+                        info=dict(decision.info, **info))
+
+    def fit_group(group_idx: np.ndarray) -> np.ndarray:
+        if own_share(len(group_idx), float(group_prior)) == 0.0:
+            return global_w                                      # skip a fit that gets weight 0
+        picked = select_counts(m, group_idx, int(max_rounds), int(init), on_dev)
+        if not picked:
+            return global_w
+        own = np.bincount(picked, minlength=m.n_voters).astype(np.float64)
+        return blend(global_w, own * (global_w.sum() / own.sum()), len(group_idx),
+                     float(group_prior))
+
+    item_w, group_info = fit_groups(m, idx, global_w, "select", fit_group)
+    return plurality(m, item_w[:, :, None], tie_break=tie_break, method="select",
+                     **info, **group_info, per_group=True, group_prior=float(group_prior))

@@ -17,6 +17,8 @@ the fit does not depend on the starting point or on the order of voters.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from scipy.optimize import minimize
 from scipy.special import logsumexp
@@ -25,6 +27,13 @@ from ensemble.errors import EnsembleError
 from ensemble.predictions.matrix import ABSTAIN, Decision, VoteMatrix, support
 from ensemble.registry import unknown_name
 from ensemble.voting import METHODS
+from ensemble.voting.groups import (
+    DEFAULT_GROUP_PRIOR,
+    blend,
+    check_group_options,
+    fit_groups,
+    own_share,
+)
 from ensemble.voting.tiebreak import DEFAULT_TIE_BREAK, check_tie_break, decision
 from ensemble.voting.weighted import dev_items
 
@@ -108,7 +117,8 @@ def fit_stack_weights(x: np.ndarray, gold: np.ndarray, valid: np.ndarray, C: flo
 
 @METHODS.register("stack")
 def stack(m: VoteMatrix, *, dev: np.ndarray | None = None, C: float = 1.0,
-          features: str = "auto", tie_break: str = DEFAULT_TIE_BREAK) -> Decision:
+          features: str = "auto", tie_break: str = DEFAULT_TIE_BREAK, per_group: bool = False,
+          group_prior: float = DEFAULT_GROUP_PRIOR) -> Decision:
     """Conditional-logit stacking of the voters, fitted on the ``dev`` gold.
 
     Use with probabilities from scoring the options (features="auto" picks them
@@ -119,8 +129,16 @@ def stack(m: VoteMatrix, *, dev: np.ndarray | None = None, C: float = 1.0,
     with a zero row. Ties (equal up to rounding): ``tie_break``; its
     ``confidence`` policy sums the confidences of every vote.
     info["weights"] = {voter: weight}.
+
+    ``per_group=True`` also fits the model on each group's dev items
+    (``ensemble.voting.groups``) and uses (1 - a) w_global + a w_group, a = n / (n +
+    group_prior): the posterior-mean compromise between a group's n items and a
+    prior worth ``group_prior`` items centred on the global fit. A blend, not an L2
+    pull toward w_global inside the fit, because its limits are exact (prior 0: the
+    group's own fit; inf: the global one) and it needs no second tuning constant.
     """
     check_tie_break(tie_break, "stack")
+    check_group_options(per_group, group_prior, "stack")
     if not (isinstance(C, (int, float)) and np.isfinite(C) and C > 0):
         raise EnsembleError(f"stack: C (inverse regularisation strength) must be > 0, got {C!r}")
     kind = _feature_kind(m, features)
@@ -132,12 +150,30 @@ def stack(m: VoteMatrix, *, dev: np.ndarray | None = None, C: float = 1.0,
         raise EnsembleError(f"stack: {outside} dev items have a gold answer that is not one of "
                             "their options (valid): fix the gold or the options")
     w = fit_stack_weights(_features(m, idx, kind), gold, valid, float(C))
+    info: dict[str, Any] = {"weights": {v: float(x) for v, x in zip(m.voters, w)},
+                            "features": kind}
+    item_w: np.ndarray | None = None                                # (I, V) when per group
+    if per_group:
+        all_gold = m.gold                                           # (I,), narrowed above
+
+        def fit_group(group_idx: np.ndarray) -> np.ndarray:
+            if own_share(len(group_idx), float(group_prior)) == 0.0:
+                return w                                            # skip a fit that gets weight 0
+            own = fit_stack_weights(_features(m, group_idx, kind), all_gold[group_idx],
+                                    _valid(m, group_idx), float(C))
+            return blend(w, own, len(group_idx), float(group_prior))
+
+        item_w, group_info = fit_groups(m, idx, w, "stack", fit_group)
+        info.update(group_info, per_group=True, group_prior=float(group_prior))
 
     scores = np.zeros((m.n_items, m.n_classes))
     for start in range(0, m.n_items, _CHUNK):
         chunk = np.arange(start, min(start + _CHUNK, m.n_items))
-        s = np.einsum("ivk,v->ik", _features(m, chunk, kind), w)
+        x = _features(m, chunk, kind)                               # (n, V, K)
+        if item_w is None:
+            s = np.einsum("ivk,v->ik", x, w)
+        else:
+            s = np.einsum("ivk,iv->ik", x, item_w[chunk])
         scores[chunk] = _softmax(s, _valid(m, chunk))
     scores[~(m.labels != ABSTAIN).any(axis=(1, 2))] = 0.0          # all-abstain -> ABSTAIN
-    return decision(m, scores, tie_break, "stack",
-                    weights={v: float(x) for v, x in zip(m.voters, w)}, features=kind)
+    return decision(m, scores, tie_break, "stack", **info)

@@ -29,18 +29,22 @@ per vote) and ``select`` (selection counts as weights), so every method shares
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from ensemble.errors import EnsembleError
 from ensemble.predictions.matrix import ABSTAIN, Decision, VoteMatrix
 from ensemble.voting import METHODS
+from ensemble.voting.groups import DEFAULT_GROUP_PRIOR, check_group_options, fit_groups
 from ensemble.voting.majority import plurality
 from ensemble.voting.tiebreak import DEFAULT_TIE_BREAK
 
 # An accuracy of exactly 1 (or 0) would give an infinite log-odds; cap it here.
 _P_EPS = 1e-6
+_FIT_FIX = "pass weights={voter: weight} or dev items with gold answers"
 
 
 def dev_items(m: VoteMatrix, dev: np.ndarray | None, method: str, fix: str) -> np.ndarray:
@@ -107,23 +111,52 @@ def item_chance(m: VoteMatrix, idx: np.ndarray) -> np.ndarray:
     return 1.0 / np.where(n_options > 0, n_options, m.n_classes)
 
 
-def fit_log_odds_weights(m: VoteMatrix, dev: np.ndarray | None) -> np.ndarray:
-    """(V,) log-odds weights from each voter's smoothed accuracy on dev gold.
+def vote_counts(m: VoteMatrix, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(correct, votes, chance_sum), each (V,), over each voter's samples on items ``idx``.
 
-    Each non-abstaining sample of voter j on a dev item is one trial; abstentions
-    are not counted as wrong (abstaining is handled by not voting). Chance c_j is
-    the mean of 1 / (options) over those trials (1 / C for a voter with none).
+    Each non-abstaining sample is one trial; abstentions are not counted as wrong
+    (abstaining is handled by not voting). chance_sum adds 1 / (options) per trial.
     """
-    idx = dev_items(m, dev, "weighted",
-                    "pass weights={voter: weight} or dev items with gold answers")
-    assert m.gold is not None                                # dev_items found gold
+    assert m.gold is not None
     labels = m.labels[idx]                                   # (D, V, S)
     voted = labels != ABSTAIN                                # (D, V, S)
-    correct = (labels == m.gold[idx][:, None, None]).sum(axis=(0, 2))   # (V,)
-    n_votes = voted.sum(axis=(0, 2))                                     # (V,)
+    correct = (labels == m.gold[idx][:, None, None]).sum(axis=(0, 2)).astype(np.float64)
+    n_votes = voted.sum(axis=(0, 2)).astype(np.float64)
     chance_sum = np.einsum("dvs,d->v", voted, item_chance(m, idx))       # (V,)
-    chance = np.where(n_votes > 0, chance_sum / np.maximum(n_votes, 1), 1.0 / m.n_classes)
-    p = (correct + 1.0) / (n_votes + 1.0 / chance)
+    return correct, n_votes, chance_sum
+
+
+def smoothed_accuracy(correct: np.ndarray, n_votes: np.ndarray, chance_sum: np.ndarray,
+                      n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(p, chance), each (V,): p = (correct + 1) / (votes + 1 / chance), chance = mean
+    1 / (options) over the trials (1 / C for a voter with none)."""
+    chance = np.where(n_votes > 0, chance_sum / np.maximum(n_votes, 1e-300), 1.0 / n_classes)
+    return (correct + 1.0) / (n_votes + 1.0 / chance), chance
+
+
+def fit_log_odds_weights(m: VoteMatrix, dev: np.ndarray | None) -> np.ndarray:
+    """(V,) log-odds weights from each voter's smoothed accuracy on dev gold."""
+    idx = dev_items(m, dev, "weighted", _FIT_FIX)
+    p, chance = smoothed_accuracy(*vote_counts(m, idx), m.n_classes)
+    return log_odds_weights(p, m.n_classes, chance=chance)
+
+
+def shrunk_group_weights(m: VoteMatrix, idx: np.ndarray, group_idx: np.ndarray,
+                         group_prior: float) -> np.ndarray:
+    """(V,) log-odds weights of one group, its counts shrunk toward the global ones.
+
+    ``group_prior`` pseudo-votes per voter that look like the global dev votes (right
+    with the global smoothed accuracy p_j, at the global chance c_j) join the
+    group's own votes (a Beta prior centred on the global fit), then the usual
+    smoothing applies: prior 0 is the group's own fit, prior -> inf the global fit
+    (inf: exactly the global weights).
+    """
+    p_all, c_all = smoothed_accuracy(*vote_counts(m, idx), m.n_classes)
+    if math.isinf(group_prior):
+        return log_odds_weights(p_all, m.n_classes, chance=c_all)
+    correct, n_votes, chance_sum = vote_counts(m, group_idx)
+    p, chance = smoothed_accuracy(correct + group_prior * p_all, n_votes + group_prior,
+                                  chance_sum + group_prior * c_all, m.n_classes)
     return log_odds_weights(p, m.n_classes, chance=chance)
 
 
@@ -161,7 +194,8 @@ def voter_weights(m: VoteMatrix, weights: Mapping[str, float] | Sequence[float])
 @METHODS.register("weighted")
 def weighted(m: VoteMatrix, *, dev: np.ndarray | None = None,
              weights: Mapping[str, float] | Sequence[float] | None = None,
-             samples: str = "each", tie_break: str = DEFAULT_TIE_BREAK) -> Decision:
+             samples: str = "each", tie_break: str = DEFAULT_TIE_BREAK, per_group: bool = False,
+             group_prior: float = DEFAULT_GROUP_PRIOR) -> Decision:
     """Weighted plurality: voter j's votes count w_j each.
 
     Use when voters differ in quality and you have their accuracies (given
@@ -169,7 +203,13 @@ def weighted(m: VoteMatrix, *, dev: np.ndarray | None = None,
     weights fitted on ``dev``, see the module docstring). Uniform weights give
     exactly majority's decision. Ties: ``tie_break`` (``ensemble.voting.tiebreak``);
     all-abstain items stay ABSTAIN. info["weights"] = {voter: weight}.
+
+    ``per_group=True`` fits weights per item group (``m.groups``, see
+    ``ensemble.voting.groups``): a group's accuracies get ``group_prior``
+    pseudo-votes at the global accuracy, so a group with few dev items stays near
+    the global weights. A group whose weights all come out 0 uses the global ones.
     """
+    check_group_options(per_group, group_prior, "weighted")
     if weights is None:
         w = fit_log_odds_weights(m, dev)
         if not (w > 0).any():
@@ -177,9 +217,24 @@ def weighted(m: VoteMatrix, *, dev: np.ndarray | None = None,
                                 "of the dev items it answered), so every log-odds weight is 0: "
                                 "use majority or more dev items")
     else:
+        if per_group:
+            raise EnsembleError("weighted: per_group=true fits weights on dev, but weights= "
+                                "were given: drop one of them")
         w = voter_weights(m, weights)
         if not (w > 0).any():
             raise EnsembleError("weighted: every weight is 0, so no vote would count: give at "
                                 "least one voter a positive weight")
-    return plurality(m, w, samples=samples, tie_break=tie_break, method="weighted",
-                     weights={v: float(x) for v, x in zip(m.voters, w)})
+    info: dict[str, Any] = {"weights": {v: float(x) for v, x in zip(m.voters, w)}}
+    per_vote = w
+    if per_group:
+        idx = dev_items(m, dev, "weighted", _FIT_FIX)
+
+        def fit_group(group_idx: np.ndarray) -> np.ndarray:
+            own = shrunk_group_weights(m, idx, group_idx, float(group_prior))
+            return own if (own > 0).any() else w
+
+        item_w, group_info = fit_groups(m, idx, w, "weighted", fit_group)
+        per_vote = item_w[:, :, None]                               # (I, V, 1) per item
+        info.update(group_info, per_group=True, group_prior=float(group_prior))
+    return plurality(m, per_vote, samples=samples, tie_break=tie_break, method="weighted",
+                     **info)
