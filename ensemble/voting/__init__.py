@@ -11,8 +11,8 @@ reported on the items outside ``dev`` only (see ensemble.evaluation.metrics).
 
 Every method returns ``Decision(labels (I,), scores (I, C), info)``, takes a
 ``tie_break`` option and breaks ties with ``ensemble.voting.tiebreak`` (one
-implementation for all; default ``confidence``: the tied class whose votes are
-surer, then the class that sorts first).
+implementation for all; default ``first``: the class that sorts first, chosen on
+the bundled benchmark's dev split).
 """
 from __future__ import annotations
 

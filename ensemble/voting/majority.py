@@ -2,8 +2,8 @@
 
 The baseline every other method is measured against, and the right default when
 nothing is known about the voters (no dev gold, no confidences). Ties follow the
-``tie_break`` policy (``ensemble.voting.tiebreak``; default ``confidence``: the
-tied class whose votes are surer, else the class that sorts first); items on
+``tie_break`` policy (``ensemble.voting.tiebreak``; default ``first``: the class
+that sorts first); items on
 which every vote abstains stay ABSTAIN.
 
 ``samples`` says how a voter's S samples per item count:

@@ -41,7 +41,7 @@ from ensemble.registry import Registry, unknown_name
 
 # Chosen by measurement on the bundled benchmark (experiments/tie_break.py,
 # experiments/results/tie_break.json).
-DEFAULT_TIE_BREAK = "confidence"
+DEFAULT_TIE_BREAK = "first"
 
 # policy(tied (n, C) bool with >= 2 True per row, keys (n,) uint64 | None,
 #        tie_scores (n, C) | None) -> (n,) int32 class codes or ABSTAIN
