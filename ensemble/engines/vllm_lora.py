@@ -13,7 +13,6 @@ pins ``vllm>=0.10``, so without an installed vLLM to ask, a rank-1 adapter gets 
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, get_args
@@ -47,13 +46,12 @@ def read_config(path: str | Path) -> dict[str, Any]:
     if not cfg_path.exists():
         raise EnsembleError(f"{cfg_path}: not found; point the adapter at a PEFT LoRA folder "
                             "(one holding adapter_config.json)")
-    try:
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise EnsembleError(f"{cfg_path}:{e.lineno}: invalid JSON ({e.msg}); re-save the adapter with PEFT") from None
-    if not isinstance(cfg, dict):
-        raise EnsembleError(f"{cfg_path}: expected a JSON object; re-save the adapter with PEFT")
-    return cfg
+    from ensemble.training.adapters import (
+        _json_object,  # the project's one adapter-JSON reader
+    )
+
+    return _json_object(cfg_path, "re-save the adapter with PEFT",
+                        "expected a JSON object; re-save the adapter with PEFT")
 
 
 def config_rank(cfg: Mapping[str, Any], where: str | Path = "adapter_config.json") -> int:
