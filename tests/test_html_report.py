@@ -25,7 +25,11 @@ from ensemble.evaluation.html import (
     render,
     write_report,
 )
-from ensemble.evaluation.metrics import error_correlation, mean_pairwise_disagreement
+from ensemble.evaluation.metrics import (
+    error_correlation,
+    error_correlation_matrix,
+    mean_pairwise_disagreement,
+)
 from ensemble.evaluation.protocol import choose_split
 from ensemble.evaluation.report import evaluate
 from ensemble.predictions.matrix import from_arrays
@@ -184,12 +188,12 @@ def test_voter_matrices_reproduce_the_reported_diagnostics(example):
     assert np.allclose(np.diag(agree), 1.0) and np.allclose(agree, agree.T)
     assert math.isclose(1 - agree[upper].mean(), report.diagnostics["mean_pairwise_disagreement"], rel_tol=1e-9)
     assert math.isclose(1 - agree[upper].mean(), mean_pairwise_disagreement(sub), rel_tol=1e-9)
-    corr = plots.error_correlation_matrix(sub)
+    corr = error_correlation_matrix(sub)
     assert math.isclose(corr[upper].mean(), report.diagnostics["error_correlation"], rel_tol=1e-9)
     # a voter that is always right has no error variance: NaN row, skipped by the summary too
     labels = np.stack([sub.gold, *(sub.labels[:, j, 0] for j in range(sub.n_voters))], axis=1)
     perfect = from_arrays(labels, sub.classes, gold=sub.gold)
-    corr2 = plots.error_correlation_matrix(perfect)
+    corr2 = error_correlation_matrix(perfect)
     assert np.isnan(corr2[0]).all() and np.isnan(corr2[:, 0]).all()
     keep = np.triu_indices(sub.n_voters, k=1)
     assert math.isclose(corr2[1:, 1:][keep].mean(), error_correlation(perfect), rel_tol=1e-9)
