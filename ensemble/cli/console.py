@@ -75,8 +75,9 @@ def report_tables(report: dict[str, Any]) -> list[Table]:
 def calls_table(calls: dict[str, Any]) -> Table:
     """An adaptive run's ``calls`` section: made / possible / saved, per-voter coverage."""
     saved = calls.get("saved_fraction")
-    table = Table(title=f"Calls: {calls['made']} made of {calls['possible']} possible, {calls['saved']} saved"
-                        + ("" if saved is None else f" ({100 * saved:.1f}%)"), caption=calls.get("note"))
+    title = (f"Calls: {calls['made']} made of {calls['possible']} possible, {calls['saved']} saved"
+             + ("" if saved is None else f" ({100 * saved:.1f}%)"))
+    table = Table(title=title, caption=calls.get("note"), min_width=len(title) + 2)  # title on one line
     for col in ("voter", "coverage", "abstain rate"):
         table.add_column(col, justify="left" if col == "voter" else "right")
     rates = calls.get("abstain_rate") or {}
