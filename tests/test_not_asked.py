@@ -350,3 +350,16 @@ def test_report_does_not_depend_on_voter_or_item_order() -> None:
     assert a["voters"] == b["voters"] and a["methods"] == b["methods"]
     assert a["calls"]["made"] == b["calls"]["made"] == 14
     assert {v: b["calls"]["coverage"][v] for v in "abc"} == a["calls"]["coverage"]
+
+
+def test_a_mask_with_every_cell_asked_changes_nothing_but_adds_calls() -> None:
+    """The asked-aware paths (voter rows, baseline, paired test, error correlation, stack's
+    divisor) reduce exactly to the plain ones when every cell was asked."""
+    from ensemble.evaluation.report import evaluate
+    labels, arrays = planted()
+    methods = ["majority", "weighted", "select", "stack", "confidence", "dawid_skene"]
+    full = evaluate(matrix(labels, arrays, np.ones(labels.shape, bool)), methods, dev=DEV, n_boot=50).to_dict()
+    plain = evaluate(matrix(labels, arrays), methods, dev=DEV, n_boot=50).to_dict()
+    calls = full.pop("calls")
+    assert full == plain
+    assert (calls["made"], calls["possible"], calls["saved"], calls["saved_fraction"]) == (480, 480, 0, 0.0)

@@ -6,7 +6,8 @@ VoteMatrix and the registered voting methods.
 
 Abstentions: an ABSTAIN prediction is a wrong answer. It lowers accuracy, counts as
 a miss in recall and adds nothing to precision (sklearn is called with the class
-codes as ``labels``, and -1 is not one of them).
+codes as ``labels``, and -1 is not one of them). A vote never asked (adaptive runs,
+``VoteMatrix.asked``) is no prediction at all: see ``ensemble.evaluation.calls``.
 
 Bootstrap intervals: resampling I items with replacement and counting the correct
 ones is a Binomial(I, accuracy) draw; for a paired difference the counts of
