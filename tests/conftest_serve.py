@@ -32,6 +32,7 @@ class CharTokenizer:
 
     bos_token_id, eos_token_id = 1, 0
     model_max_length = 4096
+    chat_template = "<{role}>{content}\\n"  # has one (ensemble.tokens asks); apply_chat_template renders it
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return ([self.bos_token_id] if add_special_tokens else []) + [ord(c) + 2 for c in text]
