@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest_serve import CharTokenizer, FakeEngine, http
+from conftest_serve import CharTokenizer, FakeEngine, http, loopback
 from test_engine_vllm import REFUSED, write_adapter
 
 from ensemble.engines.base import ChoiceRequest, GenRequest, SamplingSettings
@@ -18,7 +18,6 @@ from ensemble.errors import EnsembleError
 from ensemble.serve.app import (
     Batcher,
     EnsembleHTTPServer,
-    make_server,
     max_lora_rank_for,
     run_server,
     vllm_serve_command,
@@ -28,10 +27,8 @@ from ensemble.serve.app import (
 @pytest.fixture
 def served():
     engine = FakeEngine()
-    server, thread = make_server(engine, "127.0.0.1", 0, base_model="base")
-    yield engine, server
-    server.close()
-    thread.join(timeout=10)
+    with loopback(engine) as server:
+        yield engine, server
 
 
 # --- vllm serve command ---------------------------------------------------------------------
@@ -145,13 +142,8 @@ def test_models_report_roots_like_vllm(tmp_path):
     from ensemble.predictions.store import fingerprint
 
     folder = write_adapter(tmp_path, "a", 8)
-    server, thread = make_server(FakeEngine(), base_model="base", base_root="/models/base",
-                                 adapter_roots={"a": str(folder)})
-    try:
+    with loopback(FakeEngine(), base_root="/models/base", adapter_roots={"a": str(folder)}) as server:
         cards = {m["id"]: m for m in http("GET", server.url + "/models")[1]["data"]}
-    finally:
-        server.close()
-        thread.join(timeout=10)
     assert (cards["a"]["root"], cards["a"]["parent"]) == (str(folder), "base")
     assert cards["a"]["ensemble_fingerprint"] == fingerprint(folder)
     assert (cards["b"]["root"], "ensemble_fingerprint" in cards["b"]) == ("b", False)  # no folder given
@@ -161,10 +153,8 @@ def test_models_report_roots_like_vllm(tmp_path):
 @pytest.fixture
 def tokenized():
     engine = FakeEngine(tokenizer=CharTokenizer())
-    server, thread = make_server(engine, "127.0.0.1", 0, base_model="base")
-    yield engine, server
-    server.close()
-    thread.join(timeout=10)
+    with loopback(engine) as server:
+        yield engine, server
 
 
 def test_tokenize_route_mirrors_vllm(tokenized):
@@ -334,15 +324,10 @@ def test_engine_errors_become_400_and_500(served):
 def test_concurrent_requests_for_different_voters_share_one_engine_call():
     engine = FakeEngine()
     # max_wait_s is generous and max_batch = 4: the worker runs exactly when the 4th request arrives.
-    server, thread = make_server(engine, "127.0.0.1", 0, max_wait_s=30.0, max_batch=4)
-    try:
-        models = ["a", "b", "base", "a"]
-        with ThreadPoolExecutor(4) as pool:
-            results = list(pool.map(lambda m: http("POST", server.url + "/completions",
-                                                   {"model": m, "prompt": f"to {m}", "temperature": 0}), models))
-    finally:
-        server.close()
-        thread.join(timeout=10)
+    models = ["a", "b", "base", "a"]
+    with loopback(engine, max_wait_s=30.0, max_batch=4) as server, ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda m: http("POST", server.url + "/completions",
+                                               {"model": m, "prompt": f"to {m}", "temperature": 0}), models))
     assert [kind for kind, _ in engine.calls] == ["generate"]
     assert sorted(str(r.adapter) for r in engine.calls[0][1]) == ["None", "a", "a", "b"]
     for m, (status, resp) in zip(models, results):  # every client got its own answer back

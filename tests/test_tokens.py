@@ -212,19 +212,13 @@ def test_hf_engine_sends_the_same_prompt_ids(tiny_model) -> None:
 def test_serve_tokenize_route_gives_the_ids_of_this_module(template, request) -> None:
     """/tokenize (vLLM's route on `vote serve`) answers the ids the engines send. Before, it
     tokenized by itself and, for a model without a chat template, failed on messages."""
-    from conftest_serve import FakeEngine, http
-
-    from ensemble.serve.app import make_server
+    from conftest_serve import FakeEngine, http, loopback
 
     tok = request.getfixturevalue(template)
-    server, thread = make_server(FakeEngine(tokenizer=tok), "127.0.0.1", 0, base_model="base")
-    try:
+    with loopback(FakeEngine(tokenizer=tok)) as server:
         route = server.url.removesuffix("/v1") + "/tokenize"
         for body, text in (({"messages": list(MSGS)}, {"messages": MSGS}), ({"prompt": "Q: 2?"}, {"prompt": "Q: 2?"})):
             status, resp = http("POST", route, {"model": "a", **body})
             assert status == 200, resp
             assert resp["tokens"] == tokens.prompt_ids(tok, **text)
-    finally:
-        server.close()
-        thread.join(timeout=10)
     assert tokens.prompt_ids(tok, messages=MSGS)[0] == BOS  # the template's BOS, or the tokenizer's for plain text
