@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import random
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest_training import yes_items
 from safetensors.torch import load_file
 
 from ensemble.config.schema import GridConfig, TrainConfig, VariantConfig
@@ -29,15 +29,6 @@ from ensemble.training.recipe import (
 from ensemble.training.shared import PrefixCache, TopLayers, plain_rows
 
 
-def yes_items(n: int, seed: int = 0) -> list[Item]:
-    rng = random.Random(seed)
-    out = []
-    for i in range(n):
-        options = ["yes", "no"] if rng.random() < 0.5 else ["no", "yes"]
-        out.append(Item(f"q{i}", f"Question {i % 10}: pick one", tuple(options), "AB"[options.index("yes")]))
-    return out
-
-
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("tiny3") / "base", num_layers=3)
@@ -45,7 +36,7 @@ def base(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def pool():
-    return build_examples(yes_items(24), get_template("mc"), "cloze")
+    return build_examples(yes_items(24, distinct=10), get_template("mc"), "cloze")
 
 
 CFG = TrainConfig(max_steps=6, batch_size=6, learning_rate=1e-2, lora_dropout=0.0, dtype="float32",
