@@ -22,14 +22,21 @@ global fit on the same test items. Writes experiments/results/per_group.json.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from run_data import DRAWN, accuracy, cross_fit, drawn_dev, load_run, synthetic_groups
+from run_data import (
+    DRAWN,
+    accuracy,
+    cross_fit,
+    drawn_dev,
+    load_run,
+    parser,
+    synthetic_groups,
+)
 
 from ensemble.evaluation.metrics import bootstrap_accuracy_ci, paired_test
 from ensemble.predictions.matrix import VoteMatrix
@@ -94,17 +101,11 @@ def table(results: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--run", type=Path, help="a `vote run` output folder (predictions + data/)")
-    ap.add_argument("--predictions", type=Path)
-    ap.add_argument("--gold", type=Path)
+    ap = parser(__doc__, RESULTS)
     ap.add_argument("--synthetic-groups", type=int, default=0,
                     help="files only: K hash groups of the problem id (no signal)")
-    ap.add_argument("--dev-fraction", type=float, default=0.3)
     ap.add_argument("--priors", default="0,5,20,80", help="group_prior values to try")
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n-boot", type=int, default=2000)
-    ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     if args.run:
         m, dev, source = load_run(args.run)

@@ -13,6 +13,7 @@ reproducible from this code.
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 from dataclasses import replace
 from pathlib import Path
@@ -24,6 +25,19 @@ from ensemble.evaluation.splits import choose_split, problem_group
 from ensemble.predictions.matrix import VoteMatrix
 from ensemble.predictions.rows import build_matrix, read_rows
 from ensemble.voting import vote
+
+
+def parser(doc: str, results: Path) -> argparse.ArgumentParser:
+    """The arguments both experiments take: the data (a run folder, or files), the files'
+    dev split, the seed and the results file."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
+    ap.add_argument("--run", type=Path, help="a `vote run` output folder (predictions + data/)")
+    ap.add_argument("--predictions", type=Path)
+    ap.add_argument("--gold", type=Path)
+    ap.add_argument("--dev-fraction", type=float, default=0.3, help="files only: dev share of the gold items")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=results)
+    return ap
 
 
 def hash_unit(key: str, seed: int) -> float:

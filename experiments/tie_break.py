@@ -29,14 +29,13 @@ unless another policy is strictly better. Writes experiments/results/tie_break.j
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from run_data import DRAWN, accuracy, cross_fit, drawn_dev, load_run
+from run_data import DRAWN, accuracy, cross_fit, drawn_dev, load_run, parser
 
 from ensemble.errors import EnsembleError
 from ensemble.predictions.matrix import VoteMatrix, tied_classes
@@ -158,14 +157,8 @@ def table(results: dict[str, dict[str, Any]]) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--run", type=Path, help="a `vote run` output folder (predictions + data/)")
-    ap.add_argument("--predictions", type=Path)
-    ap.add_argument("--gold", type=Path)
-    ap.add_argument("--dev-fraction", type=float, default=0.3)
-    ap.add_argument("--seed", type=int, default=0)
+    ap = parser(__doc__, RESULTS)
     ap.add_argument("--repeats", type=int, default=1, help="hash splits to average (files only)")
-    ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--note", default="", help="a sentence stored with the results")
     args = ap.parse_args()
     if args.run:
