@@ -30,6 +30,17 @@ def tiny_adapters(tiny_model, tmp_path_factory) -> dict[str, Path]:
     return make_tiny_adapters(tiny_model, tmp_path_factory.mktemp("adapters"), ["v1", "v2", "v3"])
 
 
+@pytest.fixture
+def fake_served():
+    """(engine, server): tests/conftest_serve.FakeEngine (voters a, b; no tokenizer) served by
+    `vote serve` on loopback, closed after the test."""
+    from conftest_serve import FakeEngine, loopback
+
+    engine = FakeEngine()
+    with loopback(engine) as server:
+        yield engine, server
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One torch thread for a module, the thread count restored after: tiny matmuls on a busy

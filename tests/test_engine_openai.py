@@ -40,13 +40,6 @@ def openai_engine(url: str, adapters: dict[str, str], model: str = "base", **opt
                                             options={"base_url": url, "max_retries": 0, "timeout": 10, **options}))
 
 
-@pytest.fixture
-def fake_served():
-    engine = FakeEngine()
-    with loopback(engine) as server:
-        yield engine, server
-
-
 def gen_requests() -> list[GenRequest]:
     greedy = SamplingSettings(max_new_tokens=12)
     sampled = SamplingSettings(n=3, temperature=0.8, top_p=0.95, seed=7, max_new_tokens=9, stop=(":",))
