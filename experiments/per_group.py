@@ -22,25 +22,15 @@ global fit on the same test items. Writes experiments/results/per_group.json.
 """
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from run_data import (
-    DRAWN,
-    accuracy,
-    cross_fit,
-    drawn_dev,
-    load_run,
-    parser,
-    synthetic_groups,
-)
+from run_data import accuracy, cross_fit, load, parser, synthetic_groups, write_report
 
 from ensemble.evaluation.metrics import bootstrap_accuracy_ci, paired_test
 from ensemble.predictions.matrix import VoteMatrix
-from ensemble.predictions.rows import load_predictions
 from ensemble.voting import vote
 
 RESULTS = Path(__file__).resolve().parent / "results" / "per_group.json"
@@ -107,19 +97,12 @@ def main() -> None:
     ap.add_argument("--priors", default="0,5,20,80", help="group_prior values to try")
     ap.add_argument("--n-boot", type=int, default=2000)
     args = ap.parse_args()
+    m, [(dev, _)], source = load(args)
     if args.run:
-        m, dev, source = load_run(args.run)
         source["groups"] = "each item's kind (item_group of its meta)"
-    elif args.predictions and args.gold:
-        m = load_predictions(args.predictions, args.gold)
-        dev = drawn_dev(m, args.dev_fraction, args.seed)
-        source = {"predictions": str(args.predictions), "gold": str(args.gold),
-                  "split": f"{DRAWN}, dev fraction {args.dev_fraction}, seed {args.seed}"}
-        if args.synthetic_groups:
-            m = synthetic_groups(m, args.synthetic_groups, args.seed)
-            source["groups"] = f"synthetic: hash of the problem id mod {args.synthetic_groups}"
-    else:
-        sys.exit("give --run DIR, or --predictions and --gold")
+    elif args.synthetic_groups:
+        m = synthetic_groups(m, args.synthetic_groups, args.seed)
+        source["groups"] = f"synthetic: hash of the problem id mod {args.synthetic_groups}"
     priors = [float(p) for p in args.priors.split(",")]
     results = measure(m, dev, priors, args.seed, args.n_boot)
     groups = sorted(set(m.groups or ()) - {""})
@@ -130,8 +113,7 @@ def main() -> None:
                        "dev_items_per_group": {g: int(sum(d for d, x in zip(dev, m.groups or ())
                                                           if x == g)) for g in groups}},
               "results": results}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1, default=float) + "\n")
+    write_report(args.out, report)
     print(table(results))
     print(f"wrote {args.out}")
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,7 @@ import numpy as np
 
 from ensemble.evaluation.splits import choose_split, problem_group
 from ensemble.predictions.matrix import VoteMatrix
-from ensemble.predictions.rows import build_matrix, read_rows
+from ensemble.predictions.rows import build_matrix, load_predictions, read_rows
 from ensemble.voting import vote
 
 
@@ -38,6 +40,28 @@ def parser(doc: str, results: Path) -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=results)
     return ap
+
+
+def load(args: argparse.Namespace, repeats: int = 1
+         ) -> tuple[VoteMatrix, list[tuple[np.ndarray, int]], dict[str, Any]]:
+    """``parser``'s arguments -> (matrix, [(dev mask, seed)] one per split, source facts): a run
+    folder's own split, or ``repeats`` drawn splits of the files (seeds seed .. seed+repeats-1)."""
+    if args.run:
+        m, dev, source = load_run(args.run)
+        return m, [(dev, args.seed)], source
+    if not (args.predictions and args.gold):
+        sys.exit("give --run DIR, or --predictions and --gold")
+    m = load_predictions(args.predictions, args.gold)
+    seeds = range(args.seed, args.seed + max(repeats, 1))
+    which = f"seed {args.seed}" if len(seeds) == 1 else f"seeds {seeds[0]}..{seeds[-1]}"
+    return m, [(drawn_dev(m, args.dev_fraction, s), s) for s in seeds], {
+        "predictions": str(args.predictions), "gold": str(args.gold),
+        "split": f"{DRAWN}, dev fraction {args.dev_fraction}, {which}"}
+
+
+def write_report(path: Path, report: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=1, default=float) + "\n", encoding="utf-8")
 
 
 def hash_unit(key: str, seed: int) -> float:

@@ -35,11 +35,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from run_data import DRAWN, accuracy, cross_fit, drawn_dev, load_run, parser
+from run_data import accuracy, cross_fit, load, parser, write_report
 
 from ensemble.errors import EnsembleError
 from ensemble.predictions.matrix import VoteMatrix, tied_classes
-from ensemble.predictions.rows import load_predictions
 from ensemble.voting import METHODS, vote
 from ensemble.voting.tiebreak import DEFAULT_TIE_BREAK, TIE_BREAKS
 
@@ -161,18 +160,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1, help="hash splits to average (files only)")
     ap.add_argument("--note", default="", help="a sentence stored with the results")
     args = ap.parse_args()
-    if args.run:
-        m, dev, source = load_run(args.run)
-        splits = [(dev, args.seed)]
-    elif args.predictions and args.gold:
-        m = load_predictions(args.predictions, args.gold)
-        seeds = range(args.seed, args.seed + max(args.repeats, 1))
-        splits = [(drawn_dev(m, args.dev_fraction, seed), seed) for seed in seeds]
-        source = {"predictions": str(args.predictions), "gold": str(args.gold),
-                  "split": f"{DRAWN}, dev fraction {args.dev_fraction}, "
-                           f"seeds {seeds[0]}..{seeds[-1]}"}
-    else:
-        sys.exit("give --run DIR, or --predictions and --gold")
+    m, splits, source = load(args, args.repeats)
     runs = [measure(m, dev, seed) for dev, seed in splits]
     summary = choose(runs)
     results = pooled(runs)
@@ -185,8 +173,7 @@ def main() -> None:
                        "has_options": m.valid is not None},
               "default_in_code": DEFAULT_TIE_BREAK, "summary": summary,
               "results": results}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    write_report(args.out, report)
     print(f"over {len(runs)} split(s): mean accuracies, tied items summed")
     print(table(results))
     print(json.dumps(summary, indent=1))
