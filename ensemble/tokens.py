@@ -42,29 +42,41 @@ def encode(tok: Any, text: str, special: bool) -> list[int]:
     return list(tok.encode(text, add_special_tokens=special))
 
 
-def render(tok: Any, messages: Sequence[Message]) -> tuple[str, bool]:
-    """(text, add_special_tokens) of chat messages, ending where the assistant's reply starts."""
+def render(tok: Any, messages: Sequence[Message], *, add_generation_prompt: bool = True,
+           continue_final_message: bool = False) -> tuple[str, bool]:
+    """(text, add_special_tokens) of chat messages, ending where the assistant's reply starts.
+
+    The two flags are the chat template's own (vLLM's /tokenize exposes them): the engines
+    always open the assistant turn. Plain text (no template) has no turns to open or continue."""
     if has_chat_template(tok):
-        text = tok.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+        extra = {"continue_final_message": True} if continue_final_message else {}
+        text = tok.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=add_generation_prompt,
+                                       **extra)
         return text, False  # the template already holds the special tokens
     return plain_text(messages), True
 
 
-def request_text(tok: Any, prompt: str | None, messages: Sequence[Message] | None,
-                 suffix: str = "") -> tuple[str, bool]:
-    """(text, add_special_tokens) of a request's ``prompt`` or ``messages``, then ``suffix``
-    (the assistant prefix a choice is scored after)."""
+def request_text(tok: Any, prompt: str | None, messages: Sequence[Message] | None, suffix: str = "", *,
+                 add_generation_prompt: bool = True, continue_final_message: bool = False) -> tuple[str, bool]:
+    """(text, add_special_tokens) of a request's ``prompt`` or ``messages`` (``render``'s
+    flags), then ``suffix`` (the assistant prefix a choice is scored after)."""
     if (prompt is None) == (messages is None):
         raise EnsembleError("request: set exactly one of 'prompt' and 'messages'")
     if messages is not None:
-        text, special = render(tok, messages)
+        text, special = render(tok, messages, add_generation_prompt=add_generation_prompt,
+                               continue_final_message=continue_final_message)
         return text + suffix, special
     return str(prompt) + suffix, True
 
 
-def prompt_ids(tok: Any, prompt: str | None = None, messages: Sequence[Message] | None = None) -> list[int]:
-    """The ids a generation starts from."""
-    return encode(tok, *request_text(tok, prompt, messages))
+def prompt_ids(tok: Any, prompt: str | None = None, messages: Sequence[Message] | None = None, *,
+               add_special_tokens: bool | None = None, add_generation_prompt: bool = True,
+               continue_final_message: bool = False) -> list[int]:
+    """The ids a generation starts from. The keywords are vLLM's /tokenize overrides:
+    ``add_special_tokens`` None follows the rule above; the others are ``render``'s."""
+    text, special = request_text(tok, prompt, messages, add_generation_prompt=add_generation_prompt,
+                                 continue_final_message=continue_final_message)
+    return encode(tok, text, special if add_special_tokens is None else add_special_tokens)
 
 
 def context_ids(tok: Any, text: str, special: bool) -> list[int]:

@@ -6,14 +6,15 @@
 Data. ``--run DIR`` reads DIR/predictions.jsonl and the run's own dev/test splits
 (DIR/data/{dev,test}.jsonl); an item's group is its kind (``item_group``: group,
 subject, category or kind), as ``vote run`` builds its matrix. ``--predictions`` +
-``--gold`` split the gold items by a seeded blake2b hash of the problem id; files
-without a ``group`` column can be given ``--synthetic-groups K`` (group = hash of
-the problem id mod K: groups that carry no signal, a check that shrinkage does no
-harm when there is nothing to find).
+``--gold`` take the dev split ``vote eval --fit-on dev`` draws (whole problems by a
+seeded hash, ``ensemble.evaluation.splits``); files without a ``group`` column can be
+given ``--synthetic-groups K`` (group = hash of the problem id mod K: groups that carry
+no signal, a check that shrinkage does no harm when there is nothing to find). Loading,
+splits and cross-fitting are shared with tie_break.py (experiments/run_data.py).
 
 Choice. For each method the candidates are the global fit and per_group=true with
 each ``--priors`` value. Each candidate's dev accuracy is out-of-sample: 2-fold
-cross-fit within dev (fit on one half by problem hash, score the other). The
+cross-fit within dev (fit on one half by problem hash, score the other: ``run_data.cross_fit``). The
 candidate with the best dev accuracy wins (ties: global, then the larger prior, the
 more conservative choice). Its test accuracy (fitted on all of dev) is reported
 with a 95% bootstrap interval, and McNemar's exact test against the same method's
@@ -21,73 +22,23 @@ global fit on the same test items. Writes experiments/results/per_group.json.
 """
 from __future__ import annotations
 
-import argparse
-import hashlib
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from run_data import accuracy, cross_fit, load, parser, synthetic_groups, write_report
 
 from ensemble.evaluation.metrics import bootstrap_accuracy_ci, paired_test
 from ensemble.predictions.matrix import VoteMatrix
-from ensemble.predictions.rows import build_matrix, load_predictions, read_rows
 from ensemble.voting import vote
 
 RESULTS = Path(__file__).resolve().parent / "results" / "per_group.json"
 METHODS = ("weighted", "select", "stack")
 
 
-def hash_unit(key: str, seed: int) -> float:
-    """A uniform number in [0, 1) from blake2b(seed:key): order-free and stable."""
-    digest = hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") / 2.0**64
-
-
-def problem(item: str) -> str:
-    return item.split("#", 1)[0]
-
-
-def load_run(run: Path) -> tuple[VoteMatrix, np.ndarray, dict[str, Any]]:
-    """A `vote run` folder -> (matrix with gold, options and groups, dev mask, source facts)."""
-    from ensemble.data.formats import read_items
-    from ensemble.data.tables import item_group
-
-    splits = {s: read_items(run / "data" / f"{s}.jsonl") for s in ("dev", "test")}
-    items = {it.id: it for part in splits.values() for it in part}
-    rows = [r for r in read_rows(run / "predictions.jsonl") if r["item"] in items]
-    gold = {i: it.answer for i, it in items.items() if it.answer is not None}
-    options = {i: it.letters for i, it in items.items() if it.options}
-    groups = {i: g for i, it in items.items() if (g := item_group(it.meta))}
-    m = build_matrix(rows, gold=gold, options=options or None, groups=groups)
-    dev_ids = {it.id for it in splits["dev"]}
-    dev = np.array([i in dev_ids for i in m.items])
-    return m, dev, {"run": str(run), "split": "the run's own dev/test splits",
-                    "groups": "each item's kind (item_group of its meta)"}
-
-
-def synthetic_groups(m: VoteMatrix, k: int, seed: int) -> VoteMatrix:
-    from dataclasses import replace
-
-    return replace(m, groups=tuple(f"g{int(hash_unit(problem(i), seed + 7) * k)}" for i in m.items))
-
-
 def candidates(priors: list[float]) -> list[dict[str, Any]]:
     return [{"per_group": False}] + [{"per_group": True, "group_prior": p} for p in priors]
-
-
-def cross_fit_dev(m: VoteMatrix, method: str, dev: np.ndarray, options: dict[str, Any],
-                  seed: int) -> float:
-    """Dev accuracy with each half of dev scored by a fit on the other half."""
-    assert m.gold is not None
-    fold = np.array([hash_unit(problem(i), seed + 1) < 0.5 for i in m.items])
-    right = 0
-    for half in (fold, ~fold):
-        scored = dev & ~half
-        labels = vote(m, method, dev=dev & half, **options).labels
-        right += int((labels == m.gold)[scored].sum())
-    return right / int(dev.sum())
 
 
 def label(options: dict[str, Any]) -> str:
@@ -105,7 +56,7 @@ def measure(m: VoteMatrix, dev: np.ndarray, priors: list[float], seed: int,
         for options in candidates(priors):
             labels = vote(m, method, dev=dev, **options).labels
             rows.append({"candidate": label(options), "options": options,
-                         "dev_accuracy_cross_fit": cross_fit_dev(m, method, dev, options, seed),
+                         "dev_accuracy_cross_fit": accuracy(m, cross_fit(m, method, dev, seed, **options), dev),
                          "test_accuracy": float((labels[test] == gold).mean()),
                          "_labels": labels})
         # best dev; ties -> global (listed first), then the larger prior
@@ -140,31 +91,18 @@ def table(results: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--run", type=Path, help="a `vote run` output folder (predictions + data/)")
-    ap.add_argument("--predictions", type=Path)
-    ap.add_argument("--gold", type=Path)
+    ap = parser(__doc__, RESULTS)
     ap.add_argument("--synthetic-groups", type=int, default=0,
                     help="files only: K hash groups of the problem id (no signal)")
-    ap.add_argument("--dev-fraction", type=float, default=0.3)
     ap.add_argument("--priors", default="0,5,20,80", help="group_prior values to try")
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n-boot", type=int, default=2000)
-    ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
+    m, [(dev, _)], source = load(args)
     if args.run:
-        m, dev, source = load_run(args.run)
-    elif args.predictions and args.gold:
-        m = load_predictions(args.predictions, args.gold)
-        dev = np.array([hash_unit(problem(i), args.seed) < args.dev_fraction for i in m.items])
-        dev &= m.has_gold()
-        source = {"predictions": str(args.predictions), "gold": str(args.gold),
-                  "split": f"blake2b hash of the problem id, dev fraction {args.dev_fraction}"}
-        if args.synthetic_groups:
-            m = synthetic_groups(m, args.synthetic_groups, args.seed)
-            source["groups"] = f"synthetic: hash of the problem id mod {args.synthetic_groups}"
-    else:
-        sys.exit("give --run DIR, or --predictions and --gold")
+        source["groups"] = "each item's kind (item_group of its meta)"
+    elif args.synthetic_groups:
+        m = synthetic_groups(m, args.synthetic_groups, args.seed)
+        source["groups"] = f"synthetic: hash of the problem id mod {args.synthetic_groups}"
     priors = [float(p) for p in args.priors.split(",")]
     results = measure(m, dev, priors, args.seed, args.n_boot)
     groups = sorted(set(m.groups or ()) - {""})
@@ -175,8 +113,7 @@ def main() -> None:
                        "dev_items_per_group": {g: int(sum(d for d, x in zip(dev, m.groups or ())
                                                           if x == g)) for g in groups}},
               "results": results}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1, default=float) + "\n")
+    write_report(args.out, report)
     print(table(results))
     print(f"wrote {args.out}")
 

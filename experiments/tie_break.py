@@ -6,11 +6,12 @@
 
 Data. ``--run DIR`` reads DIR/predictions.jsonl (the run's store) and the run's own
 splits DIR/data/dev.jsonl and DIR/data/test.jsonl (gold answers and each item's
-options, as ``vote run`` builds its matrix). ``--predictions`` + ``--gold`` split
-the gold items by a seeded blake2b hash of the problem id (the part before "#",
-so the sub-questions of one problem stay together): the split never depends on
-row order. On small files one split is noisy: ``--repeats R`` measures R splits
-(seeds seed .. seed+R-1) and averages them.
+options, as ``vote run`` builds its matrix). ``--predictions`` + ``--gold`` take
+the dev split ``vote eval --fit-on dev`` draws (``ensemble.evaluation.splits``: whole
+problems by a seeded hash, so the sub-questions of one problem stay together and the
+split never depends on row order). On small files one split is noisy: ``--repeats R``
+measures R splits (seeds seed .. seed+R-1) and averages them. Loading, splits and
+cross-fitting are shared with per_group.py (experiments/run_data.py).
 
 Measurement. For every registered method and every policy in TIE_BREAKS:
 
@@ -28,18 +29,16 @@ unless another policy is strictly better. Writes experiments/results/tie_break.j
 """
 from __future__ import annotations
 
-import argparse
-import hashlib
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from run_data import accuracy, cross_fit, load, parser, write_report
 
 from ensemble.errors import EnsembleError
 from ensemble.predictions.matrix import VoteMatrix, tied_classes
-from ensemble.predictions.rows import build_matrix, load_predictions, read_rows
 from ensemble.voting import METHODS, vote
 from ensemble.voting.tiebreak import DEFAULT_TIE_BREAK, TIE_BREAKS
 
@@ -47,49 +46,12 @@ RESULTS = Path(__file__).resolve().parent / "results" / "tie_break.json"
 FITTED = {"weighted", "select", "stack"}
 
 
-def hash_unit(key: str, seed: int) -> float:
-    """A uniform number in [0, 1) from blake2b(seed:key): order-free and stable."""
-    digest = hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") / 2.0**64
-
-
-def problem(item: str) -> str:
-    return item.split("#", 1)[0]
-
-
-def load_run(run: Path) -> tuple[VoteMatrix, np.ndarray, dict[str, Any]]:
-    """A `vote run` folder -> (matrix with gold and options, dev mask, source facts)."""
-    from ensemble.data.formats import read_items
-
-    splits = {s: read_items(run / "data" / f"{s}.jsonl") for s in ("dev", "test")}
-    items = {it.id: it for part in splits.values() for it in part}
-    rows = [r for r in read_rows(run / "predictions.jsonl") if r["item"] in items]
-    gold = {i: it.answer for i, it in items.items() if it.answer is not None}
-    options = {i: it.letters for i, it in items.items() if it.options}
-    m = build_matrix(rows, gold=gold, options=options or None)
-    dev_ids = {it.id for it in splits["dev"]}
-    dev = np.array([i in dev_ids for i in m.items])
-    return m, dev, {"run": str(run), "split": "the run's own dev/test splits"}
-
-
-def hash_dev(m: VoteMatrix, fraction: float, seed: int) -> np.ndarray:
-    """(I,) bool: gold items whose problem id hashes below ``fraction``."""
-    below = np.array([hash_unit(problem(i), seed) < fraction for i in m.items])
-    dev: np.ndarray = below & m.has_gold()
-    return dev
-
-
 def dev_predictions(m: VoteMatrix, method: str, dev: np.ndarray, policy: str,
                     seed: int) -> np.ndarray:
     """(I,) labels whose dev entries are out-of-sample (2-fold cross-fit for fitted methods)."""
     if method not in FITTED:
         return vote(m, method, dev=dev, tie_break=policy).labels
-    fold = np.array([hash_unit(problem(i), seed + 1) < 0.5 for i in m.items])
-    labels = np.full(m.n_items, -1, dtype=np.int32)
-    for half in (fold, ~fold):
-        scored = dev & ~half
-        labels[scored] = vote(m, method, dev=dev & half, tie_break=policy).labels[scored]
-    return labels
+    return cross_fit(m, method, dev, seed, tie_break=policy)
 
 
 def tie_facts(m: VoteMatrix, scores: np.ndarray, labels: np.ndarray,
@@ -103,11 +65,6 @@ def tie_facts(m: VoteMatrix, scores: np.ndarray, labels: np.ndarray,
     return {"n_tied": n,
             "tied_accuracy": float((labels == m.gold)[is_tied].mean()) if n else None,
             "tied_to_first": float((labels == first)[is_tied].mean()) if n else None}
-
-
-def accuracy(m: VoteMatrix, labels: np.ndarray, mask: np.ndarray) -> float:
-    assert m.gold is not None
-    return float((labels == m.gold)[mask].mean())
 
 
 def measure(m: VoteMatrix, dev: np.ndarray, seed: int) -> dict[str, dict[str, Any]]:
@@ -199,28 +156,11 @@ def table(results: dict[str, dict[str, Any]]) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--run", type=Path, help="a `vote run` output folder (predictions + data/)")
-    ap.add_argument("--predictions", type=Path)
-    ap.add_argument("--gold", type=Path)
-    ap.add_argument("--dev-fraction", type=float, default=0.3)
-    ap.add_argument("--seed", type=int, default=0)
+    ap = parser(__doc__, RESULTS)
     ap.add_argument("--repeats", type=int, default=1, help="hash splits to average (files only)")
-    ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--note", default="", help="a sentence stored with the results")
     args = ap.parse_args()
-    if args.run:
-        m, dev, source = load_run(args.run)
-        splits = [(dev, args.seed)]
-    elif args.predictions and args.gold:
-        m = load_predictions(args.predictions, args.gold)
-        seeds = range(args.seed, args.seed + max(args.repeats, 1))
-        splits = [(hash_dev(m, args.dev_fraction, seed), seed) for seed in seeds]
-        source = {"predictions": str(args.predictions), "gold": str(args.gold),
-                  "split": f"blake2b hash of the problem id, dev fraction {args.dev_fraction}, "
-                           f"seeds {seeds[0]}..{seeds[-1]}"}
-    else:
-        sys.exit("give --run DIR, or --predictions and --gold")
+    m, splits, source = load(args, args.repeats)
     runs = [measure(m, dev, seed) for dev, seed in splits]
     summary = choose(runs)
     results = pooled(runs)
@@ -233,8 +173,7 @@ def main() -> None:
                        "has_options": m.valid is not None},
               "default_in_code": DEFAULT_TIE_BREAK, "summary": summary,
               "results": results}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    write_report(args.out, report)
     print(f"over {len(runs)} split(s): mean accuracies, tied items summed")
     print(table(results))
     print(json.dumps(summary, indent=1))

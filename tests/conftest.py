@@ -30,6 +30,30 @@ def tiny_adapters(tiny_model, tmp_path_factory) -> dict[str, Path]:
     return make_tiny_adapters(tiny_model, tmp_path_factory.mktemp("adapters"), ["v1", "v2", "v3"])
 
 
+@pytest.fixture
+def fake_served():
+    """(engine, server): tests/conftest_serve.FakeEngine (voters a, b; no tokenizer) served by
+    `vote serve` on loopback, closed after the test."""
+    from conftest_serve import FakeEngine, loopback
+
+    engine = FakeEngine()
+    with loopback(engine) as server:
+        yield engine, server
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module, the thread count restored after: tiny matmuls on a busy
+    2-core machine are ~20x slower with two intra-op threads, and CPU sums may take another
+    order with another thread count (pytest_configure sets one for the session too)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def pytest_configure(config) -> None:
     # Tiny models are latency-bound: one thread avoids oversubscription on a 2-core machine
     # (measured ~20x slower with 2 threads when another process was busy).

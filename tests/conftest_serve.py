@@ -1,5 +1,6 @@
-"""Helpers shared by tests/test_serve.py and tests/test_engine_openai.py: a small fake Engine
-(deterministic, batch-independent outputs; records every call) and loopback HTTP helpers."""
+"""Helpers shared by the serving tests (test_serve*, test_engine_openai, test_tokens) and the fake
+``vllm serve`` (tests/fake_vllm): a small fake Engine (deterministic, batch-independent outputs;
+records every call), ``vote serve`` over it on loopback, a loopback JSON server, HTTP helpers."""
 from __future__ import annotations
 
 import json
@@ -8,7 +9,9 @@ import threading
 import urllib.error
 import urllib.request
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from ensemble.engines.base import (
@@ -32,6 +35,7 @@ class CharTokenizer:
 
     bos_token_id, eos_token_id = 1, 0
     model_max_length = 4096
+    chat_template = "<{role}>{content}\n"  # has one (ensemble.tokens asks); apply_chat_template renders it
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return ([self.bos_token_id] if add_special_tokens else []) + [ord(c) + 2 for c in text]
@@ -102,6 +106,66 @@ class FakeEngine:
 
     def close(self) -> None:
         pass
+
+
+@contextmanager
+def loopback(engine: Any, **options: Any) -> Iterator[Any]:
+    """``vote serve`` (``make_server``) over ``engine`` on 127.0.0.1, port 0 unless given, base
+    model "base" unless given; yields the server, closes it after."""
+    from ensemble.serve.app import make_server
+
+    server, thread = make_server(engine, options.pop("host", "127.0.0.1"), options.pop("port", 0),
+                                 **{"base_model": "base", **options})
+    try:
+        yield server
+    finally:
+        server.close()
+        thread.join(timeout=10)
+
+
+Reply = tuple[int, dict[str, Any]]
+
+
+class JsonServer:
+    """A loopback HTTP/1.1 JSON server: GET -> ``get()``, POST -> ``post(path, body)``, each
+    a (status, payload); records every POST as (path, body) in ``bodies``."""
+
+    def __init__(self, post: Callable[[str, dict[str, Any]], Reply], get: Callable[[], Reply],
+                 port: int = 0) -> None:
+        self.bodies: list[tuple[str, dict[str, Any]]] = []
+        bodies = self.bodies
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _reply(self, status: int, payload: dict[str, Any]) -> None:
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                self._reply(*get())
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                bodies.append((self.path, body))
+                self._reply(*post(self.path, body))
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=10)
 
 
 def http(method: str, url: str, body: Any = None, raw: bytes | None = None) -> tuple[int, dict[str, Any]]:

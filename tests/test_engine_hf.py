@@ -34,13 +34,7 @@ def build(model: Path | str, adapters: dict, **options) -> HFEngine:
     return ENGINES.get("hf")(spec)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matmuls: on a busy 2-core machine, two intra-op threads are ~20x slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 MODES = ["stacked", "peft", "separate"]

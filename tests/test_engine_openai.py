@@ -3,16 +3,20 @@ exactly the in-process engine's answers; against a vLLM-like stub it must parse 
 top-logprob responses into the right scores; errors name the server and the fix."""
 from __future__ import annotations
 
-import json
 import socket
-import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest_serve import FakeEngine, forget_vllm, http, install_fake_vllm
+from conftest_serve import (
+    FakeEngine,
+    JsonServer,
+    forget_vllm,
+    http,
+    install_fake_vllm,
+    loopback,
+)
 from test_engine_vllm import FAKE, write_adapter
 from test_engine_vllm import build as build_vllm
 
@@ -34,15 +38,6 @@ def openai_engine(url: str, adapters: dict[str, str], model: str = "base", **opt
 
     return ENGINES.get("openai")(EngineSpec(engine="openai", model=model, adapters=adapters,
                                             options={"base_url": url, "max_retries": 0, "timeout": 10, **options}))
-
-
-@pytest.fixture
-def fake_served():
-    engine = FakeEngine()
-    server, thread = make_server(engine, "127.0.0.1", 0, base_model="base")
-    yield engine, server
-    server.close()
-    thread.join(timeout=10)
 
 
 def gen_requests() -> list[GenRequest]:
@@ -150,45 +145,15 @@ def test_option_errors(monkeypatch):
 # --- against a vLLM-like stub (canned responses, spelled-out numbers) ------------------------------
 
 
-class Stub:
-    """A loopback server answering with ``respond(path, body) -> (status, json)``; records bodies."""
+def models_a_and_base() -> tuple[int, dict]:
+    return 200, {"object": "list", "data": [{"id": m, "object": "model", "created": 0, "owned_by": "vllm"}
+                                            for m in ("a", "base")]}
 
-    def __init__(self, respond: Callable[[str, dict], tuple[int, dict]]) -> None:
-        self.bodies: list[tuple[str, dict]] = []
-        stub = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def _reply(self, status: int, payload: dict) -> None:
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self) -> None:
-                self._reply(200, {"object": "list", "data": [
-                    {"id": m, "object": "model", "created": 0, "owned_by": "vllm"} for m in ("a", "base")]})
-
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                stub.bodies.append((self.path, body))
-                self._reply(*respond(self.path, body))
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=10)
+def stub_server(respond: Callable[[str, dict], tuple[int, dict]]) -> JsonServer:
+    """A loopback server answering POSTs with ``respond(path, body) -> (status, json)`` and
+    listing models a and base; records bodies."""
+    return JsonServer(respond, models_a_and_base)
 
 
 def hosted_like(path: str, body: dict) -> tuple[int, dict]:
@@ -214,7 +179,7 @@ def hosted_like(path: str, body: dict) -> tuple[int, dict]:
 
 @pytest.fixture
 def stub_engine():
-    stub = Stub(hosted_like)
+    stub = stub_server(hosted_like)
     remote = openai_engine(stub.url, {"a": ""})
     yield stub, remote
     remote.close()
@@ -268,7 +233,7 @@ def test_greedy_n_asks_once(stub_engine):
 
 
 def test_refused_scoring_names_the_mode():
-    stub = Stub(lambda path, body: (400, {"error": {"message": "echo is not supported", "type": "invalid_request_error"}}))
+    stub = stub_server(lambda path, body: (400, {"error": {"message": "echo is not supported", "type": "invalid_request_error"}}))
     remote = openai_engine(stub.url, {"a": ""})
     try:
         with pytest.raises(EnsembleError, match=r"refused cloze scoring \(/tokenize.*model 'a' \(HTTP 400: echo is not supported\)"):
@@ -395,27 +360,18 @@ def test_resumed_run_refuses_a_different_model_behind_the_same_name(tmp_path):
     folders = {"old": write_adapter(tmp_path, "old", 8), "new": write_adapter(tmp_path, "new", 8)}
 
     def serve(folder: str, port: int = 0):
-        return make_server(FakeEngine(adapters=("v1",)), "127.0.0.1", port, base_model="tiny",
-                           adapter_roots={"v1": str(folders[folder])})
+        return loopback(FakeEngine(adapters=("v1",)), port=port, base_model="tiny",
+                        adapter_roots={"v1": str(folders[folder])})
 
-    server, thread = serve("old")
-    port = server.server_address[1]
-    cfg = write_config(tmp_path, Path("tiny"), {"v1": "v1"}, tmp_path / "out", n=4,
-                       run_extra=f"  engine: openai\n  probe: false\n  engine_options: {{base_url: '{server.url}'}}\n")
-    try:
+    with serve("old") as server:
+        port = server.server_address[1]
+        cfg = write_config(tmp_path, Path("tiny"), {"v1": "v1"}, tmp_path / "out", n=4,
+                           run_extra=f"  engine: openai\n  probe: false\n  engine_options: {{base_url: '{server.url}'}}\n")
         assert run(load_config(cfg)).n_new_rows > 0
         assert run(load_config(cfg)).n_new_rows == 0  # same server, same model: resumes
-    finally:
-        server.close()
-        thread.join(timeout=10)
-    server, thread = serve("new", port)  # same URL, same name, another adapter folder behind it
-    try:
-        with pytest.raises(EnsembleError, match=r"voter 'v1' changed since its predictions were stored \(its "
-                                                r"adapter files, or the model its server reports, differ\)"):
-            run(load_config(cfg))
-    finally:
-        server.close()
-        thread.join(timeout=10)
+    changed = r"voter 'v1' changed since its predictions were stored \(its adapter files, or the model its server reports, differ\)"
+    with serve("new", port), pytest.raises(EnsembleError, match=changed):  # same URL and name, another folder
+        run(load_config(cfg))
 
 
 # --- end to end: the HF engine on the tiny model, served and asked over HTTP ------------------------

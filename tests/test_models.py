@@ -215,18 +215,13 @@ def test_bad_inputs(tmp_path, cache, tiny_model):
     assert list_cached() == []
 
 
-def test_engine_loads_a_gguf_file_directly(tiny_model, tiny_gguf):
+def test_engine_loads_a_gguf_file_directly(tiny_model, tiny_gguf, one_thread):
     from ensemble.engines.base import ENGINES, EngineSpec, GenRequest, SamplingSettings
     from ensemble.engines.hf import engine  # noqa: F401  (registers "hf")
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        req = [GenRequest(None, prompt="The answer is", sampling=SamplingSettings(max_new_tokens=6))]
-        from_gguf = ENGINES.get("hf")(EngineSpec("hf", str(tiny_gguf))).generate(req)[0].samples
-        from_dir = ENGINES.get("hf")(EngineSpec("hf", str(tiny_model))).generate(req)[0].samples
-    finally:
-        torch.set_num_threads(before)
+    req = [GenRequest(None, prompt="The answer is", sampling=SamplingSettings(max_new_tokens=6))]
+    from_gguf = ENGINES.get("hf")(EngineSpec("hf", str(tiny_gguf))).generate(req)[0].samples
+    from_dir = ENGINES.get("hf")(EngineSpec("hf", str(tiny_model))).generate(req)[0].samples
     assert from_gguf == from_dir
 
 

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest_serve import CharTokenizer, FakeEngine, http
+from conftest_serve import CharTokenizer, FakeEngine, http, loopback
 from test_engine_vllm import REFUSED, write_adapter
 
 from ensemble.engines.base import ChoiceRequest, GenRequest, SamplingSettings
@@ -18,21 +18,10 @@ from ensemble.errors import EnsembleError
 from ensemble.serve.app import (
     Batcher,
     EnsembleHTTPServer,
-    make_server,
     max_lora_rank_for,
     run_server,
     vllm_serve_command,
 )
-
-
-@pytest.fixture
-def served():
-    engine = FakeEngine()
-    server, thread = make_server(engine, "127.0.0.1", 0, base_model="base")
-    yield engine, server
-    server.close()
-    thread.join(timeout=10)
-
 
 # --- vllm serve command ---------------------------------------------------------------------
 
@@ -130,8 +119,8 @@ def test_vote_serve_vllm_print_shows_the_command(tmp_path):
 # --- routes ---------------------------------------------------------------------------------
 
 
-def test_models_lists_adapters_and_base(served):
-    _, server = served
+def test_models_lists_adapters_and_base(fake_served):
+    _, server = fake_served
     status, body = http("GET", server.url + "/models")
     assert status == 200 and body["object"] == "list"
     assert [m["id"] for m in body["data"]] == ["a", "b", "base"]
@@ -145,13 +134,8 @@ def test_models_report_roots_like_vllm(tmp_path):
     from ensemble.predictions.store import fingerprint
 
     folder = write_adapter(tmp_path, "a", 8)
-    server, thread = make_server(FakeEngine(), base_model="base", base_root="/models/base",
-                                 adapter_roots={"a": str(folder)})
-    try:
+    with loopback(FakeEngine(), base_root="/models/base", adapter_roots={"a": str(folder)}) as server:
         cards = {m["id"]: m for m in http("GET", server.url + "/models")[1]["data"]}
-    finally:
-        server.close()
-        thread.join(timeout=10)
     assert (cards["a"]["root"], cards["a"]["parent"]) == (str(folder), "base")
     assert cards["a"]["ensemble_fingerprint"] == fingerprint(folder)
     assert (cards["b"]["root"], "ensemble_fingerprint" in cards["b"]) == ("b", False)  # no folder given
@@ -161,10 +145,8 @@ def test_models_report_roots_like_vllm(tmp_path):
 @pytest.fixture
 def tokenized():
     engine = FakeEngine(tokenizer=CharTokenizer())
-    server, thread = make_server(engine, "127.0.0.1", 0, base_model="base")
-    yield engine, server
-    server.close()
-    thread.join(timeout=10)
+    with loopback(engine) as server:
+        yield engine, server
 
 
 def test_tokenize_route_mirrors_vllm(tokenized):
@@ -185,13 +167,13 @@ def test_tokenize_route_mirrors_vllm(tokenized):
     assert http("POST", root + "/tokenize", {"model": "zz", "prompt": "x"})[0] == 404
 
 
-def test_tokenize_without_a_tokenizer_is_501(served):
-    _, server = served
+def test_tokenize_without_a_tokenizer_is_501(fake_served):
+    _, server = fake_served
     status, resp = http("POST", server.url.removesuffix("/v1") + "/tokenize", {"model": "a", "prompt": "x"})
     assert status == 501 and "exposes no tokenizer" in resp["error"]["message"]
 
 
-def test_usage_counts_are_real_token_counts(tokenized, served):
+def test_usage_counts_are_real_token_counts(tokenized, fake_served):
     engine, server = tokenized
     tok = CharTokenizer()
     body = {"model": "a", "prompt": ["Q1?", "Longer question"], "n": 2, "temperature": 0.5, "seed": 1, "max_tokens": 9}
@@ -205,14 +187,14 @@ def test_usage_counts_are_real_token_counts(tokenized, served):
     _, resp = http("POST", server.url + "/chat/completions", {"model": "base", "messages": msgs})
     chat_prompt = tok.encode(tok.apply_chat_template(msgs, add_generation_prompt=True), add_special_tokens=False)
     assert resp["usage"]["prompt_tokens"] == len(chat_prompt)
-    plain, no_tok = served  # an engine without a tokenizer: prompt tokens unknown (null), not zero
+    plain, no_tok = fake_served  # an engine without a tokenizer: prompt tokens unknown (null), not zero
     usage = http("POST", no_tok.url + "/completions", {"model": "a", "prompt": "x"})[1]["usage"]
     n = plain.generate(plain.calls[0][1])[0].samples[0].n_tokens
     assert usage == {"prompt_tokens": None, "completion_tokens": n, "total_tokens": None}
 
 
-def test_completions_match_the_engine(served):
-    engine, server = served
+def test_completions_match_the_engine(fake_served):
+    engine, server = fake_served
     body = {"model": "b", "prompt": ["Q1", "Q2"], "n": 2, "temperature": 0.7, "top_p": 0.9, "seed": 3,
             "max_tokens": 7, "logprobs": 1, "stop": "\n"}
     status, resp = http("POST", server.url + "/completions", body)
@@ -227,8 +209,8 @@ def test_completions_match_the_engine(served):
     assert engine.calls[0][1][0].sampling == s  # the body's fields reached the engine unchanged
 
 
-def test_chat_completions_and_base_model(served):
-    engine, server = served
+def test_chat_completions_and_base_model(fake_served):
+    engine, server = fake_served
     msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": [{"type": "text", "text": "Hi"}]}]
     status, resp = http("POST", server.url + "/chat/completions",
                         {"model": "base", "messages": msgs, "logprobs": True, "temperature": 0})
@@ -241,21 +223,21 @@ def test_chat_completions_and_base_model(served):
     assert [t["logprob"] for t in choice["logprobs"]["content"]] == list(smp.token_logprobs)
 
 
-def test_defaults_follow_openai(served):
-    engine, server = served
+def test_defaults_follow_openai(fake_served):
+    engine, server = fake_served
     http("POST", server.url + "/completions", {"model": "a", "prompt": "x"})
     s = engine.calls[0][1][0].sampling
     assert (s.n, s.temperature, s.top_p, s.max_new_tokens, s.seed, s.logprobs) == (1, 1.0, 1.0, 16, None, False)
 
 
-def test_echo_without_logprobs_prepends_the_prompt(served):
-    _, server = served
+def test_echo_without_logprobs_prepends_the_prompt(fake_served):
+    _, server = fake_served
     _, resp = http("POST", server.url + "/completions", {"model": "a", "prompt": "Hello", "echo": True})
     assert resp["choices"][0]["text"].startswith("Hello") and resp["choices"][0]["logprobs"] is None
 
 
-def test_score_choices_route_matches_the_engine(served):
-    _, server = served
+def test_score_choices_route_matches_the_engine(fake_served):
+    _, server = fake_served
     body = {"model": "a", "messages": [{"role": "user", "content": "Q?"}], "options": [" A", " B", " C"],
             "mode": "letter", "normalize": "sum", "assistant_prefix": "Answer:"}
     status, resp = http("POST", server.url + "/ensemble/score_choices", body)
@@ -292,16 +274,16 @@ def test_score_choices_route_matches_the_engine(served):
     ("/ensemble/score_choices", {"model": "a", "options": ["y"]}, 400, "prompt", "exactly one of"),
     ("/nope", {"model": "a"}, 404, None, "no route POST /v1/nope"),
 ])
-def test_error_json(served, path, body, status, param, text):
-    _, server = served
+def test_error_json(fake_served, path, body, status, param, text):
+    _, server = fake_served
     got, resp = http("POST", server.url + path, body)
     assert got == status
     err = resp["error"]
     assert text in err["message"] and err["param"] == param and err["type"] == "invalid_request_error"
 
 
-def test_bad_bodies_and_get_routes(served):
-    _, server = served
+def test_bad_bodies_and_get_routes(fake_served):
+    _, server = fake_served
     assert http("POST", server.url + "/completions", raw=b"{not json")[0] == 400
     status, resp = http("POST", server.url + "/completions", raw=b"[1, 2]")
     assert status == 400 and resp["error"]["message"] == "request body must be a JSON object"
@@ -309,8 +291,8 @@ def test_bad_bodies_and_get_routes(served):
     assert http("GET", server.url.removesuffix("/v1") + "/health") == (200, {})
 
 
-def test_engine_errors_become_400_and_500(served):
-    engine, server = served
+def test_engine_errors_become_400_and_500(fake_served):
+    engine, server = fake_served
 
     def broken(requests):
         raise RuntimeError("boom")
@@ -334,15 +316,10 @@ def test_engine_errors_become_400_and_500(served):
 def test_concurrent_requests_for_different_voters_share_one_engine_call():
     engine = FakeEngine()
     # max_wait_s is generous and max_batch = 4: the worker runs exactly when the 4th request arrives.
-    server, thread = make_server(engine, "127.0.0.1", 0, max_wait_s=30.0, max_batch=4)
-    try:
-        models = ["a", "b", "base", "a"]
-        with ThreadPoolExecutor(4) as pool:
-            results = list(pool.map(lambda m: http("POST", server.url + "/completions",
-                                                   {"model": m, "prompt": f"to {m}", "temperature": 0}), models))
-    finally:
-        server.close()
-        thread.join(timeout=10)
+    models = ["a", "b", "base", "a"]
+    with loopback(engine, max_wait_s=30.0, max_batch=4) as server, ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda m: http("POST", server.url + "/completions",
+                                               {"model": m, "prompt": f"to {m}", "temperature": 0}), models))
     assert [kind for kind, _ in engine.calls] == ["generate"]
     assert sorted(str(r.adapter) for r in engine.calls[0][1]) == ["None", "a", "a", "b"]
     for m, (status, resp) in zip(models, results):  # every client got its own answer back
@@ -386,8 +363,8 @@ def test_batcher_mixes_generate_and_score():
 # --- lifecycle ------------------------------------------------------------------------------
 
 
-def test_busy_port_is_a_clear_error(served):
-    _, server = served
+def test_busy_port_is_a_clear_error(fake_served):
+    _, server = fake_served
     port = server.server_address[1]
     with pytest.raises(EnsembleError, match=rf"cannot listen on 127\.0\.0\.1:{port} .*pick another --port"):
         EnsembleHTTPServer(FakeEngine(), "127.0.0.1", port)

@@ -10,7 +10,7 @@ from typing import Any
 
 import openai
 import pytest
-from conftest_serve import CharTokenizer, FakeEngine, http
+from conftest_serve import CharTokenizer, FakeEngine, http, loopback
 
 from ensemble.engines.base import GenRequest, SamplingSettings
 from ensemble.errors import EnsembleError
@@ -23,12 +23,10 @@ MSGS = [{"role": "user", "content": "Which is larger, 3 or 7?"}]
 @pytest.fixture
 def served():
     engine = FakeEngine(tokenizer=CharTokenizer())
-    server, thread = make_server(engine, "127.0.0.1", 0, base_model="base")
-    client = openai.OpenAI(base_url=server.url, api_key="none", max_retries=0, timeout=10)
-    yield engine, server, client
-    client.close()
-    server.close()
-    thread.join(timeout=10)
+    with loopback(engine) as server:
+        client = openai.OpenAI(base_url=server.url, api_key="none", max_retries=0, timeout=10)
+        yield engine, server, client
+        client.close()
 
 
 def direct(prompt: str | None = None, messages: Any = None, **sampling: Any):
@@ -117,15 +115,11 @@ def test_an_engine_without_top_logprobs_says_so():
             return [replace(o, samples=tuple(replace(s, top_logprobs=()) for s in o.samples))
                     for o in super().generate(requests)]
 
-    server, thread = make_server(NoTop(), "127.0.0.1", 0)
-    try:
+    with loopback(NoTop()) as server:
         status, body = http("POST", server.url + "/completions", {"model": "a", "prompt": "x", "logprobs": 3})
         assert status == 501 and "engine 'fake' does not report top logprobs" in body["error"]["message"]
         status, body = http("POST", server.url + "/completions", {"model": "a", "prompt": "x", "logprobs": 0})
         assert status == 200 and body["choices"][0]["logprobs"]["top_logprobs"] is None
-    finally:
-        server.close()
-        thread.join(timeout=10)
 
 
 def test_health_and_models(served):
@@ -302,14 +296,9 @@ def test_a_batch_larger_than_the_default_thread_pool_fills():
     from concurrent.futures import ThreadPoolExecutor
 
     engine = FakeEngine()
-    server, thread = make_server(engine, "127.0.0.1", 0, max_wait_s=20.0, max_batch=48)
-    try:
-        with ThreadPoolExecutor(48) as pool:
-            results = list(pool.map(lambda i: http("POST", server.url + "/completions",
-                                                   {"model": "ab"[i % 2], "prompt": f"q{i}", "temperature": 0}),
-                                    range(48)))
-    finally:
-        server.close()
-        thread.join(timeout=10)
+    with loopback(engine, max_wait_s=20.0, max_batch=48) as server, ThreadPoolExecutor(48) as pool:
+        results = list(pool.map(lambda i: http("POST", server.url + "/completions",
+                                               {"model": "ab"[i % 2], "prompt": f"q{i}", "temperature": 0}),
+                                range(48)))
     assert [s for s, _ in results] == [200] * 48
     assert [len(batch) for kind, batch in engine.calls if kind == "generate"] == [48]

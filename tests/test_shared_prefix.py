@@ -32,12 +32,7 @@ MSGS = ({"role": "user", "content": "Which number is larger? 3 or 7"},)
 VOTERS = ["al1", "al2", "al3", "top1", "top2", "mix", "plain", None]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import hashlib
 
 import numpy as np
 import pytest
+from conftest_voting import CLASSES, codes, letters, rows
 
 from ensemble.errors import EnsembleError
 from ensemble.predictions.matrix import (
@@ -33,25 +34,10 @@ from ensemble.voting.tiebreak import (
 )
 from ensemble.voting.weighted import fit_log_odds_weights, weighted
 
-CLASSES = ("A", "B", "C")
-CODE = {c: i for i, c in enumerate(CLASSES)} | {".": ABSTAIN}
 POLICIES = list(TIE_BREAKS)
 
 # blake2b(id, digest_size=8) read little-endian, mod 2 and mod 3 (which of 2 or 3 tied classes).
 HASH = {"0": (0, 1), "1": (0, 2), "2": (1, 2), "3": (0, 1), "4": (1, 1)}
-
-
-def codes(text: str) -> list[int]:
-    return [CODE[ch] for ch in text]
-
-
-def rows(*items: str, gold: str | None = None, **arrays) -> VoteMatrix:
-    return from_arrays(np.array([codes(r) for r in items]), CLASSES,
-                       gold=None if gold is None else np.array(codes(gold)), **arrays)
-
-
-def letters(labels: np.ndarray) -> str:
-    return "".join("." if c == ABSTAIN else CLASSES[c] for c in labels)
 
 
 def test_registry_names_and_default():

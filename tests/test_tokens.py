@@ -203,3 +203,22 @@ def test_hf_engine_sends_the_same_prompt_ids(tiny_model) -> None:
             ChoiceRequest(None, (" 4", " five"), prompt=as_text + "A:"),
             ChoiceRequest(None, (" 4", " five"), prompt="x A:")])
         assert via_messages.logliks == via_text.logliks != other.logliks
+
+
+# --- vote serve's /tokenize ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("template", ["chat", "plain"])
+def test_serve_tokenize_route_gives_the_ids_of_this_module(template, request) -> None:
+    """/tokenize (vLLM's route on `vote serve`) answers the ids the engines send. Before, it
+    tokenized by itself and, for a model without a chat template, failed on messages."""
+    from conftest_serve import FakeEngine, http, loopback
+
+    tok = request.getfixturevalue(template)
+    with loopback(FakeEngine(tokenizer=tok)) as server:
+        route = server.url.removesuffix("/v1") + "/tokenize"
+        for body, text in (({"messages": list(MSGS)}, {"messages": MSGS}), ({"prompt": "Q: 2?"}, {"prompt": "Q: 2?"})):
+            status, resp = http("POST", route, {"model": "a", **body})
+            assert status == 200, resp
+            assert resp["tokens"] == tokens.prompt_ids(tok, **text)
+    assert tokens.prompt_ids(tok, messages=MSGS)[0] == BOS  # the template's BOS, or the tokenizer's for plain text

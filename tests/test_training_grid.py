@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import random
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest_training import killed_at_marker
 
 from ensemble.config.loader import load_config
 from ensemble.config.schema import GridConfig, VariantConfig
@@ -225,7 +221,6 @@ def test_problem_keys_of_nested_items():
 
 # --- train_grid: the whole run, resume after a kill --------------------------------------------
 
-ROOT = Path(__file__).resolve().parents[1]
 NAMES = ["s0-r4-attn-full-lora", "s1-r4-attn-full-lora", "boot"]
 # The killed run stops inside the second variant: after its 2nd step it sleeps until killed.
 KILLED_RUN = """
@@ -343,20 +338,8 @@ def test_kill_and_resume(setup, uninterrupted):
 
     cfg = config_file(setup, "killed")
     out = setup["root"] / "killed"
-    marker = setup["root"] / "killed.marker"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(cfg), str(marker)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 120
-        while not marker.exists():
-            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-            assert time.monotonic() < deadline, "the training subprocess never reached variant 2"
-            time.sleep(0.05)
+    with killed_at_marker(KILLED_RUN, cfg, setup["root"] / "killed.marker", "variant 2"):
         assert load_manifest(out).done().keys() == {NAMES[0]}  # variant 1 saved and recorded
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
     first = out / "adapters" / NAMES[0] / "adapter_model.safetensors"
     mtime = first.stat().st_mtime_ns
     (out / "adapters" / ".tmp-boot").mkdir()  # as if killed while saving "boot"

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import random
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest_training import killed_at_marker, yes_items
 from safetensors.torch import load_file
 
 from ensemble.config.schema import GridConfig, TrainConfig, VariantConfig
@@ -29,15 +29,6 @@ from ensemble.training.recipe import (
 from ensemble.training.shared import PrefixCache, TopLayers, plain_rows
 
 
-def yes_items(n: int, seed: int = 0) -> list[Item]:
-    rng = random.Random(seed)
-    out = []
-    for i in range(n):
-        options = ["yes", "no"] if rng.random() < 0.5 else ["no", "yes"]
-        out.append(Item(f"q{i}", f"Question {i % 10}: pick one", tuple(options), "AB"[options.index("yes")]))
-    return out
-
-
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("tiny3") / "base", num_layers=3)
@@ -45,7 +36,7 @@ def base(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def pool():
-    return build_examples(yes_items(24), get_template("mc"), "cloze")
+    return build_examples(yes_items(24, distinct=10), get_template("mc"), "cloze")
 
 
 CFG = TrainConfig(max_steps=6, batch_size=6, learning_rate=1e-2, lora_dropout=0.0, dtype="float32",
@@ -230,7 +221,6 @@ def test_resume_after_a_kill_is_bit_identical(base, pool, tmp_path):
 
 # --- `vote train` with shared batches: config, manifest, SIGKILL and resume ------------------------
 
-ROOT = Path(__file__).resolve().parents[1]
 # One thread, as conftest sets for this process: CPU matmuls may sum in another order
 # with another thread count, and bit-identity is only promised on the same setup.
 KILLED_RUN = """
@@ -279,12 +269,6 @@ train:
 
 
 def test_vote_train_shared_batches_resumes_after_sigkill(base, tmp_path):
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
     from ensemble.config.loader import load_config
     from ensemble.training import load_manifest, train_grid
 
@@ -301,19 +285,8 @@ def test_vote_train_shared_batches_resumes_after_sigkill(base, tmp_path):
     assert whole.variants["bag"]["settings"]["bagging"] == "poisson"
 
     killed = shared_config(tmp_path, base, "killed")
-    marker = tmp_path / "killed.marker"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(killed), str(marker)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 120
-        while not marker.exists():
-            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-            assert time.monotonic() < deadline, "the training subprocess never reached step 3"
-            time.sleep(0.05)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    with killed_at_marker(KILLED_RUN, killed, tmp_path / "killed.marker", "step 3"):
+        pass
     assert (tmp_path / "killed" / "checkpoints" / "shared-default.pt").is_file()
     steps: list[int] = []
     resumed = train_grid(load_config(killed), progress=lambda e, **i: steps.append(i["step"]) if e == "step" else None)

@@ -2,17 +2,16 @@
 from __future__ import annotations
 
 import dataclasses
-import random
 from pathlib import Path
 
 import pytest
 import torch
+from conftest_training import yes_items
 
 from ensemble.config.schema import GridConfig, TrainConfig, VariantConfig
 from ensemble.data.chat import ChatExample
 from ensemble.data.items import Item
 from ensemble.prompts import get_template
-from ensemble.testing import make_tiny_model
 from ensemble.training.grid import expand_grid
 from ensemble.training.recipe import (
     answer_logprobs,
@@ -27,19 +26,9 @@ from ensemble.training.recipe import (
 )
 
 
-def yes_items(n: int, seed: int = 0) -> list[Item]:
-    """A learnable toy task: the answer is always the option whose text is "yes"."""
-    rng = random.Random(seed)
-    out = []
-    for i in range(n):
-        options = ["yes", "no"] if rng.random() < 0.5 else ["no", "yes"]
-        out.append(Item(f"q{i}", f"Question {i}: pick one", tuple(options), "AB"[options.index("yes")]))
-    return out
-
-
 @pytest.fixture(scope="module")
-def base(tmp_path_factory) -> Path:
-    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "base")
+def base(tiny_model) -> Path:
+    return tiny_model  # the session's 2-layer model (tests/conftest.py), read only here
 
 
 @pytest.fixture(scope="module")

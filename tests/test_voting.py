@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest_voting import CLASSES, codes, letters, rows
 
 from ensemble.errors import EnsembleError
 from ensemble.predictions.matrix import ABSTAIN, VoteMatrix, from_arrays
@@ -18,23 +19,6 @@ from ensemble.voting.majority import majority
 from ensemble.voting.select import select
 from ensemble.voting.stack import stack
 from ensemble.voting.weighted import fit_log_odds_weights, log_odds_weights, weighted
-
-CLASSES = ("A", "B", "C")
-CODE = {c: i for i, c in enumerate(CLASSES)} | {".": ABSTAIN}
-
-
-def codes(text: str) -> list[int]:
-    return [CODE[ch] for ch in text]
-
-
-def rows(*items: str, gold: str | None = None, **arrays) -> VoteMatrix:
-    """rows("AAB", "BA.") -> a (2 items, 3 voters v0..v2) matrix over A, B, C."""
-    return from_arrays(np.array([codes(r) for r in items]), CLASSES,
-                       gold=None if gold is None else np.array(codes(gold)), **arrays)
-
-
-def letters(labels: np.ndarray) -> str:
-    return "".join("." if c == ABSTAIN else CLASSES[c] for c in labels)
 
 
 def planted(accuracy, n_items: int, n_classes: int = 3, n_samples: int = 1, abstain=0.05,

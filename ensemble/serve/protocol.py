@@ -4,14 +4,16 @@ Also vLLM's tokenizer route (``POST /tokenize``, ``vllm/entrypoints/openai/proto
 ``TokenizeCompletionRequest`` {model, prompt, add_special_tokens=true} or
 ``TokenizeChatRequest`` {model, messages, add_generation_prompt=true,
 continue_final_message=false, add_special_tokens=false} -> ``TokenizeResponse`` {count,
-max_model_len, tokens, token_strs}. Prompts are rendered as the engines render them: raw
-text gets the tokenizer's special tokens, chat messages go through the chat template.
+max_model_len, tokens, token_strs}. Prompts are tokenized by ``ensemble.tokens``, as the
+engines tokenize them (raw text gets the tokenizer's special tokens, chat messages go through
+the chat template, or become plain text for a model without one); the request's flags override.
+Left out, ``add_special_tokens`` follows that rule too: vLLM's defaults for a model with a chat
+template, the tokenizer's BOS for messages as plain text.
 """
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Sequence
 from typing import Any
 
 from ensemble.engines.base import (
@@ -49,6 +51,11 @@ def _flag(body: dict[str, Any], name: str, default: bool) -> bool:
     if not isinstance(value, bool):
         raise ApiError(400, f"field '{name}' must be true or false, got {value!r}", name)
     return value
+
+
+def _optional_flag(body: dict[str, Any], name: str) -> bool | None:
+    """A flag the client may leave out (or null): None then."""
+    return None if body.get(name) is None else _flag(body, name, False)
 
 
 def _sampling(body: dict[str, Any], chat: bool) -> SamplingSettings:
@@ -191,32 +198,20 @@ def completion_response(body: dict[str, Any], outs: list[GenOutput], *, chat: bo
 # --- tokenization (vLLM's /tokenize) -----------------------------------------------------------
 
 
-def prompt_ids(tokenizer: Any, prompt: str | None = None, msgs: Sequence[dict[str, str]] | None = None, *,
-               add_special_tokens: bool | None = None, add_generation_prompt: bool = True,
-               continue_final_message: bool = False) -> list[int]:
-    """Token ids of a prompt as the engines build them (see the module docstring)."""
-    if msgs is None:
-        special = True if add_special_tokens is None else add_special_tokens
-        return list(tokenizer.encode(prompt or "", add_special_tokens=special))
-    extra = {"continue_final_message": True} if continue_final_message else {}
-    text = tokenizer.apply_chat_template(list(msgs), tokenize=False, add_generation_prompt=add_generation_prompt,
-                                         **extra)
-    return list(tokenizer.encode(text, add_special_tokens=bool(add_special_tokens)))
-
-
 def tokenize_args(body: dict[str, Any]) -> dict[str, Any]:
-    """A /tokenize body -> ``prompt_ids`` keyword arguments (plus ``return_token_strs``)."""
+    """A /tokenize body -> ``ensemble.tokens.prompt_ids`` keyword arguments (plus
+    ``return_token_strs``). ``add_special_tokens`` left out: None, the engines' rule."""
     if ("messages" in body) == ("prompt" in body):
         raise ApiError(400, "set exactly one of 'prompt' and 'messages'", "prompt")
     strs = _flag(body, "return_token_strs", False)
     if "prompt" in body:
         if not isinstance(body["prompt"], str):
             raise ApiError(400, "field 'prompt' must be a string", "prompt")
-        return {"prompt": body["prompt"], "add_special_tokens": _flag(body, "add_special_tokens", True),
+        return {"prompt": body["prompt"], "add_special_tokens": _optional_flag(body, "add_special_tokens"),
                 "return_token_strs": strs}
     gen, cont = _flag(body, "add_generation_prompt", True), _flag(body, "continue_final_message", False)
     if gen and cont:  # vLLM's TokenizeChatRequest.check_generation_prompt
         raise ApiError(400, "Cannot set both `continue_final_message` and `add_generation_prompt` to True.",
                        "continue_final_message")
-    return {"msgs": messages(body), "add_special_tokens": _flag(body, "add_special_tokens", False),
+    return {"messages": messages(body), "add_special_tokens": _optional_flag(body, "add_special_tokens"),
             "add_generation_prompt": gen, "continue_final_message": cont, "return_token_strs": strs}

@@ -20,9 +20,9 @@ from ensemble.serve.protocol import (
     choice_request,
     completion_response,
     gen_requests,
-    prompt_ids,
     tokenize_args,
 )
+from ensemble.tokens import prompt_ids
 
 
 def max_model_len(engine: Engine) -> int | None:

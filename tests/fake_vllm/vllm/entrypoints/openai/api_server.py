@@ -13,65 +13,33 @@ serving_models.py, serving_tokenization.py):
   alone, or "token_id:N" with ``return_tokens_as_token_ids``.
 * ``POST /v1/chat/completions``: messages rendered with the chat template; logprobs /
   top_logprobs in the chat shape.
+
+The HTTP side (loopback, port 0 unless given; POST bodies recorded) is the tests' ``JsonServer``.
 """
 from __future__ import annotations
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from conftest_serve import JsonServer  # tests/ is on sys.path whenever the fake vllm is
 
 from ...lora.request import LoRARequest
 from ...sampling_params import SamplingParams
 from ..llm import LLM
 
 
-class FakeVLLMServer:
+class FakeVLLMServer(JsonServer):
     def __init__(self, llm: LLM, base: str, loras: dict[str, str], max_model_len: int = 2048, port: int = 0) -> None:
         self.llm, self.base, self.max_model_len = llm, base, max_model_len
         self.tok = llm.get_tokenizer()
         self.loras = {name: LoRARequest(name, i + 1, path) for i, (name, path) in enumerate(loras.items())}
-        self.bodies: list[tuple[str, dict]] = []
-        fake = self
+        super().__init__(self._post, lambda: (200, self.models()), port)
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def _reply(self, status: int, payload: dict) -> None:
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self) -> None:
-                self._reply(200, fake.models())
-
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                fake.bodies.append((self.path, body))
-                route = {"/tokenize": fake.tokenize, "/v1/completions": fake.completions,
-                         "/v1/chat/completions": fake.chat}.get(self.path)
-                if route is None:
-                    return self._reply(404, {"error": {"message": "Not Found", "type": "NotFoundError", "code": 404}})
-                try:
-                    self._reply(200, route(body))
-                except (ValueError, KeyError) as e:
-                    self._reply(400, {"error": {"message": str(e), "type": "BadRequestError", "code": 400}})
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=10)
+    def _post(self, path: str, body: dict) -> tuple[int, dict]:
+        route = {"/tokenize": self.tokenize, "/v1/completions": self.completions, "/v1/chat/completions": self.chat}.get(path)
+        if route is None:
+            return 404, {"error": {"message": "Not Found", "type": "NotFoundError", "code": 404}}
+        try:
+            return 200, route(body)
+        except (ValueError, KeyError) as e:
+            return 400, {"error": {"message": str(e), "type": "BadRequestError", "code": 400}}
 
     # --- routes -------------------------------------------------------------------------------
     def models(self) -> dict:
