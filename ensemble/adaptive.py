@@ -110,13 +110,21 @@ def item_votes(item: Item, known: Sequence[Row | None]) -> tuple[Callable[[int],
 
 
 def next_cells(items: Sequence[Item], order: Sequence[tuple[str, int]], weights: Sequence[float],
-               rule: StopRule, index: Mapping[Key, Row]) -> list[Cell]:
-    """Each undecided item's next cell to ask (items in order); [] when every item is decided."""
+               rule: StopRule, index: Mapping[Key, Row], decided: set[str]) -> list[Cell]:
+    """Each undecided item's next cell to ask (items in order); [] when every item is decided.
+
+    ``decided`` collects the items found decided: their stored votes never change, so a later
+    round skips them (a cache of this process; a rerun finds the same from the store).
+    """
     out: list[Cell] = []
     for it in items:
+        if it.id in decided:
+            continue
         votes, n_classes = item_votes(it, [index.get((it.id, v, s)) for v, s in order])
         k, done = walk_item(votes, weights, rule, n_classes)
-        if not done:
+        if done:
+            decided.add(it.id)
+        else:
             out.append((it, *order[k]))
     return out
 
@@ -209,8 +217,9 @@ def ask_adaptive(asker: Asker, store: PredictionStore, splits: Mapping[str, Sequ
     weights = [w[v] for v, _ in cells]
     rule = get_stop_rule(a.rule, a.params)
     others = [it for name, items in splits.items() if name != "dev" for it in items]
+    decided: set[str] = set()
     for round_no in range(1, len(cells) + 1):  # each round asks one more cell of an item: at most len(cells)
-        todo = next_cells(others, cells, weights, rule, index)
+        todo = next_cells(others, cells, weights, rule, index, decided)
         if not todo:
             break
         n_new += ask_all(asker, store, todo, index, f"round {round_no} ({len(todo)} undecided items)")

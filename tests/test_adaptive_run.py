@@ -27,6 +27,16 @@ VOTERS = ("v1", "v2", "v3", "v4", "v5")
 SKILL = {"v1": 0.55, "v2": 0.9, "v3": 0.7, "v4": 0.8, "v5": 0.6}  # chance a voter names the item's answer
 
 
+@pytest.fixture(autouse=True)
+def no_html(request, monkeypatch):
+    """Most runs here skip drawing report.html (about 3 s of plots each, and not what is tested);
+    the CLI test draws it."""
+    if "cli" not in request.node.name:
+        import ensemble.evaluation.html
+
+        monkeypatch.setattr(ensemble.evaluation.html, "run_html", lambda *args, **kwargs: None)
+
+
 def _h(*parts: Any) -> int:
     return zlib.crc32("\0".join(map(str, parts)).encode())
 
@@ -268,23 +278,7 @@ def test_cli_reports_calls_made_and_saved(tmp_path, monkeypatch):
             f"({100 * c['saved_fraction']:.1f}%)") in res.output
 
 
-# -- config ---------------------------------------------------------------------------
-@pytest.mark.parametrize("adaptive, message", [
-    ("{rule: dirichlt}", (r"field 'run.adaptive.rule' is 'dirichlt'; Unknown stop rule 'dirichlt'. "
-                         r"Did you mean 'dirichlet'\?")),
-    ("{rule: dirichlet, params: {deltaa: 0.1}}", r"field 'run.adaptive.params' is \{'deltaa': 0.1\}; .*deltaa"),
-    ("{order: dev_acuracy}", (r"field 'run.adaptive.order' is 'dev_acuracy'; Unknown voter order 'dev_acuracy'. "
-                             r"Did you mean 'dev_accuracy'\? Available: dev_accuracy, given")),
-    ("{weights: devv}", (r"field 'run.adaptive.weights' is 'devv'; Unknown vote weights 'devv'. "
-                        r"Did you mean 'dev'\? Available: none, dev")),
-    ("{rule: exact, delta: 0.1}", r"Unknown key 'run.adaptive.delta'"),
-    ("dirichlet", r"'run.adaptive' must be a mapping"),
-])
-def test_bad_adaptive_sections_fail_at_load(tmp_path, adaptive, message):
-    with pytest.raises(ConfigError, match=message):
-        load_config(write_config(tmp_path, "out", adaptive=adaptive))
-
-
+# -- config (the names: tests/test_config_checks.py) ------------------------------------
 def test_dev_fitted_order_needs_the_dev_split(tmp_path):
     cfg = write_config(tmp_path, "out", adaptive="{rule: exact}", extra="  splits: [test]\n")
     with pytest.raises(ConfigError, match=r"field 'run.adaptive.order' is 'dev_accuracy'; it is fitted on the dev "
