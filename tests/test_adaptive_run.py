@@ -290,3 +290,21 @@ def test_dev_fitted_order_needs_the_dev_split(tmp_path):
     # asked in the given order with weight 1, a run without dev works: every item is adaptive
     result = run(load_config(cfg, ["run.adaptive.order=given", "run.methods=[majority]"]), engine=SkilledEngine())
     assert result.calls["saved"] > 0 and result.matrix.n_items == 30
+
+
+def test_tiny_model_cloze_live_equals_replay(tmp_path, tiny_model, tiny_adapters):
+    """The real HF engine (batches of other compositions than the full run's) decides like the replay."""
+    from test_run import write_config as tiny_config
+
+    live = run(load_config(tiny_config(tmp_path, tiny_model, tiny_adapters, tmp_path / "live", n=16,
+                                       run_extra="  adaptive: {rule: dirichlet, params: {delta: 0.3}}\n")))
+    full = run(load_config(tiny_config(tmp_path, tiny_model, tiny_adapters, tmp_path / "full", n=16,
+                                       run_extra="  adaptive: {rule: none}\n")))
+    test = [i for i in full.matrix.items if i.startswith("t")]
+    m_dev = full.matrix.select_items(full.dev)
+    acc = {v: float((m_dev.labels[:, j] == m_dev.gold[:, None]).mean()) for j, v in enumerate(m_dev.voters)}
+    order = sorted(m_dev.voters, key=lambda v: (-acc[v], v))
+    expected = replay(aligned(full.matrix, test, order), [(j, 0) for j in range(len(order))],
+                      get_stop_rule("dirichlet", {"delta": 0.3}))
+    np.testing.assert_array_equal(aligned(live.matrix, test, order).asked, expected)
+    assert live.calls["saved"] > 0
