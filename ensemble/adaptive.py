@@ -84,19 +84,18 @@ def check_dev(a: AdaptiveConfig, dev: Sequence[Item]) -> None:
 
 
 # -- one item's decision ---------------------------------------------------------
-def item_votes(item: Item, known: Sequence[Row | None]) -> tuple[Callable[[int], tuple[int, float] | None], int]:
+def item_votes(item: Item, known: Sequence[Row | None]) -> tuple[Callable[[int], tuple[int, float] | None], int | None]:
     """votes(k) for ``walk_item`` and the item's class count, from its known rows in asking order.
 
-    Label codes: the item's option letters in order (n_classes = its options); for an open
-    answer the distinct answers seen so far, coded by sorted name (n_classes = those + 1: the
-    answer nobody has given yet). An answer outside the item's options counts as ABSTAIN.
+    Label codes: the item's option letters in order, then any other answer seen (sorted by
+    name); n_classes = its options. An open question codes the distinct answers seen by
+    sorted name; n_classes None: ``walk_item`` counts the answers seen so far + 1 at each
+    step, as the offline ``replay`` does. (The rules count per distinct class, so only the
+    grouping of the answers matters, not the code numbers.)
     """
-    if item.options:
-        classes = list(item.letters)
-        n_classes = len(classes)
-    else:
-        classes = sorted({r["answer"] for r in known if r is not None and r.get("answer")})
-        n_classes = len(classes) + 1
+    seen = sorted({r["answer"] for r in known if r is not None and r.get("answer")})
+    letters = list(item.letters)
+    classes = letters + [a for a in seen if a not in letters]
     code = {c: i for i, c in enumerate(classes)}
 
     def votes(k: int) -> tuple[int, float] | None:
@@ -106,7 +105,7 @@ def item_votes(item: Item, known: Sequence[Row | None]) -> tuple[Callable[[int],
         conf = row.get("confidence")
         return code.get(row.get("answer") or "", ABSTAIN), float("nan") if conf is None else float(conf)
 
-    return votes, n_classes
+    return votes, (len(letters) if letters else None)
 
 
 def next_cells(items: Sequence[Item], order: Sequence[tuple[str, int]], weights: Sequence[float],

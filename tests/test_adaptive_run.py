@@ -15,7 +15,14 @@ from click.testing import CliRunner
 from conftest_serve import FakeEngine
 
 from ensemble.config.loader import ConfigError, load_config
-from ensemble.engines.base import ChoiceOutput, ChoiceRequest, GenOutput, GenRequest, Sample, softmax
+from ensemble.engines.base import (
+    ChoiceOutput,
+    ChoiceRequest,
+    GenOutput,
+    GenRequest,
+    Sample,
+    softmax,
+)
 from ensemble.errors import EnsembleError
 from ensemble.pipeline import run
 from ensemble.predictions.matrix import ABSTAIN, VoteMatrix
@@ -153,14 +160,17 @@ def test_rows_match_replay_of_the_full_run_cloze(tmp_path):
     check_live_equals_replay(live, full, "dirichlet", {"delta": 0.1}, samples=1)
 
 
-@pytest.mark.parametrize("open_answers", [False, True])
-def test_rows_match_replay_of_the_full_run_generate(tmp_path, open_answers):
+@pytest.mark.parametrize("open_answers, rule, params, weights", [
+    (False, "dirichlet", {"delta": 0.1}, "dev"),
+    (True, "dirichlet", {"delta": 0.1}, "none"),  # open answers: classes = answers seen so far + 1
+    (False, "cisc", {"delta": 0.1, "temperature": 0.5}, "none"),  # confidence-weighted counts
+])
+def test_rows_match_replay_of_the_full_run_generate(tmp_path, open_answers, rule, params, weights):
     kw = {"mode": "generate", "samples": 3, "open_answers": open_answers}
-    rule = "{rule: dirichlet, params: {delta: 0.1}, weights: dev}" if not open_answers else "{rule: exact}"
-    live = run(load_config(write_config(tmp_path, "live", adaptive=rule, **kw)), engine=SkilledEngine())
+    section = json.dumps({"rule": rule, "params": params, "weights": weights})
+    live = run(load_config(write_config(tmp_path, "live", adaptive=section, **kw)), engine=SkilledEngine())
     full = run(load_config(write_config(tmp_path, "full", adaptive="{rule: none}", **kw)), engine=SkilledEngine())
-    name, params = ("dirichlet", {"delta": 0.1}) if not open_answers else ("exact", {})
-    check_live_equals_replay(live, full, name, params, samples=3, weighted=not open_answers)
+    check_live_equals_replay(live, full, rule, params, samples=3, weighted=weights == "dev")
 
 
 def check_live_equals_replay(live: Any, full: Any, rule: str, params: dict[str, Any], *, samples: int,
