@@ -18,6 +18,7 @@ from ensemble.cli.app import main
 from ensemble.errors import EnsembleError
 from ensemble.evaluation import plots
 from ensemble.evaluation.html import (
+    CALLS_ID,
     SECTION_IDS,
     html_report,
     item_groups,
@@ -25,7 +26,11 @@ from ensemble.evaluation.html import (
     render,
     write_report,
 )
-from ensemble.evaluation.metrics import error_correlation, mean_pairwise_disagreement
+from ensemble.evaluation.metrics import (
+    error_correlation,
+    error_correlation_matrix,
+    mean_pairwise_disagreement,
+)
 from ensemble.evaluation.protocol import choose_split
 from ensemble.evaluation.report import evaluate
 from ensemble.predictions.matrix import from_arrays
@@ -86,6 +91,47 @@ def test_chromium_renders_every_section_and_image(tmp_path):
     # set by the page's own script after load: images whose naturalWidth > 0 / all images
     assert f'data-images-ok="{n_images}/{n_images}"' in dom
     assert "The items have no groups" not in dom and "g0" in dom
+
+
+def adaptive_example(tmp_path: Path) -> tuple:
+    """The bundled predictions as an adaptive run that stopped after the first three voters on
+    the 24 items where they agree: 48 of 400 votes never asked (rows absent)."""
+    from ensemble.data.formats import read_gold
+    from ensemble.predictions.rows import build_matrix, read_rows
+
+    rows = read_rows(PRED)
+    first = ("lora-s0-r8", "lora-s1-r8", "lora-s2-r16")
+    answers: dict[str, set] = {}
+    for r in rows:
+        if r["voter"] in first:
+            answers.setdefault(r["item"], set()).add(r["answer"])
+    settled = {i for i, a in answers.items() if len(a) == 1 and None not in a}
+    kept = [r for r in rows if r["voter"] in first or r["item"] not in settled]
+    m = build_matrix(kept, gold=read_gold(GOLD), adaptive=True)
+    split = choose_split(m, fit_on="dev", fraction=0.3, dev_items=None, seed=0)
+    return m, split, evaluate(m, ["majority", "weighted", "dawid_skene"], dev=split, n_boot=100)
+
+
+def test_chromium_renders_the_calls_section_of_an_adaptive_run(tmp_path):
+    m, split, report = adaptive_example(tmp_path)
+    calls = report.to_dict()["calls"]
+    assert {k: calls[k] for k in ("made", "possible", "saved")} == {"made": 352, "possible": 400, "saved": 48}
+    assert calls["coverage"] == {"lora-s0-r8": 1.0, "lora-s1-r8": 1.0, "lora-s2-r16": 1.0,
+                                 "lora-s3-r4": 0.7, "lora-s4-r4": 0.7}
+    out = html_report(m, report, tmp_path / "adaptive.html", dev=split, cap=5)
+    page = out.read_text(encoding="utf-8")
+    ids = list(SECTION_IDS)
+    assert sections_of(page) == [ids[0], CALLS_ID, *ids[1:]]
+    n_images = page.count("<img ")
+    dom = subprocess.run([chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
+                          "--virtual-time-budget=5000", "--dump-dom", out.as_uri()],
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    section = re.search(r'<section id="calls">(.*?)</section>', dom, re.DOTALL)
+    assert section is not None and f'data-images-ok="{n_images}/{n_images}"' in dom
+    text = re.sub(r"<[^>]+>", " ", section.group(1))
+    for expected in ("calls made 352", "calls saved 48 (12.0%)", "lora-s3-r4 0.700",
+                     "treated as absent: never counted as a vote, an abstention or an error"):
+        assert expected in " ".join(text.split()), expected
 
 
 def test_a_broken_image_is_caught_by_the_browser_check(tmp_path):
@@ -184,12 +230,12 @@ def test_voter_matrices_reproduce_the_reported_diagnostics(example):
     assert np.allclose(np.diag(agree), 1.0) and np.allclose(agree, agree.T)
     assert math.isclose(1 - agree[upper].mean(), report.diagnostics["mean_pairwise_disagreement"], rel_tol=1e-9)
     assert math.isclose(1 - agree[upper].mean(), mean_pairwise_disagreement(sub), rel_tol=1e-9)
-    corr = plots.error_correlation_matrix(sub)
+    corr = error_correlation_matrix(sub)
     assert math.isclose(corr[upper].mean(), report.diagnostics["error_correlation"], rel_tol=1e-9)
     # a voter that is always right has no error variance: NaN row, skipped by the summary too
     labels = np.stack([sub.gold, *(sub.labels[:, j, 0] for j in range(sub.n_voters))], axis=1)
     perfect = from_arrays(labels, sub.classes, gold=sub.gold)
-    corr2 = plots.error_correlation_matrix(perfect)
+    corr2 = error_correlation_matrix(perfect)
     assert np.isnan(corr2[0]).all() and np.isnan(corr2[:, 0]).all()
     keep = np.triu_indices(sub.n_voters, k=1)
     assert math.isclose(corr2[1:, 1:][keep].mean(), error_correlation(perfect), rel_tol=1e-9)

@@ -69,7 +69,21 @@ def report_tables(report: dict[str, Any]) -> list[Table]:
     diag = Table(title="Diagnostics", show_header=False)
     for key, value in (report.get("diagnostics") or {}).items():
         diag.add_row(key.replace("_", " "), _f(value))
-    return [methods, voters, diag]
+    return [methods, voters, diag] + ([calls_table(report["calls"])] if report.get("calls") else [])
+
+
+def calls_table(calls: dict[str, Any]) -> Table:
+    """An adaptive run's ``calls`` section: made / possible / saved, per-voter coverage."""
+    saved = calls.get("saved_fraction")
+    title = (f"Calls: {calls['made']} made of {calls['possible']} possible, {calls['saved']} saved"
+             + ("" if saved is None else f" ({100 * saved:.1f}%)"))
+    table = Table(title=title, caption=calls.get("note"), min_width=len(title) + 2)  # title on one line
+    for col in ("voter", "coverage", "abstain rate"):
+        table.add_column(col, justify="left" if col == "voter" else "right")
+    rates = calls.get("abstain_rate") or {}
+    for name, cov in calls["coverage"].items():
+        table.add_row(name, _f(cov), _f(rates.get(name)))
+    return table
 
 
 def ablation_table(rows: list[dict[str, Any]]) -> Table:

@@ -17,6 +17,10 @@ A method that refuses a subset (EnsembleError, e.g. weighted when every voter in
 at chance on dev) makes ``ablate`` raise, naming the subset and the reason. With
 ``on_error="record"`` that subset is instead recorded as failed (``error``, counted in
 ``n_failed``) and left out of the statistics; a method failing on every subset raises.
+
+On an adaptive run's matrix (``VoteMatrix.asked``) a vote never asked is absent: a
+subset votes with the votes it was asked, and a single voter's accuracy is over the
+eval items it was asked.
 """
 from __future__ import annotations
 
@@ -35,6 +39,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ensemble.errors import EnsembleError
+from ensemble.evaluation.calls import share_right, voter_asked
 from ensemble.evaluation.metrics import jsonable, macro_f1, voter_decisions
 from ensemble.evaluation.protocol import (
     by_voter_name,
@@ -68,14 +73,14 @@ class Ablation:
     summary: tuple[dict[str, Any], ...]        # per (method, k), SUMMARY_FIELDS; stats of accuracy
     leave_one_out: tuple[dict[str, Any], ...]  # one row per (method, voter), LOO_FIELDS
     subsets: tuple[dict[str, Any], ...]        # per (method, subset): k, voters, accuracy, ...
-    single_voters: dict[str, float]            # each voter's own accuracy on the eval items
+    single_voters: dict[str, float | None]     # each voter's accuracy on the eval items it was asked
 
     def to_rows(self) -> list[dict[str, Any]]:
         """The per-(method, k) summary rows (what ablation.csv holds)."""
         return [dict(r) for r in self.summary]
 
     def to_dict(self) -> dict[str, Any]:
-        mean = float(np.mean(list(self.single_voters.values())))
+        mean = _mean_single(self.single_voters)
         out: dict[str, Any] = jsonable({
             "methods": self.methods, "voters": self.voters, "n_eval_items": self.n_eval_items,
             "cap": self.cap, "seed": self.seed, "single_voters": self.single_voters,
@@ -146,8 +151,9 @@ def ablate(m: VoteMatrix, methods: Sequence[str] = ("majority",), *, dev: np.nda
                             for s, r in zip(chosen, results)]
     loo = _leave_one_out(methods, m.voters, run)
     _fail_if_never_ran(methods, cache)
-    singles = {name: float(np.mean(d.labels[eval_mask] == gold))
-               for name, d in voter_decisions(m).items()}
+    asked = voter_asked(m)                                          # (I, V): a vote never asked is absent
+    singles = {name: share_right(d.labels, gold_codes(m), eval_mask & asked[:, j])
+               for j, (name, d) in enumerate(voter_decisions(m).items())}
     return Ablation(methods=tuple(methods), voters=m.voters, n_eval_items=int(eval_mask.sum()),
                     cap=int(cap), seed=seed, summary=tuple(summary), leave_one_out=tuple(loo),
                     subsets=tuple(subset_rows), single_voters=singles)
@@ -254,8 +260,7 @@ def plot(ab: Ablation) -> Figure:
         (line,) = ax.plot(k, [r["mean"] for r in rows], marker="o", label=n)
         ax.fill_between(k, [r["p2_5"] for r in rows], [r["p97_5"] for r in rows],
                         color=line.get_color(), alpha=0.15)
-    ax.axhline(float(np.mean(list(ab.single_voters.values()))), color="grey", ls="--",
-               label="single voter (mean)")
+    ax.axhline(_mean_single(ab.single_voters), color="grey", ls="--", label="single voter (mean)")
     ax.set_xticks(sorted({r["k"] for r in ab.summary}))
     ax.set_xlabel("number of voters k")
     ax.set_ylabel(f"accuracy on {ab.n_eval_items} eval items")
@@ -264,6 +269,12 @@ def plot(ab: Ablation) -> Figure:
     ax.legend()
     fig.tight_layout()
     return fig
+
+
+def _mean_single(single_voters: dict[str, float | None]) -> float:
+    """Mean single-voter accuracy over the voters asked any eval item (NaN when none was)."""
+    known = [a for a in single_voters.values() if a is not None]
+    return float(np.mean(known)) if known else math.nan
 
 
 def _csv(rows: Sequence[dict[str, Any]], fields: Sequence[str]) -> str:

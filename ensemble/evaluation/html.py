@@ -11,7 +11,9 @@ methods (voters and methods, accuracy CIs, paired test against the best voter),
 voters-k (accuracy against the number of voters), reliability (one diagram per
 method), agreement (voter x voter agreement and error correlation), per-class (F1
 per class, confusion matrices), groups (accuracy per item group; a note when the
-items have none). An inline script sets ``body[data-images-ok]`` to "<loaded>/<total>"
+items have none). A matrix from an adaptive run adds calls (``CALLS_ID``, after the
+summary): calls made and saved, per-voter coverage, and that a vote never asked is
+treated as absent. An inline script sets ``body[data-images-ok]`` to "<loaded>/<total>"
 once the page has loaded, so a headless browser can check that every image decoded.
 """
 from __future__ import annotations
@@ -32,6 +34,7 @@ from ensemble.io import atomic_write_text
 from ensemble.predictions.matrix import VoteMatrix
 
 SECTION_IDS = ("summary", "methods", "voters-k", "reliability", "agreement", "per-class", "groups")
+CALLS_ID = "calls"  # only for a matrix with an asked mask (adaptive runs), right after "summary"
 REPORT_CAP = 50  # voter subsets per k in the page's ablation: a readable curve without minutes of voting
 MAX_KS = 8  # voter counts k in the page's ablation; more voters: spaced out from 1 to K
 

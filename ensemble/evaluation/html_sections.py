@@ -16,22 +16,26 @@ from ensemble.errors import EnsembleError
 from ensemble.evaluation import plots
 from ensemble.evaluation.ablation import Ablation
 from ensemble.evaluation.ablation import plot as ablation_plot
-from ensemble.evaluation.metrics import voter_decisions
+from ensemble.evaluation.calls import voter_asked
+from ensemble.evaluation.metrics import error_correlation_matrix, voter_decisions
 from ensemble.evaluation.report import Report
 from ensemble.predictions.matrix import ABSTAIN, VoteMatrix
 
 
 def sections(m: VoteMatrix, report: Report, ablation: Ablation | None, ablation_note: str | None,
               groups: Sequence[str | None] | None, sources: Sequence[str]) -> list[tuple[str, str, str]]:
-    """[(id, heading, HTML body)] in page order (ids: ``html.SECTION_IDS``); without eval gold the
-    sections that need it hold a note instead."""
+    """[(id, heading, HTML body)] in page order (ids: ``html.SECTION_IDS``, plus ``calls`` after the
+    summary for an adaptive run's matrix); without eval gold the sections that need it hold a note
+    instead."""
     ran = [n for n, row in report.methods.items() if "error" not in row]
     scored = bool(report.n_eval_items)
     no_gold = _note("No item outside dev has a gold answer; pass --gold to score the answers.")
     abl = (_img(plots.png(ablation_plot(ablation)), "Accuracy against the number of voters, per method")
            + _ablation_table(ablation)) if ablation is not None else _note(ablation_note or "No ablation.")
+    calls = [("calls", "Calls: votes asked and saved", _calls(report.calls))] if report.calls else []
     return [
         ("summary", "Summary", _summary(report, sources)),
+        *calls,
         ("methods", "Voters and methods", _methods_table(report)),
         ("voters-k", "Accuracy against the number of voters", abl),
         ("reliability", "Reliability per method", _reliability(m, report, ran) if scored else no_gold),
@@ -57,6 +61,21 @@ def _summary(report: Report, sources: Sequence[str]) -> str:
               if sel else _note("No dev split: no method was chosen on dev (vote report: --fit-on dev; vote run: data.dev)."))
     table = "".join(f'<tr><th class="l">{e(k)}</th><td class="l">{e(str(v))}</td></tr>' for k, v in rows)
     return chosen + f"<table>{table}</table>"
+
+
+def _calls(calls: Mapping[str, Any]) -> str:
+    """The report's ``calls`` section: totals, then per voter its coverage and abstain rate."""
+    e = html.escape
+    saved = calls.get("saved_fraction")
+    totals = [("calls made", calls["made"]), ("calls possible (items × voters × samples)", calls["possible"]),
+              ("calls saved", f"{calls['saved']} ({'–' if saved is None else f'{100 * saved:.1f}%'})")]
+    head = "".join(f'<tr><th class="l">{e(k)}</th><td>{e(str(v))}</td></tr>' for k, v in totals)
+    rates = calls.get("abstain_rate") or {}
+    voters = "".join(f'<tr><td class="l">{e(v)}</td><td>{_f(c)}</td><td>{_f(rates.get(v))}</td></tr>'
+                     for v, c in calls["coverage"].items())
+    return (f"<table>{head}</table>"
+            f'<table><tr><th class="l">voter</th><th>coverage (share of its cells asked)</th>'
+            f"<th>abstain rate (of asked cells)</th></tr>{voters}</table>" + _note(calls["note"]))
 
 
 def _methods_table(report: Report) -> str:
@@ -127,7 +146,7 @@ def _agreement(m: VoteMatrix, report: Report) -> str:
                                  vmin=0.0, vmax=1.0, cmap="viridis", colorbar="share of items answered alike")
     figs = [_img(plots.png(agree), "Voter by voter answer agreement heatmap")]
     if report.n_eval_items:
-        corr = plots.heatmap_figure(plots.error_correlation_matrix(sub), m.voters, m.voters,
+        corr = plots.heatmap_figure(error_correlation_matrix(sub), m.voters, m.voters,
                                     "Error correlation", vmin=-1.0, vmax=1.0, cmap="RdBu_r",
                                     colorbar="Pearson correlation of errors")
         figs.append(_img(plots.png(corr), "Voter by voter error correlation heatmap"))
@@ -168,18 +187,19 @@ def _groups(m: VoteMatrix, report: Report, methods: Sequence[str], groups: Seque
         raise EnsembleError(f"report groups: {len(groups)} given for {m.n_items} items; give one per item")
     e, gold, mask = html.escape, _gold(m), _eval_mask(report)
     best = report.diagnostics.get("best_voter")
-    labels = {n: report.decisions[n].labels for n in methods}
-    if best in m.voters:
-        labels[f"voter {best}"] = voter_decisions(m)[best].labels
-    acc = {n: plots.group_accuracy(groups, mask, gold, lab) for n, lab in labels.items()}
+    acc = {n: plots.group_accuracy(groups, mask, gold, report.decisions[n].labels) for n in methods}
+    if best in m.voters:  # on the eval items it was asked (a vote never asked is absent)
+        own = mask & voter_asked(m)[:, m.voters.index(best)]
+        acc[f"voter {best}"] = plots.group_accuracy(groups, own, gold, voter_decisions(m)[best].labels)
     names = sorted({g for a in acc.values() for g in a})
     if not names:
         return _note("No eval item has a group.")
     first = next(iter(acc.values()))
     head = "".join(f"<th>{e(n)}</th>" for n in acc)
     body = "".join(f'<tr><td class="l">{e(g)}</td><td>{first[g][0]}</td>'
-                   + "".join(f"<td>{_f(a[g][1])}</td>" for a in acc.values()) + "</tr>" for g in names)
-    fig = plots.bars_figure({n: [a[g][1] for g in names] for n, a in acc.items()}, names,
+                   + "".join(f"<td>{_f(a[g][1] if g in a else None)}</td>" for a in acc.values()) + "</tr>"
+                   for g in names)
+    fig = plots.bars_figure({n: [a[g][1] if g in a else None for g in names] for n, a in acc.items()}, names,
                             "Accuracy per group", "accuracy")
     return (f'<table><tr><th class="l">group</th><th>eval items</th>{head}</tr>{body}</table>'
             + _img(plots.png(fig), "Accuracy per item group, per method"))

@@ -6,7 +6,8 @@ VoteMatrix and the registered voting methods.
 
 Abstentions: an ABSTAIN prediction is a wrong answer. It lowers accuracy, counts as
 a miss in recall and adds nothing to precision (sklearn is called with the class
-codes as ``labels``, and -1 is not one of them).
+codes as ``labels``, and -1 is not one of them). A vote never asked (adaptive runs,
+``VoteMatrix.asked``) is no prediction at all: see ``ensemble.evaluation.calls``.
 
 Bootstrap intervals: resampling I items with replacement and counting the correct
 ones is a Binomial(I, accuracy) draw; for a paired difference the counts of
@@ -31,6 +32,7 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
+from ensemble.evaluation.calls import voter_asked
 from ensemble.predictions.matrix import (
     ABSTAIN,
     Decision,
@@ -218,21 +220,40 @@ def mean_pairwise_disagreement(m: VoteMatrix) -> float:
     return float(np.mean(rates)) if rates else math.nan
 
 
-def error_correlation(m: VoteMatrix) -> float:
-    """Mean pairwise Pearson correlation of voters' error indicators on gold items.
+def error_correlation_matrix(m: VoteMatrix) -> np.ndarray:
+    """(V, V) Pearson correlation of the voters' error indicators on the gold items.
 
-    An abstention is an error. Pairs where a voter is always right or always wrong
-    (zero variance) are skipped; NaN when no pair is left.
+    An abstention is an error; an item a voter was not asked is no observation: with an
+    asked mask each pair is correlated over the items both were asked. A voter always
+    right or always wrong (on a pair's items) has no variance: NaN there.
     """
-    keep, gold = m.has_gold(), m.gold
-    errors = (voter_answers(m)[keep] != gold[keep, None]).astype(float) if gold is not None and keep.any() else None
-    if errors is None or errors.shape[1] < 2:
-        return math.nan
-    ok = errors.std(axis=0) > 0
-    if ok.sum() < 2:
-        return math.nan
-    corr = np.corrcoef(errors[:, ok], rowvar=False)  # (V', V')
-    return float(corr[np.triu_indices(corr.shape[0], k=1)].mean())
+    V, keep = m.n_voters, m.has_gold()
+    out = np.full((V, V), np.nan)
+    if m.gold is None or not keep.any():
+        return out
+    errors = (voter_answers(m)[keep] != m.gold[keep, None]).astype(float)  # (G, V)
+    if m.asked is None:
+        ok = np.flatnonzero(errors.std(axis=0) > 0)
+        if ok.size:
+            out[np.ix_(ok, ok)] = np.atleast_2d(np.corrcoef(errors[:, ok], rowvar=False))
+        return out
+    asked = voter_asked(m)[keep]                                           # (G, V)
+    for j, k in zip(*np.triu_indices(V)):
+        a, b = errors[asked[:, j] & asked[:, k], j], errors[asked[:, j] & asked[:, k], k]
+        if a.size and a.std() > 0 and b.std() > 0:
+            out[j, k] = out[k, j] = np.corrcoef(a, b)[0, 1]
+    return out
+
+
+def error_correlation(m: VoteMatrix) -> float:
+    """Mean pairwise error correlation (the upper triangle of ``error_correlation_matrix``).
+
+    Pairs where a voter is always right or always wrong (zero variance) are skipped;
+    NaN when no pair is left.
+    """
+    upper = error_correlation_matrix(m)[np.triu_indices(m.n_voters, k=1)]
+    upper = upper[~np.isnan(upper)]
+    return float(upper.mean()) if upper.size else math.nan
 
 
 # -- helpers -------------------------------------------------------------------

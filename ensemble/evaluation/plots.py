@@ -2,7 +2,8 @@
 
 The numbers drawn come from ``evaluate`` / ``ablate`` results; the few per-bin or
 per-pair arrays the report tables do not hold (reliability bins, the voter x voter
-agreement and error-correlation matrices) are computed here by the same rules as
+agreement matrix; the error-correlation one is ``metrics.error_correlation_matrix``)
+are computed here by the same rules as
 their summary in ``ensemble.evaluation.metrics`` (ECE bins; abstentions are not
 disagreements but are errors), and the tests pin each summary against them.
 """
@@ -90,25 +91,6 @@ def agreement_matrix(m: VoteMatrix) -> np.ndarray:
             both = (A[:, j] != ABSTAIN) & (A[:, k] != ABSTAIN)
             if both.any():
                 out[j, k] = float(np.mean(A[both, j] == A[both, k]))
-    return out
-
-
-def error_correlation_matrix(m: VoteMatrix) -> np.ndarray:
-    """(V, V) Pearson correlation of the voters' error indicators on the gold items.
-
-    An abstention is an error. A voter always right or always wrong has no variance:
-    its row and column are NaN (``metrics.error_correlation`` skips it the same way
-    and is the mean of the upper triangle over the remaining voters).
-    """
-    V, keep = m.n_voters, m.has_gold()
-    out = np.full((V, V), np.nan)
-    if m.gold is None or not keep.any():
-        return out
-    errors = (voter_answers(m)[keep] != m.gold[keep, None]).astype(float)  # (G, V)
-    ok = np.flatnonzero(errors.std(axis=0) > 0)
-    if ok.size:
-        corr = np.atleast_2d(np.corrcoef(errors[:, ok], rowvar=False))
-        out[np.ix_(ok, ok)] = corr
     return out
 
 

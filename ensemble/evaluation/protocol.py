@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from ensemble.errors import EnsembleError
+from ensemble.evaluation.calls import share_right, voter_asked
 from ensemble.evaluation.splits import (
     Split,
     choose_split,
@@ -155,26 +156,29 @@ def gold_codes(m: VoteMatrix) -> np.ndarray:
 
 def baseline_voter(m: VoteMatrix, singles: Mapping[str, Decision], dev: np.ndarray,
                    eval_mask: np.ndarray) -> tuple[str | None, str | None]:
-    """(voter, "dev" | "eval"): the single voter most often right on dev gold (else on eval).
+    """(voter, "dev" | "eval"): the single voter most accurate on dev gold (else on eval).
 
-    Ties go to the voter name that sorts first. (None, None) when neither set has gold.
+    Each voter's accuracy is over the items it was asked (``calls.voter_asked``; all of
+    them outside adaptive runs, where this is "most often right"). Ties go to the voter
+    name that sorts first. (None, None) when neither set has gold.
     """
     dev_gold = dev & m.has_gold()
     pick, where = (dev_gold, "dev") if dev_gold.any() else (eval_mask, "eval")
     if not pick.any():
         return None, None
-    gold = gold_codes(m)
-    right = {v: int(np.sum(d.labels[pick] == gold[pick])) for v, d in singles.items()}
-    return min(right, key=lambda v: (-right[v], v)), where
+    acc = {v: -1.0 if a is None else a for v, a in voter_accuracies(m, singles, pick).items()}
+    return min(acc, key=lambda v: (-acc[v], v)), where
 
 
-def voter_accuracies(m: VoteMatrix, singles: Mapping[str, Decision], mask: np.ndarray) -> dict[str, float]:
-    """{voter: accuracy on the gold items of ``mask``} ({} when there are none)."""
+def voter_accuracies(m: VoteMatrix, singles: Mapping[str, Decision], mask: np.ndarray
+                     ) -> dict[str, float | None]:
+    """{voter: accuracy on the gold items of ``mask`` it was asked} ({} when there are none;
+    None for a voter asked none of them)."""
     keep = mask & m.has_gold()
     if not keep.any():
         return {}
-    gold = gold_codes(m)
-    return {v: float(np.mean(d.labels[keep] == gold[keep])) for v, d in singles.items()}
+    gold, asked = gold_codes(m), voter_asked(m)
+    return {v: share_right(singles[v].labels, gold, keep & asked[:, j]) for j, v in enumerate(m.voters)}
 
 
 def dev_accuracies(seen: VoteMatrix, methods: Sequence[str], options: Mapping[str, Mapping[str, Any]],

@@ -13,10 +13,15 @@ without dev) and gives its eval result: the one number to quote.
 Without any eval item (no gold at all, or all gold items in dev) the report still
 holds every method's decisions and its coverage over the items outside dev;
 accuracy, F1, calibration and the paired test are then absent.
+
+A matrix from an adaptive run (``VoteMatrix.asked``) adds ``calls`` (calls made,
+saved, per-voter coverage: ``ensemble.evaluation.calls``); a vote never asked is
+absent, so each voter's row (and the paired test against the best voter) is scored
+on the eval items that voter was asked.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -24,6 +29,7 @@ import numpy as np
 
 from ensemble.errors import EnsembleError
 from ensemble.evaluation import protocol
+from ensemble.evaluation.calls import calls, voter_asked
 from ensemble.evaluation.metrics import (
     error_correlation,
     jsonable,
@@ -56,6 +62,7 @@ class Report:
     eval_mask: np.ndarray | None = None  # (I,) bool: the items the metrics are computed on
     selected_on_dev: dict[str, Any] | None = None  # protocol.best_on_dev: the method chosen on dev
     split_how: str | None = None  # how the dev items were chosen (a Split's ``how``)
+    calls: dict[str, Any] | None = None  # calls.calls: only for a matrix with an asked mask
 
     def to_dict(self) -> dict[str, Any]:
         """The ``vote eval --json`` contract (keys may be added, never renamed)."""
@@ -65,6 +72,7 @@ class Report:
             "classes": list(self.classes), "methods": self.methods, "voters": self.voters,
             "diagnostics": self.diagnostics, "selected_on_dev": self.selected_on_dev,
             "split": self.split_how,
+            **({"calls": self.calls} if self.calls is not None else {}),
         })
         return out
 
@@ -119,6 +127,8 @@ def _evaluate_canonical(m: VoteMatrix, methods: list[str], dev: np.ndarray,
 
     singles = voter_decisions(m)
     best, selected_on = protocol.baseline_voter(m, singles, dev, eval_mask)
+    asked = voter_asked(m)                                          # (I, V)
+    best_asked = asked[:, m.voters.index(best)][eval_mask] if best is not None else None
     decisions: dict[str, Decision] = {}
     method_rows: dict[str, dict[str, Any]] = {name: {} for name in methods}  # report in the given order
     for name in methods:
@@ -132,9 +142,10 @@ def _evaluate_canonical(m: VoteMatrix, methods: list[str], dev: np.ndarray,
         d = decisions[name]
         row = score(d)
         row["info"] = jsonable(d.info)
-        if gold is not None and best is not None:
-            test = paired_test(gold, d.labels[eval_mask], singles[best].labels[eval_mask],
-                               n_boot=n_boot, seed=seed)
+        if gold is not None and best is not None and best_asked is not None:
+            # on the eval items the best voter was asked (all of them outside adaptive runs)
+            test = paired_test(gold[best_asked], d.labels[eval_mask][best_asked],
+                               singles[best].labels[eval_mask][best_asked], n_boot=n_boot, seed=seed)
             row["vs_best_voter"] = {**test, "voter": best, "selected_on": selected_on}
         method_rows[name] = row
 
@@ -152,16 +163,26 @@ def _evaluate_canonical(m: VoteMatrix, methods: list[str], dev: np.ndarray,
     return Report(
         n_items=m.n_items, n_eval_items=int(eval_mask.sum()), n_dev_items=int(dev.sum()),
         n_items_without_gold=int((~has_gold).sum()), classes=m.classes, methods=method_rows,
-        voters=_voter_rows(m, singles, dev, score), diagnostics=jsonable(diagnostics),
+        voters=_voter_rows(m, singles, dev, scored, gold, n_boot, seed), diagnostics=jsonable(diagnostics),
         items=m.items, decisions=decisions, eval_mask=eval_mask, selected_on_dev=jsonable(selected),
+        calls=jsonable(calls(m)),
     )
 
 
-def _voter_rows(m: VoteMatrix, singles: dict[str, Decision], dev: np.ndarray,
-                score: Callable[[Decision], dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Each voter's eval metrics, plus ``dev_accuracy`` (what the baseline was chosen on) with dev gold."""
+def _voter_rows(m: VoteMatrix, singles: dict[str, Decision], dev: np.ndarray, scored: np.ndarray,
+                gold: np.ndarray | None, n_boot: int, seed: int) -> dict[str, dict[str, Any]]:
+    """Each voter's eval metrics on the scored items it was asked, plus ``dev_accuracy`` (what
+    the baseline was chosen on) with dev gold."""
     dev_acc = protocol.voter_accuracies(m, singles, dev)
-    return {v: {**score(d), **({"dev_accuracy": dev_acc[v]} if v in dev_acc else {})} for v, d in singles.items()}
+    asked = voter_asked(m)[scored]                                  # (n scored, V)
+    rows = {}
+    for j, (v, d) in enumerate(singles.items()):
+        own = np.flatnonzero(scored)[asked[:, j]]                   # scored items voter j was asked
+        mask = np.zeros(m.n_items, dtype=bool)
+        mask[own] = True
+        row = _score(d, mask, None if gold is None else gold[asked[:, j]], m.classes, n_boot, seed)
+        rows[v] = {**row, **({"dev_accuracy": dev_acc[v]} if v in dev_acc else {})}
+    return rows
 
 
 def _score(d: Decision, scored: np.ndarray, gold: np.ndarray | None, classes: tuple[str, ...],

@@ -199,7 +199,7 @@ def build_matrix(rows: Sequence[Row], *, gold: Mapping[str, str] | None = None,
 
 def load_predictions(paths: str | Path | Sequence[str | Path],
                      gold: str | Path | Mapping[str, str] | None = None, *,
-                     extract: str | Sequence[str] = "text") -> VoteMatrix:
+                     extract: str | Sequence[str] = "text", adaptive: bool = False) -> VoteMatrix:
     """Read one or more prediction inputs into a VoteMatrix.
 
     paths    a predictions file (JSONL / CSV / Parquet), an lm-eval output folder or samples
@@ -207,6 +207,8 @@ def load_predictions(paths: str | Path | Sequence[str | Path],
              (see ensemble.predictions.foreign), or a list of them
     gold     a file (rows with item/id and answer, or any dataset file), or a mapping
     extract  extraction steps for generated text (lm-eval generate_until, LLaMA-Factory)
+    adaptive the rows come from an adaptive run: a vote without a row was not asked
+             (``build_matrix(..., adaptive=True)``), not abstained
     """
     from ensemble.predictions.foreign import gather_rows
 
@@ -216,7 +218,7 @@ def load_predictions(paths: str | Path | Sequence[str | Path],
         from ensemble.data.formats import read_gold
 
         gold = read_gold(gold)
-    return build_matrix([r for _, _, r in located], gold=gold)
+    return build_matrix([r for _, _, r in located], gold=gold, adaptive=adaptive)
 
 
 def rows_from_matrix(m: VoteMatrix) -> Iterable[Row]:

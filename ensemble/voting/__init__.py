@@ -13,6 +13,13 @@ Every method returns ``Decision(labels (I,), scores (I, C), info)``, takes a
 ``tie_break`` option and breaks ties with ``ensemble.voting.tiebreak`` (one
 implementation for all; default ``first``: the class that sorts first, chosen on
 the bundled benchmark's dev split).
+
+Votes never asked (an adaptive run stopped before them: ``VoteMatrix.asked`` False)
+hold ABSTAIN, so they add to no class's support; every method treats them as absent.
+Fitted quantities (weighted's dev accuracies, select's dev counts, Dawid–Skene's
+confusions, stack's features) come from the asked votes only, and an abstention
+(asked, no answer) stays distinct: stack divides a voter's shares by the samples
+asked, so an abstaining sample dilutes them and a sample never asked does not.
 """
 from __future__ import annotations
 

@@ -4,12 +4,18 @@ For item i and class c the score is ``s_ic = sum_j w_j x_ijc`` with one weight p
 voter, and P(answer = c | item i) is the softmax of s_i over the item's own options
 (``m.valid`` when given, else all classes). Features:
 
-* with ``m.probs``: x_ijc = (1/S) sum_s log p_ijsc, probabilities clipped at 1e-6,
+* with ``m.probs``: x_ijc = (1/S_ij) sum_s log p_ijsc, probabilities clipped at 1e-6,
   abstaining samples contribute 0. With w_j = 1 for all j this is the product of
   the voters' distributions (a log-linear pool); fitting w calibrates how much each
   voter's log-probabilities are worth.
-* without: x_ijc = share of voter j's S samples that voted c (one-hot votes), which
+* without: x_ijc = share of voter j's S_ij samples that voted c (one-hot votes), which
   makes the model a weighted vote whose weights are fitted by likelihood.
+
+S_ij is the number of voter j's samples that were *asked* on item i (S when the
+matrix has no asked mask; ``VoteMatrix.asked``): an abstaining sample dilutes the
+voter's shares (it was asked and gave nothing), a sample never asked is absent, so
+a voter asked 2 of 4 samples counts like a voter with 2 samples. A voter not asked
+at all has x_ij = 0, like one that abstained on every sample.
 
 Weights are fitted by maximum likelihood with an L2 penalty ||w||^2 / (2C) using
 scipy's L-BFGS-B and the analytic gradient. The objective is strictly convex, so
@@ -24,7 +30,13 @@ from scipy.optimize import minimize
 from scipy.special import logsumexp
 
 from ensemble.errors import EnsembleError
-from ensemble.predictions.matrix import ABSTAIN, Decision, VoteMatrix, support
+from ensemble.predictions.matrix import (
+    ABSTAIN,
+    Decision,
+    VoteMatrix,
+    asked_mask,
+    support,
+)
 from ensemble.registry import unknown_name
 from ensemble.voting import METHODS
 from ensemble.voting.groups import (
@@ -46,12 +58,14 @@ def _features(m: VoteMatrix, idx: np.ndarray, kind: str) -> np.ndarray:
     """(n, V, C) features x_ijc of the items ``idx``; ``kind`` is "probs" or "votes"."""
     labels = m.labels[idx]                                          # (n, V, S)
     n, V, S = labels.shape
+    # (n, V, 1) samples asked per (item, voter), at least 1 so a voter never asked gives 0 / 1
+    n_asked = np.maximum(asked_mask(m)[idx].sum(axis=2, keepdims=True), 1) if m.asked is not None else S
     if kind == "votes":
-        shares: np.ndarray = support(labels.reshape(n * V, S), m.n_classes).reshape(n, V, -1) / S
+        shares: np.ndarray = support(labels.reshape(n * V, S), m.n_classes).reshape(n, V, -1) / n_asked
         return shares
     assert m.probs is not None                                      # _feature_kind checked
     logp = np.log(np.clip(m.probs[idx], _P_MIN, 1.0))               # (n, V, S, C)
-    mean: np.ndarray = np.where((labels != ABSTAIN)[..., None], logp, 0.0).sum(axis=2) / S
+    mean: np.ndarray = np.where((labels != ABSTAIN)[..., None], logp, 0.0).sum(axis=2) / n_asked
     return mean
 
 

@@ -115,7 +115,8 @@ def vote_counts(m: VoteMatrix, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray,
     """(correct, votes, chance_sum), each (V,), over each voter's samples on items ``idx``.
 
     Each non-abstaining sample is one trial; abstentions are not counted as wrong
-    (abstaining is handled by not voting). chance_sum adds 1 / (options) per trial.
+    (abstaining is handled by not voting), and cells never asked (ABSTAIN with
+    ``asked`` False) are no trial either. chance_sum adds 1 / (options) per trial.
     """
     assert m.gold is not None
     labels = m.labels[idx]                                   # (D, V, S)
