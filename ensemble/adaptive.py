@@ -142,7 +142,6 @@ class Asker:
     emit: Progress
     warnings: list[str]
     engine: Engine | None = None
-    requests: int = 0  # cells asked by this process
     _opened: bool = field(default=False, repr=False)
 
     def _open(self) -> Engine:
@@ -166,7 +165,6 @@ class Asker:
         from ensemble.prompts import render_messages
 
         engine, r = self._open(), self.cfg.run
-        self.requests += len(cells)
         if r.mode != "generate":
             return ask(engine, self.cfg, [(it, v) for it, v, _ in cells], self.voters, self.template,
                        self.extractor)
@@ -225,10 +223,3 @@ def ask_adaptive(asker: Asker, store: PredictionStore, splits: Mapping[str, Sequ
     asker.emit("finish")
     return n_new
 
-
-def call_counts(asked: np.ndarray, voters: Sequence[str]) -> dict[str, Any]:
-    """Calls made and saved from an (I, V, S) asked mask: a call is one (item, voter, sample) vote."""
-    made, possible = int(asked.sum()), int(asked.size)
-    return {"made": made, "possible": possible, "saved": possible - made,
-            "saved_fraction": (possible - made) / possible if possible else 0.0,
-            "coverage": {v: float(asked[:, j].mean()) if asked[:, j].size else 0.0 for j, v in enumerate(voters)}}

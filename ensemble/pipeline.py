@@ -53,7 +53,7 @@ class RunResult:
     warnings: list[str] = field(default_factory=list)
     submission: Any = None
     html: Path | None = None  # <out>/report.html (None when it could not be written: see warnings)
-    calls: dict[str, Any] | None = None  # run.adaptive: votes asked / possible / saved (ensemble.adaptive)
+    calls: dict[str, Any] | None = None  # run.adaptive: votes made / possible / saved (evaluation.calls)
 
 
 # -- voters ------------------------------------------------------------------
@@ -237,10 +237,9 @@ def run(cfg: Config, *, restart: bool = False, progress: Progress | None = None,
 def finish(cfg: Config, store: PredictionStore, splits: dict[str, list[Item]], voters: dict[str, str | None],
            n_new: int, warnings: list[str]) -> RunResult:
     """Stored rows -> vote matrix -> every method (dev = data.dev; see evaluate_run) -> report (+ submission)."""
-    from ensemble.adaptive import call_counts
     from ensemble.data.tables import item_group
+    from ensemble.evaluation.calls import abstain_counts, calls
     from ensemble.evaluation.protocol import evaluate_run
-    from ensemble.predictions.matrix import abstained
     from ensemble.predictions.rows import build_matrix
 
     items = {it.id: it for split_items in splits.values() for it in split_items}
@@ -254,11 +253,11 @@ def finish(cfg: Config, store: PredictionStore, splits: dict[str, list[Item]], v
     report, split = evaluate_run(m, cfg.run.methods, cfg.run.method_options, dev_ids,
                                  manifest_dir=cfg.out if cfg.run.weights_from == "manifest" else None)
     warnings += [f"method {k}: {v['error']}" for k, v in report.methods.items() if 'error' in v]
-    abstain = {v: int(n) for v, n in zip(m.voters, abstained(m).sum(axis=(0, 2)))}  # asked cells only
+    abstain = abstain_counts(m)  # asked cells only: a vote never asked is no abstention
     _write_json(Path(cfg.out) / "report.json", report.to_dict())
     result = RunResult(out=Path(cfg.out), matrix=m, report=report, n_new_rows=n_new, abstain_counts=abstain,
                        dev=None if split is None else split.dev_mask(m), warnings=warnings,
-                       calls=None if m.asked is None else call_counts(m.asked, m.voters))
+                       calls=calls(m))
     try:  # the page is a view of report.json: failing to draw it must not lose the run's result
         from ensemble.evaluation.html import run_html
 
