@@ -6,6 +6,7 @@ The pipeline reads top to bottom:
     voters     adapters of a trained run (its manifest), registered extras, config voters
     engine     one process: the base model once + every adapter (ensemble.engines)
     answers    each missing (item, voter, sample) asked once; rows appended to the store as they arrive
+               (run.adaptive: dev items fully, the others in rounds until decided; ensemble.adaptive)
     votes      the stored rows -> VoteMatrix -> every configured method -> Report
 
 Killed at any point and rerun, it recomputes only (item, voter, sample) keys missing
