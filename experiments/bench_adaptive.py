@@ -205,22 +205,40 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cloze", type=Path, help="a cloze-mode run folder (one vote per voter)")
     ap.add_argument("--max-loss", type=float, default=TARGET["max_accuracy_loss"],
                     help="accuracy (fraction) a policy may lose on dev to be chosen")
+    ap.add_argument("--live", action="store_true",
+                    help="then run the policy chosen on --generate live (run.adaptive) on its test items")
+    ap.add_argument("--config", type=Path, default=Path("experiments/configs/adaptive_generate.yaml"),
+                    help="the config of the --generate run (the live run reuses it)")
+    ap.add_argument("--live-out", type=Path, default=Path("runs/adaptive_live"))
     ap.add_argument("--out", type=Path, default=RESULTS / "adaptive")
     args = ap.parse_args(argv)
     result: dict[str, Any] = {"command": "python experiments/bench_adaptive.py " + " ".join(sys.argv[1:]
                                                                                            if argv is None else argv),
                               "target": TARGET}
+    matrices = {}
     for name, run in (("generate", args.generate), ("cloze", args.cloze)):
         if run is None:
             continue
         t0 = time.process_time()
         m, dev, tokens = load_run(run)
+        matrices[name] = m
         result[name] = {"source": str(run), **bench(m, dev, tokens, args.max_loss),
                         "cpu_s": round(time.process_time() - t0, 1)}
         print_summary(name, result[name])
     main_setting = result.get("generate") or result.get("cloze")
     if main_setting is None:
         ap.error("give --generate and/or --cloze")
+    if args.live:
+        if "generate" not in result:
+            ap.error("--live confirms the policy chosen on --generate: give --generate")
+        from adaptive_live import run_live
+
+        result["live"] = live = run_live(args.config, args.generate, matrices["generate"], result["generate"],
+                                         args.live_out)
+        print(f"[live] {live['policy']} on {live['n_items']} test items: calls {live['calls_made']}/"
+              f"{live['calls_possible']} (saved {_pct(live['calls_saved'])}; replay {_pct(live['replay']['calls_saved'])}), "
+              f"tokens saved {_pct(live['tokens_saved'])}, accuracy {live['accuracy_adaptive']:.3f} vs full run "
+              f"{live['accuracy_full']:.3f} (McNemar p={live['p_value']:.3g}); {live['cpu_s']} CPU-s, {live['wall_s']} s")
     c = main_setting["chosen"]
     result.update({k: c[k] for k in ("policy", "calls_saved", "tokens_saved", "accuracy_full",
                                      "accuracy_adaptive", "p_value")})
