@@ -32,6 +32,10 @@ def _print_run(result) -> None:
     if unparsed:
         console.print("abstentions (unparseable or missing answers) per voter: "
                       + ", ".join(f"{v}={n}" for v, n in unparsed.items()))
+    if result.calls is not None:  # run.adaptive: over the whole run, dev items included
+        c = result.calls
+        console.print(f"calls (run.adaptive): {c['made']} of {c['possible']} asked, {c['saved']} saved "
+                      f"({100 * c['saved_fraction']:.1f}%)")
     console.print(f"predictions: {result.out / 'predictions.jsonl'} ({result.n_new_rows} new rows)", soft_wrap=True)
     console.print(f"report: {result.out / 'report.json'}", soft_wrap=True)
     if result.html is not None:

@@ -9,6 +9,13 @@ unparseable vote. Shapes (I items, V voters, S samples per voter, C classes):
     gold        (I,) int32         class code or ABSTAIN where unknown       (optional)
     valid       (I, C) bool        which classes are options of each item    (optional)
     groups      I strings          each item's group (subject / category / task; "" = none) (optional)
+    asked       (I, V, S) bool     False where the vote was never asked (adaptive runs; optional,
+                                   None = every cell was asked)
+
+A cell that was not asked holds ``ABSTAIN`` (so it adds to no class's support) with
+``asked`` False and NaN confidence / probs; an abstention is ``ABSTAIN`` where the vote
+*was* asked (``abstained``). Methods and metrics treat a not-asked vote as absent: it
+is neither a vote, nor an abstention, nor an error.
 
 Class codes follow the sorted order of the class names (``sorted(str)``), so the
 encoding never depends on row order. That is also the order of the tie rule
@@ -24,7 +31,23 @@ from typing import Any
 
 import numpy as np
 
-ABSTAIN = -1
+from ensemble.predictions.scores import (
+    ABSTAIN,
+    TIE_ATOL,
+    TIE_RTOL,
+    argmax_with_ties,
+    near_max,
+    normalise,
+    support,
+    tied_classes,
+)
+
+# Re-exported: the arithmetic on label codes lives in scores.py, imported from here for years.
+__all__ = [
+    "ABSTAIN", "TIE_ATOL", "TIE_RTOL", "Decision", "LabelEncoder", "VoteMatrix", "abstained",
+    "argmax_with_ties", "asked_mask", "decide", "from_arrays", "near_max", "normalise", "support",
+    "tied_classes",
+]
 
 
 @dataclass(frozen=True)
@@ -61,6 +84,7 @@ class VoteMatrix:
     valid: np.ndarray | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     groups: tuple[str, ...] | None = None
+    asked: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         I, V, S = self.labels.shape
@@ -75,6 +99,9 @@ class VoteMatrix:
             assert self.valid.shape == (I, len(self.encoder))
         if self.groups is not None:
             assert len(self.groups) == I, "groups do not match items"
+        if self.asked is not None:
+            assert self.asked.shape == (I, V, S) and self.asked.dtype == bool, "asked must be (I, V, S) bool"
+            assert (self.labels[~self.asked] == ABSTAIN).all(), "a not-asked cell must hold ABSTAIN"
 
     # -- shape helpers ---------------------------------------------------
     @property
@@ -116,6 +143,7 @@ class VoteMatrix:
             gold=None if self.gold is None else self.gold[idx],
             valid=None if self.valid is None else self.valid[idx],
             groups=None if self.groups is None else tuple(self.groups[i] for i in idx),
+            asked=None if self.asked is None else self.asked[idx],
         )
 
     def select_voters(self, voters: Sequence[int] | Sequence[str]) -> VoteMatrix:
@@ -128,10 +156,27 @@ class VoteMatrix:
             voters=tuple(self.voters[i] for i in idx),
             confidence=None if self.confidence is None else self.confidence[:, idx],
             probs=None if self.probs is None else self.probs[:, idx],
+            asked=None if self.asked is None else self.asked[:, idx],
         )
 
     def decode(self, codes: Iterable[int]) -> list[str | None]:
         return self.encoder.decode(codes)
+
+
+def asked_mask(m: VoteMatrix) -> np.ndarray:
+    """(I, V, S) bool: the cells whose vote was asked (all True when ``m.asked`` is None)."""
+    if m.asked is None:
+        return np.ones(m.labels.shape, dtype=bool)
+    mask: np.ndarray = m.asked
+    return mask
+
+
+def abstained(m: VoteMatrix) -> np.ndarray:
+    """(I, V, S) bool: asked cells without a counted vote (not-asked cells are not abstentions)."""
+    out: np.ndarray = m.labels == ABSTAIN
+    if m.asked is not None:
+        out &= m.asked
+    return out
 
 
 def _as_index(mask_or_index: np.ndarray) -> np.ndarray:
@@ -155,85 +200,6 @@ class Decision:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def support(labels: np.ndarray, n_classes: int, weights: np.ndarray | None = None) -> np.ndarray:
-    """Sum of vote weights per (item, class).
-
-    labels  (I, ...) int codes with ABSTAIN = -1 (any trailing shape: voters, samples)
-    weights same shape as ``labels`` or broadcastable to it; None = 1 per vote
-    returns (I, C) float64
-
-    One ``np.bincount`` over flattened ``item * C + label`` indices: linear time,
-    no Python loop, about 0.1 s for 16M votes.
-    """
-    I = labels.shape[0]
-    flat = labels.reshape(I, int(np.prod(labels.shape[1:])))  # (I, V*S); -1 would fail when I == 0
-    # ABSTAIN (-1) goes to a spare bin 0 that is dropped afterwards: no boolean compress of
-    # the 16M-vote array (that alone cost 0.6-2 s at 1M x 16), and NaN weights in abstaining
-    # cells cannot leak into real bins.
-    idx = np.arange(I, dtype=np.int64)[:, None] * (n_classes + 1) + (flat + 1)
-    w = None if weights is None else np.broadcast_to(weights, labels.shape).reshape(flat.shape).ravel()
-    out = np.bincount(idx.ravel(), weights=w, minlength=I * (n_classes + 1))
-    return out.reshape(I, n_classes + 1)[:, 1:].astype(np.float64)
-
-
-# Scores equal up to rounding are ties: float sums depend on the order of addition
-# (0.1 + 0.2 > 0.3), and that order must not pick the winner. Same test as
-# np.isclose(score, row max): |max - score| <= TIE_ATOL + TIE_RTOL * |max|.
-TIE_RTOL = 1e-9
-TIE_ATOL = 1e-12
-
-
-def near_max(scores: np.ndarray, candidates: np.ndarray | None = None) -> np.ndarray:
-    """(I, C) bool: the entries within rounding of their row's maximum.
-
-    ``candidates`` (I, C) bool restricts both the maximum and the result to those
-    entries (rows without a candidate are all False).
-    """
-    if candidates is None:
-        candidates = np.ones(scores.shape, dtype=bool)
-    masked = np.where(candidates, scores, -np.inf)
-    top = masked.max(axis=1, initial=-np.inf)[:, None]                 # (I, 1)
-    with np.errstate(invalid="ignore"):                                # -inf - -inf rows
-        close = np.abs(top - masked) <= TIE_ATOL + TIE_RTOL * np.abs(top)
-    tied: np.ndarray = candidates & close & np.isfinite(top)
-    return tied
-
-
-def tied_classes(scores: np.ndarray) -> np.ndarray:
-    """(I, C) -> (I, C) bool: the classes that share the row's top score (up to rounding).
-
-    Only positive scores count: a row with no positive support has no candidate.
-    Same test as ``near_max`` in three passes over (I, C): every score is <= the
-    row max, so |max - score| <= tol reduces to score >= max - tol.
-    """
-    top = scores.max(axis=1, keepdims=True, initial=0.0)               # (I, 1)
-    tied: np.ndarray = scores >= top - (TIE_ATOL + TIE_RTOL * np.abs(top))
-    tied &= scores > 0
-    return tied
-
-
-def argmax_with_ties(scores: np.ndarray) -> np.ndarray:
-    """(I, C) -> (I,) winning class per row; ABSTAIN where the row has no positive support.
-
-    Tie rule ``first`` (the last resort of every policy): among the classes whose score
-    equals the row maximum up to rounding (``tied_classes``), the lowest class code
-    wins, i.e. the class name that sorts first. Other policies live in
-    ``ensemble.voting.tiebreak``.
-    """
-    tied = tied_classes(scores)
-    out: np.ndarray = np.argmax(tied, axis=1).astype(np.int32)  # first True per row
-    out[~tied.any(axis=1)] = ABSTAIN
-    return out
-
-
-def normalise(scores: np.ndarray) -> np.ndarray:
-    """Rows scaled to sum to 1; all-zero rows stay zero. (I, C) -> (I, C)."""
-    total = scores.sum(axis=1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out: np.ndarray = np.where(total > 0, scores / np.where(total > 0, total, 1.0), 0.0)
-    return out
-
-
 def decide(scores: np.ndarray, **info: Any) -> Decision:
     """Turn per-class support into a Decision with the shared tie rule."""
     return Decision(labels=argmax_with_ties(scores), scores=normalise(scores), info=dict(info))
@@ -249,17 +215,30 @@ def from_arrays(
     confidence: np.ndarray | None = None,
     probs: np.ndarray | None = None,
     valid: np.ndarray | None = None,
+    asked: np.ndarray | None = None,
 ) -> VoteMatrix:
     """Build a VoteMatrix from already-encoded arrays (tests, benchmarks, library users).
 
     ``labels`` may be (I, V) or (I, V, S); ``classes`` defaults to "0".."C-1"
-    zero-padded so that string order equals code order.
+    zero-padded so that string order equals code order. ``asked`` (same shape as
+    ``labels``, bool) marks the asked cells; not-asked cells are set to ABSTAIN, with NaN
+    confidence and probs, whatever ``labels`` held there.
     """
     labels = np.asarray(labels, dtype=np.int32)
     if labels.ndim == 2:
         labels = labels[:, :, None]
         confidence = None if confidence is None else np.asarray(confidence, float)[:, :, None]
         probs = None if probs is None else np.asarray(probs, float)[:, :, None, :]
+        asked = None if asked is None else np.asarray(asked, dtype=bool)[:, :, None]
+    confidence = None if confidence is None else np.asarray(confidence, dtype=np.float64)
+    probs = None if probs is None else np.asarray(probs, dtype=np.float64)
+    if asked is not None:
+        asked = np.asarray(asked, dtype=bool)
+        if asked.shape != labels.shape:
+            raise ValueError(f"asked has shape {asked.shape}; it must match labels {labels.shape}")
+        labels = np.where(asked, labels, ABSTAIN).astype(np.int32)
+        confidence = None if confidence is None else np.where(asked, confidence, np.nan)
+        probs = None if probs is None else np.where(asked[..., None], probs, np.nan)
     I, V, _ = labels.shape
     if classes is None:
         top = int(max(labels.max(initial=0), -1 if gold is None else np.max(gold, initial=0))) + 1
@@ -272,8 +251,9 @@ def from_arrays(
         items=tuple(items) if items is not None else tuple(str(i) for i in range(I)),
         voters=tuple(voters) if voters is not None else tuple(f"v{j}" for j in range(V)),
         encoder=LabelEncoder(tuple(classes)),
-        confidence=None if confidence is None else np.asarray(confidence, dtype=np.float64),
-        probs=None if probs is None else np.asarray(probs, dtype=np.float64),
+        confidence=confidence,
+        probs=probs,
         gold=None if gold is None else np.asarray(gold, dtype=np.int32),
         valid=None if valid is None else np.asarray(valid, dtype=bool),
+        asked=asked,
     )

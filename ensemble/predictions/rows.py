@@ -130,13 +130,16 @@ def _check_duplicates(rows: Sequence[Row], lines: Sequence[int], path: Path) -> 
 # -- the vote matrix ---------------------------------------------------------
 def build_matrix(rows: Sequence[Row], *, gold: Mapping[str, str] | None = None,
                  options: Mapping[str, Sequence[str]] | None = None,
-                 groups: Mapping[str, str] | None = None) -> VoteMatrix:
+                 groups: Mapping[str, str] | None = None, adaptive: bool = False) -> VoteMatrix:
     """Encode rows into a VoteMatrix (items and voters in order of first appearance).
 
     gold     item -> gold label (overrides a ``gold`` column); items with gold but no
              votes are not added, their count is kept in ``meta["n_gold_without_votes"]``.
     options  item -> its valid labels (e.g. the option letters), for ``valid``.
     groups   item -> its group (subject / category / kind; overrides a ``group`` column).
+    adaptive the rows come from an adaptive run: a cell with a stored row was asked (its
+             answer may still abstain), a cell without one was not asked (``asked`` False,
+             ABSTAIN label). Without it, a missing row is an abstention, as always.
     """
     items = list(dict.fromkeys(r["item"] for r in rows))
     voters = list(dict.fromkeys(r["voter"] for r in rows))
@@ -159,6 +162,10 @@ def build_matrix(rows: Sequence[Row], *, gold: Mapping[str, str] | None = None,
     ss = np.array([r["sample"] for r in rows])
     labels = np.full((I, V, S), ABSTAIN, dtype=np.int32)
     labels[ii, jj, ss] = [code[r["answer"]] if r["answer"] else ABSTAIN for r in rows]
+    asked = None
+    if adaptive:
+        asked = np.zeros((I, V, S), dtype=bool)
+        asked[ii, jj, ss] = True
 
     confidence = probs = None
     if any(r.get("confidence") is not None for r in rows):
@@ -187,7 +194,7 @@ def build_matrix(rows: Sequence[Row], *, gold: Mapping[str, str] | None = None,
     item_groups = tuple(group_map.get(x, "") for x in items) if group_map else None
     return VoteMatrix(labels=labels, items=tuple(items), voters=tuple(voters), encoder=enc,
                       confidence=confidence, probs=probs, gold=gold_arr, valid=valid, groups=item_groups,
-                      meta={"n_gold_without_votes": n_missing})
+                      asked=asked, meta={"n_gold_without_votes": n_missing})
 
 
 def load_predictions(paths: str | Path | Sequence[str | Path],
@@ -213,10 +220,15 @@ def load_predictions(paths: str | Path | Sequence[str | Path],
 
 
 def rows_from_matrix(m: VoteMatrix) -> Iterable[Row]:
-    """The inverse of build_matrix for labels/confidence (used by tests and tools)."""
+    """The inverse of build_matrix for labels/confidence (used by tests and tools).
+
+    Not-asked cells have no row (``build_matrix(..., adaptive=True)`` reads them back).
+    """
     for i, item in enumerate(m.items):
         for j, voter in enumerate(m.voters):
             for s in range(m.n_samples):
+                if m.asked is not None and not m.asked[i, j, s]:
+                    continue
                 code = int(m.labels[i, j, s])
                 row: Row = {"item": item, "voter": voter, "sample": s,
                             "answer": m.classes[code] if code >= 0 else None}
