@@ -211,6 +211,24 @@ def test_replay_with_weights() -> None:
     assert asked[0].sum() == 4
 
 
+def test_replay_answers_outside_the_options_are_no_vote_for_the_rule() -> None:
+    # As in the live run: an answer that is not one of the item's options counts as no vote.
+    labels = np.array([[2, 2, 0, 0, 0]])
+    outside = from_arrays(labels, ["A", "B", "C"], valid=np.array([[True, True, False]]))
+    inside = from_arrays(labels, ["A", "B", "C"], valid=np.array([[True, True, True]]))
+    exact = get_stop_rule("exact")
+    assert replay(outside, default_order(5, 1), exact).sum() == 4      # X X A A: 2 > 0 + 1 left
+    assert replay(inside, default_order(5, 1), exact).sum() == 5       # C C A A: 2 - 2, never settled
+
+
+def test_replay_class_counts_per_item() -> None:
+    m = from_arrays(np.zeros((1, 20), dtype=np.int32), ["A", "B", "C"], valid=np.ones((1, 3), dtype=bool))
+    rule = get_stop_rule("dirichlet", {"delta": 0.05})
+    assert replay(m, default_order(20, 1), rule).sum() == 5             # 3 options
+    assert replay(m, default_order(20, 1), rule, n_classes=[2]).sum() == 4
+    assert replay(m, default_order(20, 1), rule, n_classes=[None]).sum() == 4  # open: seen + 1 = 2
+
+
 # -- resume and determinism ----------------------------------------------------------
 @pytest.mark.parametrize("rule", ["exact", "dirichlet", "cisc"])
 def test_a_resumed_walk_asks_what_an_uninterrupted_one_asks(rule: str) -> None:

@@ -205,39 +205,39 @@ def walk_item(votes: Callable[[int], tuple[int, float] | None], weights: Sequenc
 
 
 def replay(matrix: VoteMatrix, order: Sequence[tuple[int, int]], rule: StopRule,
-           weights: np.ndarray | None = None) -> np.ndarray:
+           weights: np.ndarray | None = None, *, n_classes: Sequence[int | None] | None = None) -> np.ndarray:
     """(I, V, S) bool: the cells ``rule`` would have asked of this fully-asked matrix.
 
     order: (voter index, sample index) cells in asking order; cells not in it are never
-    asked. weights: None (1 per vote), (V,) per voter or (I, V, S) per cell. Classes per
-    item: its options (``matrix.valid``) when known, else open answers (seen + 1).
+    asked. weights: None (1 per vote), (V,) per voter or (I, V, S) per cell. n_classes:
+    per item, its class count for the rule (None: open answers, seen + 1); default: its
+    options (``matrix.valid``), else open. As in the live run, an answer outside the
+    item's options is no vote for the rule.
     """
     I, V, S = matrix.labels.shape
     cells = np.array(order, dtype=np.int64).reshape(-1, 2)              # (K, 2)
     if len(cells) and (cells.min() < 0 or cells[:, 0].max() >= V or cells[:, 1].max() >= S):
         raise EnsembleError(f"replay: order has a cell outside the matrix's {V} voters x {S} samples")
-    if weights is None:
-        w = np.ones((I, V, S))
-    elif weights.shape == (V,):
-        w = np.broadcast_to(weights[None, :, None], (I, V, S))
-    elif weights.shape == (I, V, S):
-        w = weights
-    else:
+    if weights is not None and weights.shape not in ((V,), (I, V, S)):
         raise EnsembleError(f"replay: weights have shape {weights.shape}; use ({V},) per voter or "
                             f"({I}, {V}, {S}) per cell")
+    w = np.ones((I, V, S)) if weights is None else np.broadcast_to(
+        weights[None, :, None] if weights.shape == (V,) else weights, (I, V, S))
     labels = matrix.labels[:, cells[:, 0], cells[:, 1]]                 # (I, K) in asking order
+    if matrix.valid is not None:                                         # outside the options: no vote
+        ok = np.take_along_axis(matrix.valid, np.maximum(labels, 0), axis=1)
+        labels = np.where(ok, labels, ABSTAIN)
     conf = (np.full(labels.shape, np.nan) if matrix.confidence is None
             else matrix.confidence[:, cells[:, 0], cells[:, 1]])
     cell_w = w[:, cells[:, 0], cells[:, 1]]                             # (I, K)
+    if n_classes is None:
+        n_classes = [None] * I if matrix.valid is None else [int(n) for n in matrix.valid.sum(axis=1)]
     asked = np.zeros((I, V, S), dtype=bool)
     for i in range(I):
-        n_options = int(matrix.valid[i].sum()) if matrix.valid is not None else 0
-        n_classes = n_options if n_options > 0 else None
-
         def known(j: int, i: int = i) -> tuple[int, float]:                  # every cell is known
             return int(labels[i, j]), float(conf[i, j])
 
-        k, _ = walk_item(known, cell_w[i], rule, n_classes)
+        k, _ = walk_item(known, cell_w[i], rule, n_classes[i])
         asked[i, cells[:k, 0], cells[:k, 1]] = True
     return asked
 
