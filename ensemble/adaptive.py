@@ -87,15 +87,16 @@ def check_dev(a: AdaptiveConfig, dev: Sequence[Item]) -> None:
 def item_votes(item: Item, known: Sequence[Row | None]) -> tuple[Callable[[int], tuple[int, float] | None], int | None]:
     """votes(k) for ``walk_item`` and the item's class count, from its known rows in asking order.
 
-    Label codes: the item's option letters in order, then any other answer seen (sorted by
-    name); n_classes = its options. An open question codes the distinct answers seen by
-    sorted name; n_classes None: ``walk_item`` counts the answers seen so far + 1 at each
-    step, as the offline ``replay`` does. (The rules count per distinct class, so only the
-    grouping of the answers matters, not the code numbers.)
+    An item with options codes its option letters in order (n_classes = its options); an
+    answer outside them is no vote for the rule (ABSTAIN), as in the offline ``replay``. An
+    open question codes the distinct answers seen by sorted name; n_classes None:
+    ``walk_item`` counts the answers seen so far + 1 at each step. (The rules count per
+    distinct class, so only the grouping of the answers matters, not the code numbers.)
     """
-    seen = sorted({r["answer"] for r in known if r is not None and r.get("answer")})
-    letters = list(item.letters)
-    classes = letters + [a for a in seen if a not in letters]
+    if item.options:
+        classes = list(item.letters)
+    else:
+        classes = sorted({r["answer"] for r in known if r is not None and r.get("answer")})
     code = {c: i for i, c in enumerate(classes)}
 
     def votes(k: int) -> tuple[int, float] | None:
@@ -105,7 +106,7 @@ def item_votes(item: Item, known: Sequence[Row | None]) -> tuple[Callable[[int],
         conf = row.get("confidence")
         return code.get(row.get("answer") or "", ABSTAIN), float("nan") if conf is None else float(conf)
 
-    return votes, (len(letters) if letters else None)
+    return votes, (len(item.options) if item.options else None)
 
 
 def next_cells(items: Sequence[Item], order: Sequence[tuple[str, int]], weights: Sequence[float],

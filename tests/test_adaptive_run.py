@@ -318,3 +318,17 @@ def test_tiny_model_cloze_live_equals_replay(tmp_path, tiny_model, tiny_adapters
                       get_stop_rule("dirichlet", {"delta": 0.3}))
     np.testing.assert_array_equal(aligned(live.matrix, test, order).asked, expected)
     assert live.calls["saved"] > 0
+
+
+def test_item_votes_codes_options_and_open_answers():
+    """The rule's view of one item: option letters (an answer outside them is no vote, as in
+    replay), or open answers by sorted name with n_classes left to walk_item (seen + 1)."""
+    from ensemble.adaptive import item_votes
+    from ensemble.data.items import Item
+
+    rows = [{"answer": "B", "confidence": 0.9}, {"answer": "E"}, {"answer": None}, None]
+    votes, n = item_votes(Item(id="x", question="q", options=("yes", "no")), rows)
+    assert n == 2 and votes(0) == (1, 0.9) and votes(1)[0] == votes(2)[0] == ABSTAIN and votes(3) is None
+    assert np.isnan(votes(1)[1])
+    votes, n = item_votes(Item(id="y", question="q"), [{"answer": "41"}, {"answer": "40"}, {"answer": "41"}])
+    assert n is None and [votes(k)[0] for k in range(3)] == [1, 0, 1]
