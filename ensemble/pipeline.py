@@ -6,6 +6,7 @@ The pipeline reads top to bottom:
     voters     adapters of a trained run (its manifest), registered extras, config voters
     engine     one process: the base model once + every adapter (ensemble.engines)
     answers    each missing (item, voter, sample) asked once; rows appended to the store as they arrive
+               (run.adaptive: dev items fully, the others in rounds until decided; ensemble.adaptive)
     votes      the stored rows -> VoteMatrix -> every configured method -> Report
 
 Killed at any point and rerun, it recomputes only (item, voter, sample) keys missing
@@ -53,6 +54,7 @@ class RunResult:
     warnings: list[str] = field(default_factory=list)
     submission: Any = None
     html: Path | None = None  # <out>/report.html (None when it could not be written: see warnings)
+    calls: dict[str, Any] | None = None  # run.adaptive: votes made / possible / saved (evaluation.calls)
 
 
 # -- voters ------------------------------------------------------------------
@@ -89,7 +91,8 @@ def run_settings(cfg: Config, model: str) -> dict[str, Any]:
     return {"model": model, "prompt": to_dict(cfg.prompt), "mode": r.mode, "samples": r.samples,
             "temperature": r.temperature, "top_p": r.top_p, "max_new_tokens": r.max_new_tokens,
             "seed": r.seed, "stop": list(r.stop), "extractor": to_dict(r.extractor), "dtype": r.dtype,
-            "benchmark": to_dict(cfg.data.benchmark)}  # regenerated items reuse ids: old rows must go
+            "benchmark": to_dict(cfg.data.benchmark),  # regenerated items reuse ids: old rows must go
+            "adaptive": to_dict(r.adaptive)}  # which cells were asked (generate: one seeded request per sample)
 
 
 def request_seed(seed: int, item_id: str, voter: str) -> int:
@@ -206,8 +209,13 @@ def run(cfg: Config, *, restart: bool = False, progress: Progress | None = None,
         prints = {name: engine.fingerprint(None if path is None else name) for name, path in voters.items()}
     store = PredictionStore.open(out / "predictions.jsonl", run_settings(cfg, model_path), restart=restart,
                                  voters=prints)
-    todo = pending(store, items, list(voters), cfg.run.samples)
     warnings: list[str] = []
+    if cfg.run.adaptive is not None:  # in rounds, each item until its answer is settled
+        from ensemble.adaptive import Asker, ask_adaptive
+
+        asker = Asker(cfg, voters, template, extractor, spec, items, emit, warnings, engine)
+        return finish(cfg, store, splits, voters, ask_adaptive(asker, store, splits), warnings)
+    todo = pending(store, items, list(voters), cfg.run.samples)
     n_new = 0
     if todo:
         if engine is None:
@@ -231,6 +239,7 @@ def finish(cfg: Config, store: PredictionStore, splits: dict[str, list[Item]], v
            n_new: int, warnings: list[str]) -> RunResult:
     """Stored rows -> vote matrix -> every method (dev = data.dev; see evaluate_run) -> report (+ submission)."""
     from ensemble.data.tables import item_group
+    from ensemble.evaluation.calls import abstain_counts, calls
     from ensemble.evaluation.protocol import evaluate_run
     from ensemble.predictions.rows import build_matrix
 
@@ -239,15 +248,17 @@ def finish(cfg: Config, store: PredictionStore, splits: dict[str, list[Item]], v
     gold = {i: it.answer for i, it in items.items() if it.answer is not None}
     options = {i: it.letters for i, it in items.items() if it.options}
     groups = {i: g for i, it in items.items() if (g := item_group(it.meta))}
-    m = build_matrix(rows, gold=gold, options=options or None, groups=groups)
+    m = build_matrix(rows, gold=gold, options=options or None, groups=groups,
+                     adaptive=cfg.run.adaptive is not None)  # no row: not asked (not an abstention)
     dev_ids = [it.id for it in splits["dev"]] if {"dev", "test"} <= set(splits) else None
     report, split = evaluate_run(m, cfg.run.methods, cfg.run.method_options, dev_ids,
                                  manifest_dir=cfg.out if cfg.run.weights_from == "manifest" else None)
     warnings += [f"method {k}: {v['error']}" for k, v in report.methods.items() if 'error' in v]
-    abstain = {v: int((m.labels[:, j] < 0).sum()) for j, v in enumerate(m.voters)}
+    abstain = abstain_counts(m)  # asked cells only: a vote never asked is no abstention
     _write_json(Path(cfg.out) / "report.json", report.to_dict())
     result = RunResult(out=Path(cfg.out), matrix=m, report=report, n_new_rows=n_new, abstain_counts=abstain,
-                       dev=None if split is None else split.dev_mask(m), warnings=warnings)
+                       dev=None if split is None else split.dev_mask(m), warnings=warnings,
+                       calls=calls(m))
     try:  # the page is a view of report.json: failing to draw it must not lose the run's result
         from ensemble.evaluation.html import run_html
 

@@ -83,6 +83,22 @@ def write(tmp_path: Path, text: str, name: str = "bad.yaml") -> Path:
      r"bad.yaml: field 'run.fallback' is 'prio'; Unknown fallback policy 'prio'. Did you mean 'prior'\?"),
     ("data: {format: jsnl}",
      r"bad.yaml: field 'data.format' is 'jsnl'; Unknown data format 'jsnl'. Did you mean 'jsonl'\?"),
+    # run.adaptive: stop rule and its parameters, voter order, weights
+    ("run: {adaptive: {rule: dirichlt}}",
+     r"bad.yaml: field 'run.adaptive.rule' is 'dirichlt'; Unknown stop rule 'dirichlt'. Did you mean 'dirichlet'\?"),
+    ("run: {adaptive: {rule: dirichlet, params: {deltaa: 0.1}}}",
+     r"bad.yaml: field 'run.adaptive.params' is \{'deltaa': 0.1\}; .*deltaa.*\(parameters of stop rule 'dirichlet'\)"),
+    ("run: {adaptive: {order: dev_acuracy}}",
+     (r"bad.yaml: field 'run.adaptive.order' is 'dev_acuracy'; Unknown voter order 'dev_acuracy'. "
+      r"Did you mean 'dev_accuracy'\? Available: dev_accuracy, given")),
+    ("run: {adaptive: {weights: devv}}",
+     (r"bad.yaml: field 'run.adaptive.weights' is 'devv'; Unknown vote weights 'devv'. Did you mean 'dev'\? "
+      r"Available: none, dev")),
+    ("run: {adaptive: {rule: exact, delta: 0.1}}", r"bad.yaml: Unknown key 'run.adaptive.delta'"),
+    ("run: {adaptive: dirichlet}", r"bad.yaml: 'run.adaptive' must be a mapping"),
+    ("data: {test: t.jsonl}\nrun: {splits: [test], methods: [majority], adaptive: {rule: exact}}",
+     (r"bad.yaml: field 'run.adaptive.order' is 'dev_accuracy'; it is fitted on the dev split's gold answers, but "
+      r"run.splits is \['test'\]: add dev to run.splits, or set run.adaptive.order: given")),
     # the run section against the data section (a config naming data for `vote run`)
     ("data: {test: t.jsonl}\nrun: {methods: [majority]}",
      (r"bad.yaml: field 'run.splits' is 'dev'; data.dev is not set and there is no data.benchmark; set data.dev "
@@ -105,6 +121,7 @@ def test_bad_names_fail_at_load(tmp_path, text, message):
     "run: {extractor: ['regex:Answer: (.*)', letter], engine: openai}",
     "prompt: {user: '{question}', answer_prefix: 'A:'}\ntrain: {grid: {prompts: [mc, open]}}",
     "data: {train: t.jsonl}",  # a training config: its run section is checked by `vote run`
+    "data: {test: t.jsonl}\nrun: {splits: [test], methods: [majority], adaptive: {rule: exact, order: given}}",
 ])
 def test_good_configs_load(tmp_path, text):
     load_config(write(tmp_path, text + "\n", "good.yaml"))

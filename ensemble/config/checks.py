@@ -149,6 +149,35 @@ def check_submission(run: Any) -> None:
              f"a submission answers the test split, but run.splits is {list(run.splits)}; add test to run.splits")
 
 
+# -- run.adaptive ---------------------------------------------------------------------
+ADAPTIVE_ORDERS = ("dev_accuracy", "given")
+ADAPTIVE_WEIGHTS = ("none", "dev")
+
+
+def check_adaptive(adaptive: Any) -> None:
+    """The stop rule and its parameters (ensemble.voting.adaptive), the voter order, the weights."""
+    from ensemble.voting.adaptive import STOP_RULES, check_stop_rule
+
+    check_name(adaptive.rule, list(STOP_RULES), "run.adaptive.rule", "stop rule")
+    try:
+        check_stop_rule(adaptive.rule, adaptive.params)
+    except EnsembleError as exc:
+        fail("run.adaptive.params", dict(adaptive.params), f"{exc} (parameters of stop rule '{adaptive.rule}')")
+    check_name(adaptive.order, ADAPTIVE_ORDERS, "run.adaptive.order", "voter order")
+    check_name(adaptive.weights, ADAPTIVE_WEIGHTS, "run.adaptive.weights", "vote weights")
+
+
+def check_adaptive_splits(run: Any) -> None:
+    """An order by dev accuracy and dev-fitted weights need the dev split among run.splits."""
+    a = run.adaptive
+    if a is None or "dev" in run.splits:
+        return
+    for name, value, other in (("order", a.order, "given"), ("weights", a.weights, "none")):
+        if value in ("dev_accuracy", "dev"):
+            fail(f"run.adaptive.{name}", value, f"it is fitted on the dev split's gold answers, but run.splits is "
+                 f"{list(run.splits)}: add dev to run.splits, or set run.adaptive.{name}: {other}")
+
+
 # -- prompts, data --------------------------------------------------------------
 def check_prompt(spec: Any, field: str = "prompt") -> None:
     from ensemble.prompts import get_template

@@ -181,6 +181,20 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class AdaptiveConfig:
+    """`run.adaptive`: ask votes in rounds and stop per item once a stop rule says the
+    answer is settled (ensemble.adaptive; rules in ensemble.voting.adaptive)."""
+
+    rule: str = "dirichlet"  # a registered stop rule: none, exact, dirichlet, cisc, ...
+    params: dict[str, Any] = field(default_factory=dict)  # the rule's parameters, e.g. {delta: 0.05}
+    order: str = "dev_accuracy"  # dev_accuracy (best first, ties by name) | given (voters as resolved)
+    weights: str = "none"  # none (each vote 1) | dev (the `weighted` method's log-odds weights fitted on dev)
+
+    def __post_init__(self) -> None:
+        checks.check_adaptive(self)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     engine: str = "hf"
     mode: Literal["generate", "cloze", "letter"] = "cloze"
@@ -203,6 +217,7 @@ class RunConfig:
     submission_method: str = "majority"
     fallback: str = "none"
     probe: bool = True  # warn when an adapter's outputs equal the base model's
+    adaptive: AdaptiveConfig | None = None  # ask in rounds, stop per item once decided (None: ask everyone)
 
     def __post_init__(self) -> None:
         check(self.samples >= 1, "run.samples", self.samples, "use 1 or more")
@@ -219,6 +234,7 @@ class RunConfig:
         checks.check_methods(self.methods)
         checks.check_method_options(self.method_options)
         checks.check_submission(self)
+        checks.check_adaptive_splits(self)
 
 
 @dataclass(frozen=True)

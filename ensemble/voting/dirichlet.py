@@ -1,0 +1,94 @@
+"""The arithmetic of the stopping rules in ``ensemble.voting.adaptive``: per-class vote
+counts of one item, and how sure a Dirichlet posterior is that the leader is the argmax.
+
+Adaptive-Consistency (Aggarwal et al., 2023) stops sampling when the posterior
+probability that the current leader is the most likely answer reaches 1 - delta. With
+class probabilities ``p ~ Dirichlet(alpha)``, ``alpha = counts + prior``, write
+``p_k = G_k / sum(G)`` with independent ``G_k ~ Gamma(alpha_k, 1)``; then the leader L
+is the argmax of p exactly when ``G_L`` beats every other ``G_j``:
+
+    P(L is the argmax) = integral_0^1 prod_{j != L} F_j(F_L^{-1}(u)) du
+
+(F_k the Gamma(alpha_k) CDF; substitute u = F_L(x) in
+``integral f_L(x) prod_j F_j(x) dx``). The integrand lies in [0, 1] and is monotone
+in u, so a fixed midpoint rule on ``N_GRID`` points is accurate to about 1 / N_GRID
+and, above all, deterministic: a resumed run recomputes the same number from the
+same counts and makes the same decision (no random draws anywhere).
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+from scipy.special import gammainc, gammaincinv
+
+from ensemble.predictions.matrix import ABSTAIN, TIE_ATOL, TIE_RTOL
+
+N_GRID = 2048
+_U = (np.arange(N_GRID, dtype=np.float64) + 0.5) / N_GRID              # (N_GRID,) midpoints of [0, 1]
+
+
+def class_counts(labels: np.ndarray, weights: np.ndarray, n_classes: int) -> np.ndarray:
+    """(k,) summed weight per class seen, padded with zeros for the classes not seen.
+
+    labels (n,) codes (ABSTAIN and weight-0 votes do not count); weights (n,) >= 0.
+    k = max(n_classes, classes seen): codes need not be 0..n_classes-1 (a matrix's codes
+    run over every answer in the file), so counts are per distinct class, not per code.
+    Order: classes seen in code order, then the unseen zeros.
+    """
+    counted = (labels != ABSTAIN) & (weights > 0)
+    seen, inverse = np.unique(labels[counted], return_inverse=True)
+    sums = np.bincount(inverse, weights=weights[counted], minlength=len(seen)).astype(np.float64)
+    return np.concatenate([sums, np.zeros(max(n_classes - len(seen), 0))])
+
+
+def rescale(counts: np.ndarray, n_votes: int) -> np.ndarray:
+    """Counts scaled to sum to ``n_votes``: weights shape the split of the evidence, the
+    number of votes its amount (CISC scales its confidence weights the same way)."""
+    total = counts.sum()
+    return counts * (n_votes / total) if total > 0 else counts
+
+
+def cisc_weights(confidence: np.ndarray, temperature: float) -> np.ndarray:
+    """(n,) softmax(confidence / temperature), as CISC (Taubenfeld et al., 2025) weights
+    sampled answers. A NaN confidence (the vote gave none) takes the mean of the known
+    ones; with none known every vote weighs the same."""
+    known = ~np.isnan(confidence)
+    if not known.any():
+        return np.full(len(confidence), 1.0 / max(len(confidence), 1))
+    conf = np.where(known, confidence, confidence[known].mean())
+    z = conf / temperature
+    e = np.exp(z - z.max())                                             # stable softmax
+    out: np.ndarray = e / e.sum()
+    return out
+
+
+def leader_probability(counts: np.ndarray, prior: float) -> float:
+    """P(the class with the largest count is the argmax of p ~ Dirichlet(counts + prior)).
+
+    0.0 when the top two counts tie (up to rounding): no leader to be sure of.
+    """
+    if len(counts) < 2:
+        return 1.0
+    order = np.argsort(-counts, kind="stable")
+    top, second = counts[order[0]], counts[order[1]]
+    if top - second <= TIE_ATOL + TIE_RTOL * abs(top):
+        return 0.0
+    # Cache key: the leader's alpha, then the others sorted (the probability does not
+    # depend on their order); integer vote counts repeat across items and steps.
+    others = tuple(sorted(float(c) + prior for c in counts[order[1:]]))
+    return _leader_probability(float(top) + prior, others)
+
+
+@lru_cache(maxsize=1 << 16)
+def _leader_probability(alpha_leader: float, alpha_others: tuple[float, ...]) -> float:
+    x = gammaincinv(alpha_leader, _U)                                   # (N_GRID,) leader quantiles
+    alphas, mult = np.unique(np.array(alpha_others), return_counts=True)
+    # log prod_j F_j(x): classes with equal alpha (e.g. all the unseen ones) share one term.
+    with np.errstate(divide="ignore"):
+        log_cdf = np.log(gammainc(alphas[:, None], x[None, :]))          # (distinct others, N_GRID)
+    integrand = np.exp((mult[:, None] * log_cdf).sum(axis=0))           # (N_GRID,)
+    return float(integrand.mean())
+
+
+__all__ = ["N_GRID", "cisc_weights", "class_counts", "leader_probability", "rescale"]

@@ -1,0 +1,86 @@
+"""The live half of experiments/bench_adaptive.py: run the policy chosen offline through
+`run.adaptive` (ensemble.adaptive) on the test items, and set its calls, tokens and accuracy
+next to the replay's.
+
+The live run is the full run's config with ``run.splits: [test]`` and ``run.adaptive``
+= the chosen rule and parameters, ``order: given`` with the voters listed in the order
+the replay used (best dev accuracy first, from the full run's dev votes, so the live run
+need not ask the dev items again) and ``weights: none``. In generate mode the live run
+asks each sample as its own seeded request, so its samples are new draws, not the full
+run's (which asked a voter's samples as one request): live and replay agree in
+distribution, not vote for vote. Its accuracy is compared with the full run's decision
+on the same items (McNemar, ensemble.evaluation.metrics.paired_test).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from ensemble.config.loader import load_config, load_yaml
+from ensemble.evaluation.metrics import paired_test
+from ensemble.predictions.matrix import VoteMatrix
+from ensemble.predictions.rows import read_rows
+from ensemble.voting import vote
+
+
+def live_config(base: Path, setting: dict[str, Any], out: Path) -> Path:
+    """Write the live run's config (see the module docstring) to ``out``/config.yaml."""
+    data = load_yaml(base)
+    order = list(dict.fromkeys(cell.split("#")[0] for cell in setting["order"]))
+    data["voters"] = {v: data["voters"][v] for v in order}
+    data["out"] = str(out)
+    chosen = setting["chosen"]
+    data["run"] = {**data["run"], "splits": ["test"], "methods": ["majority"],
+                   "adaptive": {"rule": chosen["rule"], "params": chosen["params"], "order": "given",
+                                "weights": "none"}}
+    data["run"].pop("submission", None)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "config.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def _by_item(m: VoteMatrix, labels: np.ndarray) -> dict[str, str | None]:
+    return dict(zip(m.items, m.decode(labels)))
+
+
+def run_live(base: Path, full_run: Path, full_matrix: VoteMatrix, setting: dict[str, Any],
+             out: Path) -> dict[str, Any]:
+    """Run the chosen policy live; its numbers next to the replay's on the test items."""
+    import torch
+
+    from ensemble.pipeline import run
+
+    torch.set_num_threads(1)
+    cfg = load_config(live_config(base, setting, out))
+    t0, w0 = time.process_time(), time.time()
+    result = run(cfg)
+    cpu, wall = time.process_time() - t0, time.time() - w0
+    m = result.matrix
+    live = _by_item(m, vote(m, "majority").labels)
+    full = _by_item(full_matrix, vote(full_matrix, "majority").labels)
+    gold = _by_item(full_matrix, full_matrix.gold if full_matrix.gold is not None else np.array([]))
+    items = [i for i in m.items if gold.get(i) is not None and i in full]
+    g = np.array([gold[i] for i in items], dtype=object)
+    a, b = np.array([live[i] for i in items], dtype=object), np.array([full[i] for i in items], dtype=object)
+    test = paired_test(g, a, b)
+    rows = [r for r in read_rows(out / "predictions.jsonl") if r["item"] in set(items)]
+    full_rows = [r for r in read_rows(full_run / "predictions.jsonl") if r["item"] in set(items)]
+    tokens, full_tokens = sum(r.get("n_tokens", 0) for r in rows), sum(r.get("n_tokens", 0) for r in full_rows)
+    replayed = setting["chosen"]
+    possible = len(items) * len(cfg.voters) * cfg.run.samples
+    return {"config": str(out / "config.yaml"), "policy": replayed["policy"], "n_items": len(items),
+            "calls_made": len(rows), "calls_possible": possible,
+            "calls_saved": 1 - len(rows) / possible if possible else 0.0,
+            "run_calls": result.calls and {k: result.calls[k] for k in ("made", "possible", "saved_fraction")},
+            "tokens_made": tokens, "tokens_full_run": full_tokens,
+            "tokens_saved": 1 - tokens / full_tokens if full_tokens else None,
+            "accuracy_full": float(np.mean(b == g)), "accuracy_adaptive": float(np.mean(a == g)),
+            "p_value": test["p_value"], "delta": test["delta"], "delta_ci": test["delta_ci"],
+            "replay": {k: replayed[k] for k in ("calls_made", "calls_possible", "calls_saved", "tokens_saved",
+                                                "accuracy_full", "accuracy_adaptive", "p_value")},
+            "cpu_s": round(cpu, 1), "wall_s": round(wall, 1)}

@@ -1,0 +1,255 @@
+"""Adaptive voting (issue 11): how many calls and generated tokens do the stop rules save,
+and what does it cost in accuracy? Offline replay of full runs, many policies side by side.
+
+    # 1. full predictions (every voter, every sample) in generate mode, ~30 CPU-minutes:
+    mkdir -p runs/adaptive_generate && cp -r runs/quickstart/adapters runs/adaptive_generate/
+    vote run experiments/configs/adaptive_generate.yaml
+    # 2. replay every policy on them, and on the quickstart's cloze run:
+    python experiments/bench_adaptive.py --generate runs/adaptive_generate --cloze runs/quickstart
+
+Method. A run folder gives the full vote matrix (its predictions.jsonl with the gold and
+options of its data/dev.jsonl and data/test.jsonl). Voters are asked best dev accuracy
+first (ties by name), every voter's sample 0, then every voter's sample 1, ... For every
+candidate policy (stop rule x parameters), ``ensemble.voting.adaptive.replay`` gives the
+cells the policy would have asked; not-asked cells hold no vote. The adaptive decision is
+``majority`` over the asked votes, the full decision ``majority`` over all votes (default
+tie policy). The policy is CHOSEN ON DEV items: the most calls saved among the policies
+that lose at most ``--max-loss`` accuracy points on dev against the full decision (ties:
+higher dev accuracy, then table order). It is REPORTED ON TEST items, with McNemar's exact
+paired test (ensemble.evaluation.metrics.paired_test) of adaptive vs full.
+
+Calls: cells asked (one request per voter per sample). Tokens: the generated tokens of the
+asked cells (the rows' ``n_tokens``); cloze scoring generates none (null).
+Writes experiments/results/adaptive.json and adaptive.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ensemble.evaluation.metrics import paired_test
+from ensemble.predictions.matrix import ABSTAIN, VoteMatrix
+from ensemble.predictions.rows import build_matrix, read_rows
+from ensemble.voting import vote
+from ensemble.voting.adaptive import get_stop_rule, replay
+
+RESULTS = Path(__file__).resolve().parent / "results"
+TARGET = {"calls_saved": 0.40, "max_accuracy_loss": 0.005}
+DELTAS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4)
+CANDIDATES: list[tuple[str, dict[str, float]]] = [
+    ("none", {}), ("exact", {}),
+    *[("dirichlet", {"delta": d, "prior": p}) for p in (1.0, 0.5, 0.25) for d in DELTAS],
+    *[("cisc", {"delta": d, "temperature": t}) for t in (0.05, 0.1, 0.2, 0.5) for d in DELTAS],
+]
+
+
+def policy_name(rule: str, params: dict[str, float]) -> str:
+    return rule + "".join(f" {k}={v:g}" for k, v in params.items())
+
+
+# -- data -------------------------------------------------------------------------------
+def load_run(run: Path) -> tuple[VoteMatrix, np.ndarray, np.ndarray | None]:
+    """A `vote run` folder -> (matrix with gold and options, (I,) dev mask, (I, V, S) generated
+    tokens per cell or None when the rows have none, as in cloze mode)."""
+    from ensemble.data.formats import read_items
+
+    splits = {s: read_items(run / "data" / f"{s}.jsonl") for s in ("dev", "test")}
+    items = {it.id: it for part in splits.values() for it in part}
+    rows = [r for r in read_rows(run / "predictions.jsonl") if r["item"] in items]
+    m = build_matrix(rows, gold={i: it.answer for i, it in items.items() if it.answer is not None},
+                     options={i: it.letters for i, it in items.items() if it.options} or None)
+    dev_ids = {it.id for it in splits["dev"]}
+    dev = np.array([i in dev_ids for i in m.items])
+    tokens = None
+    if all("n_tokens" in r for r in rows):
+        item_ix, voter_ix = {i: k for k, i in enumerate(m.items)}, {v: k for k, v in enumerate(m.voters)}
+        tokens = np.zeros(m.labels.shape)
+        for r in rows:
+            tokens[item_ix[r["item"]], voter_ix[r["voter"]], int(r.get("sample", 0))] = r["n_tokens"]
+    return m, dev, tokens
+
+
+def voter_order(m: VoteMatrix, dev: np.ndarray) -> list[int]:
+    """Voter indices, best dev accuracy first (accuracy over all its dev cells, an abstention
+    is wrong), ties by name: the order ``run.adaptive.order: dev_accuracy`` asks in."""
+    right = (m.labels[dev] == m.gold[dev][:, None, None]).mean(axis=(0, 2))  # type: ignore[index]
+    return sorted(range(m.n_voters), key=lambda j: (-right[j], m.voters[j]))
+
+
+def asking_order(voters: list[int], n_samples: int) -> list[tuple[int, int]]:
+    return [(v, s) for s in range(n_samples) for v in voters]
+
+
+def masked(m: VoteMatrix, asked: np.ndarray) -> VoteMatrix:
+    """What an adaptive run holds: the not-asked cells carry no vote."""
+    return replace(m, labels=np.where(asked, m.labels, ABSTAIN).astype(np.int32),
+                   confidence=None if m.confidence is None else np.where(asked, m.confidence, np.nan),
+                   probs=None if m.probs is None else np.where(asked[..., None], m.probs, np.nan))
+
+
+# -- measurement ------------------------------------------------------------------------
+def measure(m: VoteMatrix, items: np.ndarray, asked: np.ndarray, adaptive: np.ndarray,
+            full: np.ndarray, tokens: np.ndarray | None) -> dict[str, Any]:
+    """Calls / tokens / accuracy of one policy on the items ``items`` (I,) bool."""
+    gold = m.gold[items]  # type: ignore[index]
+    made, possible = int(asked[items].sum()), int(asked[items].size)
+    out: dict[str, Any] = {"n_items": int(items.sum()), "calls_made": made, "calls_possible": possible,
+                           "calls_saved": 1 - made / possible if possible else 0.0}
+    if tokens is not None:
+        used, total = float(tokens[items][asked[items]].sum()), float(tokens[items].sum())
+        out.update(tokens_made=int(used), tokens_possible=int(total),
+                   tokens_saved=1 - used / total if total else 0.0)
+    else:
+        out.update(tokens_made=None, tokens_possible=None, tokens_saved=None)
+    test = paired_test(gold, adaptive[items], full[items])
+    out.update(accuracy_full=float(np.mean(full[items] == gold)),
+               accuracy_adaptive=float(np.mean(adaptive[items] == gold)),
+               p_value=test["p_value"], delta=test["delta"], delta_ci=test["delta_ci"],
+               n_adaptive_only=test["n_a_only"], n_full_only=test["n_b_only"],
+               changed_decisions=int((adaptive[items] != full[items]).sum()))
+    return out
+
+
+def choose(table: list[dict[str, Any]], max_loss: float) -> dict[str, Any]:
+    """The most dev calls saved within ``max_loss`` dev accuracy; ties: dev accuracy, then order."""
+    ok = [r for r in table if r["dev"]["accuracy_adaptive"] >= r["dev"]["accuracy_full"] - max_loss - 1e-12]
+    return max(ok, key=lambda r: (round(r["dev"]["calls_saved"], 12), r["dev"]["accuracy_adaptive"],
+                                  -table.index(r)))
+
+
+def bench(m: VoteMatrix, dev: np.ndarray, tokens: np.ndarray | None, max_loss: float) -> dict[str, Any]:
+    test = ~dev & m.has_gold()
+    order = asking_order(voter_order(m, dev), m.n_samples)
+    full = vote(m, "majority").labels
+    table = []
+    for rule, params in CANDIDATES:
+        t0 = time.process_time()
+        asked = replay(m, order, get_stop_rule(rule, params))
+        adaptive = vote(masked(m, asked), "majority").labels
+        table.append({"policy": policy_name(rule, params), "rule": rule, "params": params,
+                      "dev": measure(m, dev, asked, adaptive, full, tokens),
+                      "test": measure(m, test, asked, adaptive, full, tokens),
+                      "replay_cpu_s": round(time.process_time() - t0, 2)})
+    chosen = choose(table, max_loss)
+    return {"n_dev": int(dev.sum()), "n_test": int(test.sum()), "voters": list(m.voters),
+            "samples": m.n_samples, "order": [f"{m.voters[v]}#{s}" for v, s in order],
+            "chosen": {"policy": chosen["policy"], "rule": chosen["rule"], "params": chosen["params"],
+                       **chosen["test"], "dev": chosen["dev"]},
+            "candidates": table}
+
+
+# -- output -----------------------------------------------------------------------------
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = ["# Adaptive voting: calls saved vs accuracy (experiments/bench_adaptive.py)", "",
+             f"Command: `{result['command']}`", "",
+             (f"Target: {_pct(TARGET['calls_saved'])} calls saved at <= {100 * TARGET['max_accuracy_loss']:g} "
+             "accuracy points lost. Policy chosen on dev, reported on test; p: McNemar exact, adaptive vs full."), ""]
+    for name in ("generate", "cloze"):
+        s = result.get(name)
+        if not s:
+            continue
+        c = s["chosen"]
+        lines += [f"## {name}: {s['source']}", "",
+                  (f"{len(s['voters'])} voters x {s['samples']} samples, n_dev={s['n_dev']}, n_test={s['n_test']}; "
+                  f"order: {', '.join(s['order'][:len(s['voters'])])}"), "",
+                  (f"**Chosen on dev: `{c['policy']}`** - test: calls saved {_pct(c['calls_saved'])}, tokens saved "
+                  f"{_pct(c['tokens_saved'])}, accuracy {c['accuracy_full']:.3f} (full) -> "
+                  f"{c['accuracy_adaptive']:.3f} (adaptive), p = {c['p_value']:.3g}"), "",
+                  ("| policy | dev calls saved | dev acc full -> adaptive | test calls saved | test tokens saved "
+                  "| test acc full -> adaptive | changed | p |"), "|---|---|---|---|---|---|---|---|"]
+        for r in s["candidates"]:
+            d, t = r["dev"], r["test"]
+            lines.append(f"| {r['policy']} | {_pct(d['calls_saved'])} | {d['accuracy_full']:.3f} -> "
+                         f"{d['accuracy_adaptive']:.3f} | {_pct(t['calls_saved'])} | {_pct(t['tokens_saved'])} | "
+                         f"{t['accuracy_full']:.3f} -> {t['accuracy_adaptive']:.3f} | {t['changed_decisions']} | "
+                         f"{t['p_value']:.3g} |")
+        lines.append("")
+    if result.get("live"):
+        lines += ["## live confirmation", "", "```", json.dumps(result["live"], indent=1), "```", ""]
+    return "\n".join(lines)
+
+
+def print_summary(name: str, s: dict[str, Any]) -> None:
+    c = s["chosen"]
+    print(f"[{name}] chosen on dev: {c['policy']}")
+    print(f"  test n={c['n_items']}: calls {c['calls_made']}/{c['calls_possible']} "
+          f"(ratio {c['calls_made'] / c['calls_possible']:.3f}, saved {_pct(c['calls_saved'])}); tokens saved "
+          f"{_pct(c['tokens_saved'])}; accuracy full {c['accuracy_full']:.3f} adaptive {c['accuracy_adaptive']:.3f} "
+          f"(delta {c['delta']:+.3f}, McNemar p={c['p_value']:.3g}, {c['changed_decisions']} decisions changed)")
+    best = {}
+    for r in s["candidates"]:
+        best.setdefault(r["rule"], r)
+        if r["test"]["calls_saved"] > best[r["rule"]]["test"]["calls_saved"] and \
+                r["test"]["accuracy_adaptive"] >= r["test"]["accuracy_full"] - TARGET["max_accuracy_loss"]:
+            best[r["rule"]] = r
+    for rule, r in best.items():
+        t = r["test"]
+        print(f"  {rule:9s} best on test within target: {r['policy']:32s} calls saved {_pct(t['calls_saved'])}, "
+              f"acc {t['accuracy_full']:.3f} -> {t['accuracy_adaptive']:.3f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--generate", type=Path, help="a generate-mode run folder (several samples)")
+    ap.add_argument("--cloze", type=Path, help="a cloze-mode run folder (one vote per voter)")
+    ap.add_argument("--max-loss", type=float, default=TARGET["max_accuracy_loss"],
+                    help="accuracy (fraction) a policy may lose on dev to be chosen")
+    ap.add_argument("--live", action="store_true",
+                    help="then run the policy chosen on --generate live (run.adaptive) on its test items")
+    ap.add_argument("--config", type=Path, default=Path("experiments/configs/adaptive_generate.yaml"),
+                    help="the config of the --generate run (the live run reuses it)")
+    ap.add_argument("--live-out", type=Path, default=Path("runs/adaptive_live"))
+    ap.add_argument("--out", type=Path, default=RESULTS / "adaptive")
+    args = ap.parse_args(argv)
+    result: dict[str, Any] = {"command": "python experiments/bench_adaptive.py " + " ".join(sys.argv[1:]
+                                                                                           if argv is None else argv),
+                              "target": TARGET}
+    matrices = {}
+    for name, run in (("generate", args.generate), ("cloze", args.cloze)):
+        if run is None:
+            continue
+        t0 = time.process_time()
+        m, dev, tokens = load_run(run)
+        matrices[name] = m
+        result[name] = {"source": str(run), **bench(m, dev, tokens, args.max_loss),
+                        "cpu_s": round(time.process_time() - t0, 1)}
+        print_summary(name, result[name])
+    main_setting = result.get("generate") or result.get("cloze")
+    if main_setting is None:
+        ap.error("give --generate and/or --cloze")
+    if args.live:
+        if "generate" not in result:
+            ap.error("--live confirms the policy chosen on --generate: give --generate")
+        from adaptive_live import run_live
+
+        result["live"] = live = run_live(args.config, args.generate, matrices["generate"], result["generate"],
+                                         args.live_out)
+        print(f"[live] {live['policy']} on {live['n_items']} test items: calls {live['calls_made']}/"
+              f"{live['calls_possible']} (saved {_pct(live['calls_saved'])}; replay {_pct(live['replay']['calls_saved'])}), "
+              f"tokens saved {_pct(live['tokens_saved'])}, accuracy {live['accuracy_adaptive']:.3f} vs full run "
+              f"{live['accuracy_full']:.3f} (McNemar p={live['p_value']:.3g}); {live['cpu_s']} CPU-s, {live['wall_s']} s")
+    c = main_setting["chosen"]
+    result.update({k: c[k] for k in ("policy", "calls_saved", "tokens_saved", "accuracy_full",
+                                     "accuracy_adaptive", "p_value")})
+    result["target_met"] = bool(c["calls_saved"] >= TARGET["calls_saved"]
+                                and c["accuracy_adaptive"] >= c["accuracy_full"] - TARGET["max_accuracy_loss"])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+    args.out.with_suffix(".md").write_text(markdown(result))
+    print(f"wrote {args.out.with_suffix('.json')} and .md; target met: {result['target_met']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
