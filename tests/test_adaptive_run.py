@@ -268,6 +268,21 @@ def test_not_asked_is_absent_from_the_store_and_not_an_abstention(tmp_path):
                                     "weights": "none"}
 
 
+def test_vote_eval_reads_an_adaptive_store_as_not_asked(tmp_path):
+    from ensemble.predictions.rows import load_predictions
+
+    result = run(load_config(write_config(tmp_path, "out", adaptive="{rule: dirichlet, params: {delta: 0.2}}")),
+                 engine=SkilledEngine())
+    path = tmp_path / "out" / "predictions.jsonl"
+    m = load_predictions(path)  # adaptive read from the store's meta
+    assert m.asked is not None and int(m.asked.sum()) == result.calls["made"]
+    plain = load_predictions(path, adaptive=False)  # forced: missing votes become abstentions
+    assert plain.asked is None and int((plain.labels < 0).sum()) == result.calls["saved"]
+    copy = tmp_path / "copy.jsonl"  # a predictions file without a store meta is plain
+    copy.write_text(path.read_text())
+    assert load_predictions(copy).asked is None
+
+
 def test_changing_the_rule_refuses_the_store(tmp_path):
     run(load_config(write_config(tmp_path, "out", adaptive="{rule: exact}")), engine=SkilledEngine())
     with pytest.raises(EnsembleError, match=r"made with other settings \(adaptive: .*exact.*dirichlet"):

@@ -11,6 +11,7 @@ Files are JSONL (the store's own format), CSV, or Parquet (when pyarrow is insta
 """
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -199,7 +200,7 @@ def build_matrix(rows: Sequence[Row], *, gold: Mapping[str, str] | None = None,
 
 def load_predictions(paths: str | Path | Sequence[str | Path],
                      gold: str | Path | Mapping[str, str] | None = None, *,
-                     extract: str | Sequence[str] = "text", adaptive: bool = False) -> VoteMatrix:
+                     extract: str | Sequence[str] = "text", adaptive: bool | None = None) -> VoteMatrix:
     """Read one or more prediction inputs into a VoteMatrix.
 
     paths    a predictions file (JSONL / CSV / Parquet), an lm-eval output folder or samples
@@ -208,7 +209,8 @@ def load_predictions(paths: str | Path | Sequence[str | Path],
     gold     a file (rows with item/id and answer, or any dataset file), or a mapping
     extract  extraction steps for generated text (lm-eval generate_until, LLaMA-Factory)
     adaptive the rows come from an adaptive run: a vote without a row was not asked
-             (``build_matrix(..., adaptive=True)``), not abstained
+             (``build_matrix(..., adaptive=True)``), not abstained. None (default): read it
+             from the stores' ``<file>.meta.json`` (``vote run`` records its adaptive section)
     """
     from ensemble.predictions.foreign import gather_rows
 
@@ -218,7 +220,19 @@ def load_predictions(paths: str | Path | Sequence[str | Path],
         from ensemble.data.formats import read_gold
 
         gold = read_gold(gold)
+    if adaptive is None:
+        adaptive = any(from_adaptive_run(path) for path in {str(p) for p, _, _ in located})
     return build_matrix([r for _, _, r in located], gold=gold, adaptive=adaptive)
+
+
+def from_adaptive_run(path: str | Path) -> bool:
+    """Whether a predictions file is an adaptive `vote run` store (its meta names an adaptive section)."""
+    meta = Path(path).with_name(Path(path).name + ".meta.json")
+    try:
+        settings = json.loads(meta.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False  # no store meta: a plain predictions file, where a missing row is an abstention
+    return isinstance(settings, dict) and bool(settings.get("adaptive"))
 
 
 def rows_from_matrix(m: VoteMatrix) -> Iterable[Row]:
