@@ -14,9 +14,16 @@ candidate policy (stop rule x parameters), ``ensemble.voting.adaptive.replay`` g
 cells the policy would have asked; not-asked cells hold no vote. The adaptive decision is
 ``majority`` over the asked votes, the full decision ``majority`` over all votes (default
 tie policy). The policy is CHOSEN ON DEV items: the most calls saved among the policies
-that lose at most ``--max-loss`` accuracy points on dev against the full decision (ties:
-higher dev accuracy, then table order). It is REPORTED ON TEST items, with McNemar's exact
-paired test (ensemble.evaluation.metrics.paired_test) of adaptive vs full.
+that change at most ``--max-loss`` of the dev decisions (so whatever the gold answers, they
+cannot cost more than that much dev accuracy; ties: fewer changes, then table order). It is
+REPORTED ON TEST items, with McNemar's exact paired test
+(ensemble.evaluation.metrics.paired_test) of adaptive vs full.
+
+Why changed decisions, not dev accuracy: adaptive voting approximates the full vote. A
+policy that asks one voter can match the full vote's dev accuracy when the ensemble is no
+better than its best voter on dev (here: 94 dev items, majority 0.479); choosing on net dev
+accuracy then picks it, and it loses 9.6 points on test. ``chosen_by_dev_accuracy`` in the
+json keeps that choice for comparison.
 
 Calls: cells asked (one request per voter per sample). Tokens: the generated tokens of the
 asked cells (the rows' ``n_tokens``); cloze scoring generates none (null).
@@ -63,6 +70,12 @@ def load_run(run: Path) -> tuple[VoteMatrix, np.ndarray, np.ndarray | None]:
     splits = {s: read_items(run / "data" / f"{s}.jsonl") for s in ("dev", "test")}
     items = {it.id: it for part in splits.values() for it in part}
     rows = [r for r in read_rows(run / "predictions.jsonl") if r["item"] in items]
+    # Only items with every cell stored (a run still going, or stopped, has partial items).
+    cells = {(r["voter"], int(r.get("sample", 0))) for r in rows}
+    n_cells = {i: 0 for i in items}
+    for r in rows:
+        n_cells[r["item"]] += 1
+    rows = [r for r in rows if n_cells[r["item"]] == len(cells)]
     m = build_matrix(rows, gold={i: it.answer for i, it in items.items() if it.answer is not None},
                      options={i: it.letters for i, it in items.items() if it.options} or None)
     dev_ids = {it.id for it in splits["dev"]}
@@ -118,7 +131,15 @@ def measure(m: VoteMatrix, items: np.ndarray, asked: np.ndarray, adaptive: np.nd
 
 
 def choose(table: list[dict[str, Any]], max_loss: float) -> dict[str, Any]:
-    """The most dev calls saved within ``max_loss`` dev accuracy; ties: dev accuracy, then order."""
+    """The most dev calls saved changing at most ``max_loss`` of the dev decisions; ties: fewer
+    changes, then table order ("none" changes nothing: there is always a choice)."""
+    ok = [r for r in table if r["dev"]["changed_decisions"] <= max_loss * r["dev"]["n_items"] + 1e-9]
+    return max(ok, key=lambda r: (round(r["dev"]["calls_saved"], 12), -r["dev"]["changed_decisions"],
+                                  -table.index(r)))
+
+
+def choose_by_accuracy(table: list[dict[str, Any]], max_loss: float) -> dict[str, Any]:
+    """For comparison: the most dev calls saved within ``max_loss`` of the full dev accuracy."""
     ok = [r for r in table if r["dev"]["accuracy_adaptive"] >= r["dev"]["accuracy_full"] - max_loss - 1e-12]
     return max(ok, key=lambda r: (round(r["dev"]["calls_saved"], 12), r["dev"]["accuracy_adaptive"],
                                   -table.index(r)))
@@ -137,11 +158,13 @@ def bench(m: VoteMatrix, dev: np.ndarray, tokens: np.ndarray | None, max_loss: f
                       "dev": measure(m, dev, asked, adaptive, full, tokens),
                       "test": measure(m, test, asked, adaptive, full, tokens),
                       "replay_cpu_s": round(time.process_time() - t0, 2)})
-    chosen = choose(table, max_loss)
+    chosen, by_accuracy = choose(table, max_loss), choose_by_accuracy(table, max_loss)
     return {"n_dev": int(dev.sum()), "n_test": int(test.sum()), "voters": list(m.voters),
             "samples": m.n_samples, "order": [f"{m.voters[v]}#{s}" for v, s in order],
             "chosen": {"policy": chosen["policy"], "rule": chosen["rule"], "params": chosen["params"],
                        **chosen["test"], "dev": chosen["dev"]},
+            "chosen_by_dev_accuracy": {"policy": by_accuracy["policy"], **by_accuracy["test"],
+                                       "dev": by_accuracy["dev"]},
             "candidates": table}
 
 
@@ -154,23 +177,28 @@ def markdown(result: dict[str, Any]) -> str:
     lines = ["# Adaptive voting: calls saved vs accuracy (experiments/bench_adaptive.py)", "",
              f"Command: `{result['command']}`", "",
              (f"Target: {_pct(TARGET['calls_saved'])} calls saved at <= {100 * TARGET['max_accuracy_loss']:g} "
-             "accuracy points lost. Policy chosen on dev, reported on test; p: McNemar exact, adaptive vs full."), ""]
+             "accuracy points lost. Policy chosen on dev (most calls saved changing at most that share of the dev "
+              "decisions), reported on test; changed: test decisions that differ from the full vote; p: McNemar "
+              "exact, adaptive vs full."), ""]
     for name in ("generate", "cloze"):
         s = result.get(name)
         if not s:
             continue
-        c = s["chosen"]
+        c, a = s["chosen"], s["chosen_by_dev_accuracy"]
         lines += [f"## {name}: {s['source']}", "",
                   (f"{len(s['voters'])} voters x {s['samples']} samples, n_dev={s['n_dev']}, n_test={s['n_test']}; "
                   f"order: {', '.join(s['order'][:len(s['voters'])])}"), "",
                   (f"**Chosen on dev: `{c['policy']}`** - test: calls saved {_pct(c['calls_saved'])}, tokens saved "
                   f"{_pct(c['tokens_saved'])}, accuracy {c['accuracy_full']:.3f} (full) -> "
                   f"{c['accuracy_adaptive']:.3f} (adaptive), p = {c['p_value']:.3g}"), "",
-                  ("| policy | dev calls saved | dev acc full -> adaptive | test calls saved | test tokens saved "
-                  "| test acc full -> adaptive | changed | p |"), "|---|---|---|---|---|---|---|---|"]
+                  (f"Chosen on net dev accuracy instead (for comparison): `{a['policy']}` - test: calls saved "
+                   f"{_pct(a['calls_saved'])}, accuracy {a['accuracy_full']:.3f} -> {a['accuracy_adaptive']:.3f}, "
+                   f"p = {a['p_value']:.3g}"), "",
+                  ("| policy | dev changed | dev calls saved | dev acc full -> adaptive | test calls saved | test tokens saved "
+                  "| test acc full -> adaptive | changed | p |"), "|---|---|---|---|---|---|---|---|---|"]
         for r in s["candidates"]:
             d, t = r["dev"], r["test"]
-            lines.append(f"| {r['policy']} | {_pct(d['calls_saved'])} | {d['accuracy_full']:.3f} -> "
+            lines.append(f"| {r['policy']} | {d['changed_decisions']} | {_pct(d['calls_saved'])} | {d['accuracy_full']:.3f} -> "
                          f"{d['accuracy_adaptive']:.3f} | {_pct(t['calls_saved'])} | {_pct(t['tokens_saved'])} | "
                          f"{t['accuracy_full']:.3f} -> {t['accuracy_adaptive']:.3f} | {t['changed_decisions']} | "
                          f"{t['p_value']:.3g} |")
@@ -195,7 +223,7 @@ def print_summary(name: str, s: dict[str, Any]) -> None:
             best[r["rule"]] = r
     for rule, r in best.items():
         t = r["test"]
-        print(f"  {rule:9s} best on test within target: {r['policy']:32s} calls saved {_pct(t['calls_saved'])}, "
+        print(f"  {rule:9s} best on TEST within target (reference, selected on test): {r['policy']:32s} calls saved {_pct(t['calls_saved'])}, "
               f"acc {t['accuracy_full']:.3f} -> {t['accuracy_adaptive']:.3f}")
 
 
@@ -204,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--generate", type=Path, help="a generate-mode run folder (several samples)")
     ap.add_argument("--cloze", type=Path, help="a cloze-mode run folder (one vote per voter)")
     ap.add_argument("--max-loss", type=float, default=TARGET["max_accuracy_loss"],
-                    help="accuracy (fraction) a policy may lose on dev to be chosen")
+                    help="share of dev decisions a policy may change to be chosen (its worst-case dev accuracy loss)")
     ap.add_argument("--live", action="store_true",
                     help="then run the policy chosen on --generate live (run.adaptive) on its test items")
     ap.add_argument("--config", type=Path, default=Path("experiments/configs/adaptive_generate.yaml"),
