@@ -9,9 +9,10 @@ import torch
 from ensemble.config.schema import TrainConfig, VariantConfig
 from ensemble.training.batches import answer_logprobs, collate, encode
 from ensemble.training.loop import training_attention
+from ensemble.training.members import build_group_model
 from ensemble.training.multi import train_group
 from ensemble.training.recipe import load_lora_model
-from ensemble.training.stack import pack
+from ensemble.training.stack import pack, unstackable
 from tests.test_training_multi import base, members, pool, tensors, variants  # noqa: F401  (fixtures)
 
 # Dropout on: each member draws its masks from its own stream, stacked or not. A small
@@ -41,6 +42,8 @@ def test_stacked_passes_equal_one_member_at_a_time(base, pool, tmp_path):  # noq
     """aLoRA and top-layer members in stacked passes (DoRA alone, as before) train the
     same adapters, dropout masks included, as the shared path run member by member."""
     group = members(pool, SAME_KINDS)
+    model, _, _, _ = build_group_model(base, group, CFG, "", "cpu")
+    assert unstackable(model) == {"voter5"}  # the DoRA member
     one = train_group(base, group, pool, CFG, tmp_path / "one", stack=False)
     got = train_group(base, group, pool, CFG, tmp_path / "stacked")
     _same(got, one, 1e-5)

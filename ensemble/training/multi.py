@@ -66,7 +66,7 @@ from ensemble.training.members import (  # noqa: F401  (Member, row_weights: the
 )
 from ensemble.training.recipe import VariantResult, check_invocation
 from ensemble.training.shared import PrefixCache, TopLayers, plain_rows
-from ensemble.training.stack import Block, lora_linears, pack, stacked
+from ensemble.training.stack import Block, lora_linears, pack, stacked, unstackable
 
 Progress = Callable[..., None]
 POOL_SEED = 0  # the shared batch order; variants differ by their weights, not by their batches
@@ -145,7 +145,7 @@ def _stacked_losses(group: Sequence[State], key: tuple, weights: dict[str, Any],
 
 def _stack_key(s: State, shared: dict[str, Any], prefix: Any) -> tuple | None:
     """Which stacked passes a member joins: ("top", split), ("alora",), or None (alone)."""
-    if not shared["stack"] or s.member.variant.flavour == "dora":
+    if not shared["stack"] or s.adapter in shared["unstackable"]:
         return None
     if s.split is not None and shared["top"]:
         return ("top", s.split)
@@ -210,7 +210,8 @@ def train_group(base_path: str | Path, members: Sequence[Member], pool: Sequence
                                 "add training data or change its split")
     shared = {"top": TopLayers(model) if share and any(s.split is not None for s in states) else None,
               "prefix": PrefixCache(model, invocation, pad) if share and invocation else None,
-              "stack": share and stack, "linears": lora_linears(model)}
+              "stack": share and stack, "linears": lora_linears(model),
+              "unstackable": unstackable(model)}
     ckpt = checkpoint_path(out_dir, group)
     first = load_checkpoint(ckpt, states) + 1
     autocast = autocast_for(cfg, device)

@@ -48,6 +48,21 @@ def lora_linears(model: Any) -> list[Any]:
     return [m for m in model.modules() if isinstance(m, Linear)]
 
 
+def unstackable(model: Any) -> set[str]:
+    """Adapters ``stacked`` cannot run: one on a LoRA layer that is not a ``Linear``
+    (embeddings), or with a variant other than aLoRA (DoRA reads the base weight)."""
+    from peft.tuners.lora.layer import Linear, LoraLayer
+    from peft.tuners.lora.variants import ALoraLinearVariant
+
+    out: set[str] = set()
+    for m in model.modules():
+        if isinstance(m, LoraLayer) and not isinstance(m, Linear):
+            out |= set(m.lora_A) | set(getattr(m, "lora_embedding_A", {}))
+        elif isinstance(m, Linear):
+            out |= {a for a, v in m.lora_variant.items() if not isinstance(v, ALoraLinearVariant)}
+    return out
+
+
 def _delta(module: Any, adapter: str, x: torch.Tensor, rngs: dict[str, Any], device: str) -> torch.Tensor:
     """s * B(A(dropout(x))) for one adapter, dropout from the adapter's own RNG stream."""
     lora_a, lora_b = module.lora_A[adapter], module.lora_B[adapter]
