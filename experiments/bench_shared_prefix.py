@@ -1,7 +1,7 @@
 """Shared-prefix voters: what K voters cost next to one, per voter kind.
 
     python experiments/bench_shared_prefix.py            # all K, more items (~15 min on 2 busy cores)
-    python experiments/bench_shared_prefix.py --quick    # K = 1 and 8, few items, 2 training steps (< 3 min)
+    python experiments/bench_shared_prefix.py --quick    # K = 1 and 8, few items, 3 training steps (< 3 min)
 
 Sections (each a function returning a dict of results; ``SECTIONS`` lists them):
   score  Cloze and letter scoring of bundled-benchmark questions (SmolLM2-135M-Instruct,
@@ -20,7 +20,7 @@ Sections (each a function returning a dict of results; ``SECTIONS`` lists them):
   train  K = 5 variants trained in one process on shared batches vs 5 separate runs, same
          steps, per kind (``experiments/bench_train_shared.bench_training``; --clock applies).
          Targets: aLoRA >= 3x, top third >= 2x. Full: batch 8, 6 steps, and top:L/6 too;
-         --quick: batch 4, 2 steps, aLoRA and top third.
+         --quick: batch 4, 3 steps (2 timed), aLoRA and top third.
 
 Writes experiments/results/bench_shared_prefix.json; the LAST line printed is one JSON
 object with the headline ratios (cloze unless named; null where a section did not run).

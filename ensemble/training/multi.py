@@ -15,14 +15,18 @@ poisson`` (online bagging). Per batch and micro-step:
    non-zero weight only (a weight-0 row is never computed), loss
    ``sum_b w_b NLL_b / sum_b w_b n_b`` (NLL_b summed over row b's n_b answer tokens;
    all weights 1 gives the plain recipe's token-mean loss), in passes of at most
-   ``train.max_batch_tokens`` tokens;
+   ``train.max_batch_tokens`` tokens. Members of one kind (aLoRA; top-layer with the
+   same N) share passes (``training.stack``): each member's rows are cut into units as
+   if it ran alone, and units of several members that fit the token budget go through
+   the model together (the frozen base once, each member's LoRA on its own rows);
 3. each variant with any weighted row this step clips and steps its own AdamW; every
    variant's schedule advances every step.
 
 A variant's trajectory does not depend on its siblings: it has its own torch RNG
 stream (LoRA init, then dropout), its own optimizer and schedule, and the batches
 come from the pool alone. So a variant trained in a group of five equals the same
-variant trained alone on shared batches, and a group can resume with fewer members.
+variant trained alone on shared batches (to float rounding: a stacked pass multiplies
+more rows at once), and a group can resume with fewer members.
 
 Resume: every ``checkpoint_every`` steps all members' LoRA tensors, optimizer and
 scheduler states, RNG states and curves go into ``<out>/checkpoints/<group>.pt``
