@@ -1,7 +1,7 @@
 """Shared-prefix voters: what K voters cost next to one, per voter kind.
 
     python experiments/bench_shared_prefix.py            # all K, more items (~15 min on 2 busy cores)
-    python experiments/bench_shared_prefix.py --quick    # K = 1 and 8, few items (< 3 min)
+    python experiments/bench_shared_prefix.py --quick    # K = 1 and 8, few items, 3 training steps (< 3 min)
 
 Sections (each a function returning a dict of results; ``SECTIONS`` lists them):
   score  Cloze and letter scoring of bundled-benchmark questions (SmolLM2-135M-Instruct,
@@ -15,11 +15,12 @@ Sections (each a function returning a dict of results; ``SECTIONS`` lists them):
          Each (kind, K) gets its own engine with exactly K adapters; the time is the best of
          --repeats runs (round-robin over K) of one ``score_choices`` call over items x K
          voters, after a warm-up.
-         --quick: K = 1 and 8, 4 questions, letter mode for aLoRA only.
+         --quick: K = 1 and 8, 4 questions, letter mode for aLoRA only, plain LoRA timed once.
          Targets (issue 9): aLoRA K=8 <= 2.5x K=1 (cloze), <= 1.5x (letter); top <= 3.5x.
   train  K = 5 variants trained in one process on shared batches vs 5 separate runs, same
-         steps, per kind (``experiments/bench_train_shared.bench_training``). Targets:
-         aLoRA >= 3x, top third >= 2x.
+         steps, per kind (``experiments/bench_train_shared.bench_training``; --clock applies).
+         Targets: aLoRA >= 3x, top third >= 2x. Full: batch 8, 6 steps, and top:L/6 too;
+         --quick: batch 4, 3 steps (2 timed), aLoRA and top third.
 
 Writes experiments/results/bench_shared_prefix.json; the LAST line printed is one JSON
 object with the headline ratios (cloze unless named; null where a section did not run).
@@ -41,7 +42,8 @@ sys.path.insert(0, str(ROOT))
 KINDS = ("lora", "alora", "top")
 INVOCATION = "<|im_start|>assistant\n"
 SUMMARY_KEYS = ("alora_k8_over_k1", "alora_letter_k8_over_k1", "top_k8_over_k1", "lora_k8_over_k1",
-                "top_letter_k8_over_k1", "lora_letter_k8_over_k1", "train_alora_speedup", "train_top_speedup")
+                "top_letter_k8_over_k1", "lora_letter_k8_over_k1", "train_alora_speedup", "train_top_speedup",
+                "train_top_sixth_speedup")
 
 
 def load_items(n: int, seed: int) -> list[tuple[tuple[dict, ...], tuple[str, ...]]]:
@@ -146,7 +148,9 @@ def score_section(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         for kind in KINDS:
             adapters = make_adapters(base, Path(tmp), kind, max(ks), tok, n_layers)
-            got = time_scoring(base, adapters, ks, items, kind_modes[kind], args.repeats, args.clock)
+            # --quick: plain LoRA (the reference, not a target; K = 8 is its slowest point) timed once
+            repeats = 1 if args.quick and kind == "lora" else args.repeats
+            got = time_scoring(base, adapters, ks, items, kind_modes[kind], repeats, args.clock)
             for (mode, k), seconds in sorted(got.items()):
                 times[mode][kind][k] = seconds
                 print(f"score {mode:6s} {kind:5s} K={k:2d}: {seconds:7.2f} s {args.clock} "
@@ -164,8 +168,8 @@ def train_section(args: argparse.Namespace) -> dict[str, Any]:
     sys.path.insert(0, str(ROOT / "experiments"))
     from bench_train_shared import bench_training
 
-    got = bench_training(args.quick)
-    return {"train": got, **{k: got[k] for k in ("train_alora_speedup", "train_top_speedup") if k in got}}
+    got = bench_training(args.quick, args.clock)
+    return {"train": got, **{k: v for k, v in got.items() if k.endswith("_speedup")}}
 
 
 SECTIONS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {"score": score_section,

@@ -15,14 +15,18 @@ poisson`` (online bagging). Per batch and micro-step:
    non-zero weight only (a weight-0 row is never computed), loss
    ``sum_b w_b NLL_b / sum_b w_b n_b`` (NLL_b summed over row b's n_b answer tokens;
    all weights 1 gives the plain recipe's token-mean loss), in passes of at most
-   ``train.max_batch_tokens`` tokens;
+   ``train.max_batch_tokens`` tokens. Members of one kind (aLoRA; top-layer with the
+   same N) share passes (``training.stack``): each member's rows are cut into units as
+   if it ran alone, and units of several members that fit the token budget go through
+   the model together (the frozen base once, each member's LoRA on its own rows);
 3. each variant with any weighted row this step clips and steps its own AdamW; every
    variant's schedule advances every step.
 
 A variant's trajectory does not depend on its siblings: it has its own torch RNG
 stream (LoRA init, then dropout), its own optimizer and schedule, and the batches
 come from the pool alone. So a variant trained in a group of five equals the same
-variant trained alone on shared batches, and a group can resume with fewer members.
+variant trained alone on shared batches (to float rounding: a stacked pass multiplies
+more rows at once), and a group can resume with fewer members.
 
 Resume: every ``checkpoint_every`` steps all members' LoRA tensors, optimizer and
 scheduler states, RNG states and curves go into ``<out>/checkpoints/<group>.pt``
@@ -38,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from ensemble.config.schema import TrainConfig
 from ensemble.errors import EnsembleError
@@ -49,6 +54,7 @@ from ensemble.training.loop import (
     batch_order,
     bound_heap,
     total_steps,
+    training_attention,
 )
 from ensemble.training.members import (  # noqa: F401  (Member, row_weights: the group's public names)
     Member,
@@ -64,16 +70,98 @@ from ensemble.training.members import (  # noqa: F401  (Member, row_weights: the
 )
 from ensemble.training.recipe import VariantResult, check_invocation
 from ensemble.training.shared import PrefixCache, TopLayers, plain_rows
+from ensemble.training.stack import Block, lora_linears, pack, stacked, unstackable
 
 Progress = Callable[..., None]
 POOL_SEED = 0  # the shared batch order; variants differ by their weights, not by their batches
 
 
+def _rows(w: torch.Tensor) -> torch.Tensor:
+    """(R,) positions of the rows with a non-zero weight (a weight-0 row is never computed)."""
+    return torch.nonzero(w > 0)[:, 0]
+
+
+def _member_losses(model: Any, s: State, w: Any, denom: float, batch: dict[str, Any], shared: dict[str, Any],
+                   lower: dict[int, Any], prefix: Any, cfg: TrainConfig, device: str, autocast: Any) -> float:
+    """One member's part alone (set_adapter, PEFT's own forward): DoRA members, and every
+    member with ``share=False`` (the plain path, the reference of the exactness tests)."""
+    top, cache = shared["top"], shared["prefix"]
+    rows = _rows(w)
+    width = prefix.suffix["input_ids"].shape[1] if s.alora and prefix is not None else batch["input_ids"].shape[1]
+    model.set_adapter(s.adapter)
+    rng_set(s.rng, device)  # the member's own dropout stream
+    total = 0.0
+    for part in passes([width] * len(rows), cfg.max_batch_tokens):  # bounded activations per pass
+        sub = rows[part]
+        with autocast():
+            if s.split is not None and top:
+                row_logp, _ = top.upper_rows(lower[s.split], s.split, batch, sub)
+            elif s.alora and prefix is not None:
+                row_logp, _ = cache.suffix_rows(prefix, sub)
+            else:
+                row_logp, _ = plain_rows(model, batch, sub)
+            loss = -(w[sub] * row_logp).sum() / denom
+        loss.backward()
+        total += float(loss.detach())
+    s.rng = rng_get(device)
+    return total
+
+
+def _stacked_losses(group: Sequence[State], key: tuple, weights: dict[str, Any], denoms: dict[str, float],
+                    batch: dict[str, Any], shared: dict[str, Any], lower: dict[int, Any], prefix: Any,
+                    cfg: TrainConfig, device: str, autocast: Any) -> dict[str, float]:
+    """Members of one kind (same split, or aLoRA) in stacked passes (``training.stack``):
+    each member's rows cut into units as it would run alone, units packed into passes
+    of at most ``max_batch_tokens`` tokens, one forward + backward per pass."""
+    suffix = key == ("alora",)
+    width = prefix.suffix["input_ids"].shape[1] if suffix else batch["input_ids"].shape[1]
+    units = []  # (member, (R,) rows): a member's units in its own order
+    for s in group:
+        rows = _rows(weights[s.adapter])
+        units += [(s, rows[part]) for part in passes([width] * len(rows), cfg.max_batch_tokens)]
+    for s in group:
+        for p in s.params.values():
+            p.requires_grad_(True)  # set_adapter (per-member path, evaluation) leaves only one trainable
+    rngs = {s.adapter: s.rng for s in group}
+    losses = dict.fromkeys((s.adapter for s in group), 0.0)
+    for pass_ in pack([(i, len(rows) * width) for i, (_, rows) in enumerate(units)], cfg.max_batch_tokens):
+        mine = [units[i] for i in pass_]
+        blocks = [Block(s.adapter, rows, prefix.suffix["attention_mask"][rows].bool() if suffix else None)
+                  for s, rows in mine]
+        every = torch.cat([rows for _, rows in mine])
+        with autocast(), stacked(shared["linears"], blocks, rngs, device):
+            if suffix:
+                row_logp, _ = shared["prefix"].suffix_rows(prefix, every, inner=True)
+            else:
+                row_logp, _ = shared["top"].upper_rows(lower[key[1]], key[1], batch, every)
+            terms, start = [], 0
+            for s, rows in mine:
+                seg = row_logp[start:start + len(rows)]
+                terms.append(-(weights[s.adapter][rows] * seg).sum() / denoms[s.adapter])
+                start += len(rows)
+        sum(terms).backward()
+        for (s, _), term in zip(mine, terms):
+            losses[s.adapter] += float(term.detach())
+    for s in group:
+        s.rng = rngs[s.adapter]
+    return losses
+
+
+def _stack_key(s: State, shared: dict[str, Any], prefix: Any) -> tuple | None:
+    """Which stacked passes a member joins: ("top", split), ("alora",), or None (alone)."""
+    if not shared["stack"] or s.adapter in shared["unstackable"]:
+        return None
+    if s.split is not None and shared["top"]:
+        return ("top", s.split)
+    if s.alora and prefix is not None:
+        return ("alora",)
+    return None
+
+
 def _step_losses(model: Any, states: Sequence[State], batch: dict[str, Any], seqs: Sequence[Seq], idx: list[int],
                  shared: dict[str, Any], cfg: TrainConfig, device: str, autocast: Any) -> dict[str, float]:
-    """One micro-batch: the shared part once, then each member's forward + backward."""
-    import torch
-
+    """One micro-batch: the shared part once, then the members' forward + backward
+    (stacked across members where their kind allows, else one member at a time)."""
     weights = {s.adapter: torch.tensor(s.member.weights[idx], device=device) for s in states}
     active = [s for s in states if bool((weights[s.adapter] > 0).any())]
     top, cache = shared["top"], shared["prefix"]  # None: the plain path for every member
@@ -82,37 +170,30 @@ def _step_losses(model: Any, states: Sequence[State], batch: dict[str, Any], seq
         lower = top.lower(batch, splits) if splits else {}
         prefix = cache.prefix([seqs[i] for i in idx], device) if cache and any(s.alora for s in active) else None
     n_answer = torch.tensor([seqs[i][1] for i in idx], device=device, dtype=torch.float32)  # (B,)
-    losses = {}
+    # sum_b w_b n_b over the whole micro-batch
+    denoms = {s.adapter: float((weights[s.adapter] * n_answer).sum()) * cfg.grad_accum for s in active}
+    losses: dict[str, float] = {}
+    groups: dict[tuple, list[State]] = {}
     for s in active:
-        w = weights[s.adapter]
-        rows = torch.nonzero(w > 0)[:, 0]
-        denom = float((w * n_answer).sum()) * cfg.grad_accum  # sum_b w_b n_b over the whole micro-batch
-        width = prefix.suffix["input_ids"].shape[1] if s.alora and prefix is not None else batch["input_ids"].shape[1]
-        model.set_adapter(s.adapter)
-        rng_set(s.rng, device)  # the member's own dropout stream
-        losses[s.adapter] = 0.0
-        for part in passes([width] * len(rows), cfg.max_batch_tokens):  # bounded activations per pass
-            sub = rows[part]
-            with autocast():
-                if s.split is not None and top:
-                    row_logp, _ = top.upper_rows(lower[s.split], s.split, batch, sub)
-                elif s.alora and prefix is not None:
-                    row_logp, _ = cache.suffix_rows(prefix, sub)
-                else:
-                    row_logp, _ = plain_rows(model, batch, sub)
-                loss = -(w[sub] * row_logp).sum() / denom
-            loss.backward()
-            losses[s.adapter] += float(loss.detach())
-        s.rng = rng_get(device)
-    return losses
+        key = _stack_key(s, shared, prefix)
+        if key is None:
+            losses[s.adapter] = _member_losses(model, s, weights[s.adapter], denoms[s.adapter], batch, shared,
+                                               lower, prefix, cfg, device, autocast)
+        else:
+            groups.setdefault(key, []).append(s)
+    for key, group in groups.items():
+        losses |= _stacked_losses(group, key, weights, denoms, batch, shared, lower, prefix, cfg, device, autocast)
+    return {s.adapter: losses[s.adapter] for s in active}
 
 
 def train_group(base_path: str | Path, members: Sequence[Member], pool: Sequence[Example], cfg: TrainConfig,
                 out_dir: str | Path, *, group: str = "shared", progress: Progress | None = None,
-                on_step: Callable[[int], None] | None = None, share: bool = True) -> list[VariantResult]:
+                on_step: Callable[[int], None] | None = None, share: bool = True,
+                stack: bool = True) -> list[VariantResult]:
     """Train ``members`` together on shared batches over ``pool``; save each adapter; return results
     in member order. ``on_step(step)`` runs after each optimizer step (tests stop a run there);
-    ``share=False`` runs every member's whole forward pass (the reference for exactness tests)."""
+    ``share=False`` runs every member's whole forward pass (the reference for exactness tests);
+    ``stack=False`` runs the shared path one member at a time (no stacked passes)."""
     import torch
 
     progress = progress or (lambda event, **info: None)
@@ -132,7 +213,9 @@ def train_group(base_path: str | Path, members: Sequence[Member], pool: Sequence
             raise EnsembleError(f"variant '{s.member.variant.name}': no training rows with a non-zero weight; "
                                 "add training data or change its split")
     shared = {"top": TopLayers(model) if share and any(s.split is not None for s in states) else None,
-              "prefix": PrefixCache(model, invocation, pad) if share and invocation else None}
+              "prefix": PrefixCache(model, invocation, pad) if share and invocation else None,
+              "stack": share and stack, "linears": lora_linears(model),
+              "unstackable": unstackable(model)}
     ckpt = checkpoint_path(out_dir, group)
     first = load_checkpoint(ckpt, states) + 1
     autocast = autocast_for(cfg, device)
@@ -148,7 +231,9 @@ def train_group(base_path: str | Path, members: Sequence[Member], pool: Sequence
         for _ in range(cfg.grad_accum):
             idx = next(batches)
             batch = {k: v.to(device) for k, v in collate([seqs[i] for i in idx], pad).items()}
-            for adapter, loss in _step_losses(model, states, batch, seqs, idx, shared, cfg, device, autocast).items():
+            with training_attention(model, cfg, device):
+                got = _step_losses(model, states, batch, seqs, idx, shared, cfg, device, autocast)
+            for adapter, loss in got.items():
                 totals[adapter] = totals.get(adapter, 0.0) + loss
         for s in states:
             lr = s.sched.get_last_lr()[0]

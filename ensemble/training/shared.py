@@ -137,8 +137,10 @@ class PrefixCache:
         first = logits.gather(1, first_ids[:, None])[:, 0] - logits.logsumexp(-1)
         return _Prefix(out.cache, pre["attention_mask"], first, suf)
 
-    def suffix_rows(self, state: _Prefix, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Invocation + answer tokens of ``rows`` through the active aLoRA, on a copy of the cache."""
+    def suffix_rows(self, state: _Prefix, rows: torch.Tensor, *, inner: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Invocation + answer tokens of ``rows`` through the active aLoRA, on a copy of the cache.
+        ``inner``: through the model under PEFT, without PEFT's invocation hooks (inside
+        ``training.stack.stacked``, which applies each row's adapter itself)."""
         cache = copy.copy(state.cache)
         cache.layers = []
         for layer in state.cache.layers:  # new per-row tensors; the shared cache is never written
@@ -148,8 +150,9 @@ class PrefixCache:
         suf = {k: v[rows] for k, v in state.suffix.items()}
         labels = suf["labels"]
         k = _window(labels)
-        out = self.model(input_ids=suf["input_ids"], attention_mask=torch.cat([state.mask[rows], suf["attention_mask"]], 1),
-                         position_ids=suf["position_ids"], cache=cache, use_cache=True, logits_to_keep=k)
+        model = self.model.get_base_model() if inner else self.model
+        out = model(input_ids=suf["input_ids"], attention_mask=torch.cat([state.mask[rows], suf["attention_mask"]], 1),
+                    position_ids=suf["position_ids"], cache=cache, use_cache=True, logits_to_keep=k)
         row_logp, row_tokens = answer_rows(_target_logprobs(out.logits, labels), labels)
         # The suffix's first token is predicted by the last prefix position (the base's): it
         # counts when it is an answer token (an invocation that starts at the answer).
