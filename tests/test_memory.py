@@ -38,6 +38,48 @@ def test_cloze_scores_with_row_blocks_equal_the_one_pass_scores(tiny_model, tiny
     assert max(abs(a - b) for x, y in zip(old, new) for a, b in zip(x, y)) <= 1e-5
 
 
+def test_shared_prefix_scores_with_row_blocks_equal_the_one_pass_scores(tiny_model, tmp_path, monkeypatch):
+    """aLoRA voters (the quickstart's kind) go through engines.hf.shared: its logsumexp in
+    one-row blocks and logits cast after indexing = the old all-float32 path, in float32."""
+    from ensemble.engines.hf import shared
+    from ensemble.testing import make_tiny_adapters
+
+    torch.set_num_threads(1)
+    ads = make_tiny_adapters(tiny_model, tmp_path / "al", ["al1", "al2"], invocation=[4])  # "<|assistant|>"
+    engine = HFEngine.from_spec(EngineSpec("hf", str(tiny_model), {k: str(v) for k, v in ads.items()},
+                                           {"batch_size": 8, "dtype": "float32"}))
+    msgs = ({"role": "user", "content": "Which number is larger? 3 or 7"},)
+    reqs = [ChoiceRequest(a, options=(" 3", " 7", " seven or so"), messages=msgs, assistant_prefix="Answer:")
+            for a in ("al1", "al2")]
+    assert all(engine._shared.handles(r.adapter) for r in reqs)  # the shared path, not the plain one
+
+    def old_pairs(split, hidden, units, pairs, slots, device):  # the code before: all logits to float32
+        logits = split.logits(hidden).float()
+        lse = logits.logsumexp(-1)
+        out, r = [], 0
+        for u, mine, n in zip(units, pairs, slots):
+            where = {p: j for j, p in enumerate(n)}
+            p_idx = torch.tensor([where[p] for p, _, _ in mine])
+            t_idx = torch.tensor([t for _, t, _ in mine])
+            for row_lp in (logits[r:r + len(u.rows), p_idx, t_idx] - lse[r:r + len(u.rows), p_idx]).tolist():
+                per = [[] for _ in u.options]
+                for (_, _, k), v in zip(mine, row_lp):
+                    per[k].append(v)
+                out.append(per)
+            r += len(u.rows)
+        return out
+
+    new = [o.logliks for o in engine.score_choices(reqs)]
+    original = shared.logsumexp_f32
+    monkeypatch.setattr(shared, "logsumexp_f32", lambda logits: original(logits, chunk=1))
+    blocks = [o.logliks for o in engine.score_choices(reqs)]
+    monkeypatch.setattr(shared, "_pair_logprobs", old_pairs)
+    old = [o.logliks for o in engine.score_choices(reqs)]
+    assert old[0] != old[1]  # two different voters
+    for got in (new, blocks):
+        assert max(abs(a - b) for x, y in zip(old, got) for a, b in zip(x, y)) <= 1e-5
+
+
 def test_copy_frozen_float32_keeps_values_and_unshares_storage(tiny_model):
     from ensemble.config.schema import GridConfig, TrainConfig, VariantConfig
     from ensemble.training.grid import expand_grid
