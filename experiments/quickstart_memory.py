@@ -58,12 +58,12 @@ def main() -> None:
     ap.add_argument("--config", default="ensemble/configs/quickstart.yaml")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--out")
+    ap.add_argument("--no-baseline", action="store_true", help="Stop after the ablation (steps 1-4).")
     args = ap.parse_args()
 
     import torch
 
     torch.set_num_threads(1)
-    from ensemble.cli import jobs
     from ensemble.config.loader import load_config
 
     cfg = load_config(args.config, tuple(args.overrides))
@@ -91,13 +91,23 @@ def main() -> None:
     release_memory()  # as `vote quickstart` does between its phases
     result = run(cfg, progress=on_run)
     release_memory()
-    if hasattr(jobs, "after_run"):  # the quickstart's own steps after `vote run`
-        phases.start("quickstart extras")
-        jobs.after_run(cfg, result)
-    else:
-        phases.start("ablation")
-        methods = [x for x in ("majority", "confidence", "dawid_skene") if x in cfg.run.methods]
-        ablate(result.matrix, methods, dev=result.dev).write(Path(cfg.out) / "ablation")
+    phases.start("ablation")
+    methods = [x for x in ("majority", "confidence", "dawid_skene") if x in cfg.run.methods]
+    ablate(result.matrix, methods, dev=result.dev).write(Path(cfg.out) / "ablation")
+    if cfg.baseline is not None and not args.no_baseline:  # step 5: the equal-budget single LoRA
+        from ensemble.quickstart import baseline_config, write_comparison
+
+        single_cfg = baseline_config(cfg)
+        names = {"train_start": "train", "status": "engine load", "start": "scoring", "finish": "report"}
+
+        def on_single(event: str, **info: object) -> None:
+            if event in names:
+                phases.start(f"single LoRA: {names[event]}")
+        train_grid(single_cfg, progress=on_single)
+        release_memory()
+        single = run(single_cfg, progress=on_single)
+        release_memory()
+        print(json.dumps(write_comparison(cfg, result, single_cfg, single)))
     phases.stop()
     total = max(r["peak_mb"] for r in phases.rows)  # clear_refs also resets ru_maxrss
     print(json.dumps({"process_peak_mb": total}))
