@@ -97,6 +97,24 @@ def ablation_table(rows: list[dict[str, Any]]) -> Table:
     return table
 
 
+def equal_budget_lines(cmp: dict[str, Any]) -> tuple[Table, str]:
+    """``ensemble.quickstart``'s comparison dict as a table (ensemble vs the single LoRA) and a verdict."""
+    ens, one, test = cmp["ensemble"], cmp["single"], cmp["mcnemar"]
+    table = Table(title=f"Ensemble vs one LoRA at the same cost — {cmp['n_items']} test items")
+    for col in ("", "accuracy", "95% CI", "train s", "score s", "total s"):
+        table.add_column(col, justify="left" if not col else "right")
+    for label, side in ((f"ensemble: {ens['n_voters']} voters, {ens['method']} (chosen on dev)", ens),
+                        (f"single LoRA: {one['name']}, {one['max_steps']} steps", one)):
+        sec = side["seconds"]
+        table.add_row(label, _f(side["accuracy"]), _ci({"accuracy_ci": side["ci"]}), f"{sec['train']:.0f}",
+                      f"{sec['score']:.0f}", f"{sec['total']:.0f}")
+    delta = test["delta"]
+    verdict = (f"ensemble − single: {'–' if delta is None else f'{delta:+.3f}'}; McNemar exact p = "
+               f"{test['p_value']:.3g} ({test['ensemble_only']} items only the ensemble got right, "
+               f"{test['single_only']} only the single LoRA)")
+    return table, verdict
+
+
 @contextmanager
 def progress_bar(description: str) -> Iterator[Any]:
     """A progress callback ``emit(event, **info)`` rendered as a rich bar with items/s and ETA."""

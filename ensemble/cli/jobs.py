@@ -97,28 +97,53 @@ def find_config(name: str) -> Path:
 @override_flag
 @handle_errors
 def quickstart_cmd(config: str | None, overrides: tuple[str, ...]) -> None:
-    """The whole mission on the default: SmolLM2 + bundled benchmark -> train K voters -> run -> vote -> ablate."""
-    from ensemble.cli.console import ablation_table, console, progress_bar
+    """The whole mission on the default: SmolLM2 + bundled benchmark -> train K voters -> run -> vote -> ablate
+    -> the same budget spent on one LoRA."""
+    from ensemble.cli.console import (
+        ablation_table,
+        console,
+        equal_budget_lines,
+        progress_bar,
+    )
     from ensemble.engines.models import resolve_model
     from ensemble.evaluation.ablation import ablate
+    from ensemble.memory import release_memory
     from ensemble.pipeline import run
 
     cfg = _load(str(config or find_config("quickstart.yaml")), overrides)
-    console.rule("1/4 base model")
+    n = 5 if cfg.baseline is not None else 4
+    console.rule(f"1/{n} base model")
     console.print(f"base model: {resolve_model(cfg.model)}")
-    console.rule("2/4 training the voters")
+    console.rule(f"2/{n} training the voters")
     _train(cfg)
-    console.rule("3/4 asking every voter")
+    release_memory()  # the training heap goes back to the OS before the engine loads (peak RSS)
+    console.rule(f"3/{n} asking every voter")
     with progress_bar("answering") as emit:
         result = run(cfg, progress=emit)
+    release_memory()
     _print_run(result)
-    console.rule("4/4 ablation over the number of voters")
+    console.rule(f"4/{n} ablation over the number of voters")
     m, dev = result.matrix, result.dev
     methods = [x for x in ("majority", "confidence", "dawid_skene") if x in cfg.run.methods]
     abl = ablate(m, methods, dev=dev)
     paths = abl.write(Path(cfg.out) / "ablation")
     console.print(ablation_table(abl.to_rows()))
     console.print(f"ablation plot: {paths.get('png')}")
+    if cfg.baseline is None:
+        return
+    from ensemble.quickstart import RESULT_FILE, baseline_config, write_comparison
+
+    console.rule(f"5/{n} the same budget spent on one LoRA")
+    single_cfg = baseline_config(cfg)
+    _train(single_cfg)
+    release_memory()
+    with progress_bar("answering") as emit:
+        single = run(single_cfg, progress=emit)
+    release_memory()
+    table, verdict = equal_budget_lines(write_comparison(cfg, result, single_cfg, single))
+    console.print(table)
+    console.print(verdict)
+    console.print(f"comparison: {Path(cfg.out) / RESULT_FILE}", soft_wrap=True)
 
 
 @main.command("serve")

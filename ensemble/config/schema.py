@@ -9,6 +9,7 @@ One file describes a whole experiment; each command reads the sections it needs:
     voters  extra adapters trained elsewhere: name -> PEFT folder
     train   `vote train`: training settings and the variant grid
     run     `vote run`: engine, scoring mode, samples, voting methods, submission
+    baseline  `vote quickstart`: the equal-budget single LoRA printed beside the ensemble
 
 Relative paths are relative to the current directory (like LLaMA-Factory and torchtune).
 
@@ -238,6 +239,23 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
+class BaselineConfig:
+    """`vote quickstart`'s equal-budget single LoRA (``ensemble.quickstart``): one plain LoRA
+    on every training row, with the train section's recipe and its own ``max_steps``, set so
+    that its training + scoring time matches the ensemble's. Scored on the test split."""
+
+    max_steps: int
+    name: str = "single-lora"
+    seed: int = 0
+    rank: int = 16
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+    def __post_init__(self) -> None:
+        check(self.max_steps > 0, "baseline.max_steps", self.max_steps, "use a positive step count")
+        check(self.rank > 0, "baseline.rank", self.rank, "use a positive LoRA rank such as 16")
+
+
+@dataclass(frozen=True)
 class Config:
     model: str = "smollm2"
     out: str = "runs/default"
@@ -246,6 +264,7 @@ class Config:
     voters: dict[str, str] = field(default_factory=dict)
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    baseline: BaselineConfig | None = None  # `vote quickstart`: the equal-budget single LoRA
     source: str = ""  # set by load_config: the file this came from
 
     def __post_init__(self) -> None:

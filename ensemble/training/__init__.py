@@ -35,6 +35,7 @@ from ensemble.config.schema import Config, TrainConfig
 from ensemble.data.chat import ChatExample
 from ensemble.data.items import Item
 from ensemble.errors import EnsembleError
+from ensemble.memory import release_memory
 from ensemble.training.adapters import (
     AdapterInfo,
     check_adapter,
@@ -219,6 +220,7 @@ def train_grid(cfg: Config, *, progress: Callable[..., None] | None = None) -> M
         result = train_variant(base, variant, [examples[i] for i in train_idx], [examples[i] for i in held_idx],
                                cfg.train, out, progress=progress)
         record(result, settings, settings_hash, fields)
+        release_memory()  # the variant's freed heap back to the OS before the next one loads
     if pending:
         _train_shared(base, pending, examples_by_prompt, cfg.train, out, progress, record)
     manifest = _ordered(manifest, names)

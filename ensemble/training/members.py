@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ensemble.config.schema import TrainConfig
+from ensemble.memory import copy_frozen_float32
 from ensemble.training.batches import Example
 from ensemble.training.grid import Variant
 from ensemble.training.kinds import (
@@ -125,6 +126,7 @@ def build_group_model(base_path: str | Path, members: Sequence[Member], cfg: Tra
         raise ValueError("a group needs at least one member")
     if cfg.dtype == "bfloat16" and not any(m.variant.flavour == "dora" for m in members):
         frozen_weights_in_bf16(model)  # every forward runs under bf16 autocast: same products
+        copy_frozen_float32(model)  # lets the model file's mapping go (ensemble.memory)
     model.to(device)
     return model, tok, rngs, invocation
 

@@ -27,6 +27,7 @@ from typing import Any
 
 from ensemble.config.schema import TrainConfig
 from ensemble.errors import EnsembleError
+from ensemble.memory import copy_frozen_float32
 from ensemble.training.batches import (  # noqa: F401  (re-exported: the recipe's public names)
     Example,
     Seq,
@@ -133,6 +134,7 @@ def train_variant(base_path: str | Path, variant: Variant, examples: Sequence[Ex
     model, tok = load_lora_model(base_path, variant, cfg, answer_cue=examples[0].prefix)
     if cfg.dtype == "bfloat16" and cfg.trainer == "loop" and variant.flavour != "dora":
         frozen_weights_in_bf16(model)  # every forward runs under bf16 autocast: same products
+        copy_frozen_float32(model)  # lets the model file's mapping go (ensemble.memory)
     model.to(device)
     train = [encode(tok, ex, cfg.max_length) for ex in examples]
     invocation = model.peft_config["default"].alora_invocation_tokens

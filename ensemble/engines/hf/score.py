@@ -38,6 +38,23 @@ class ScoreRow:
         return len(self.prefix)
 
 
+LSE_ELEMENTS = 1 << 22  # logits per float32 chunk in ``logsumexp_f32``: 16 MB
+
+
+def logsumexp_f32(logits: torch.Tensor, chunk: int = LSE_ELEMENTS) -> torch.Tensor:
+    """(B, W) float32 logsumexp over the vocabulary of (B, W, V) logits, a few rows at a time.
+
+    ``logits.float().logsumexp(-1)`` holds a float32 copy of all of them plus logsumexp's
+    own (B, W, V) temporary: with batch_size 32, ~30 option slots and SmolLM2's 49,152
+    tokens, ~0.4 GB at once for one score batch. Per row block the values are the same
+    (each row's reduction does not depend on the others); the peak is ``chunk`` elements."""
+    B, W, V = logits.shape
+    step = max(1, chunk // max(1, W * V))
+    if step >= B:
+        return logits.float().logsumexp(dim=-1)
+    return torch.cat([logits[i:i + step].float().logsumexp(dim=-1) for i in range(0, B, step)])
+
+
 def score_letters(forward: Forward, rows: Sequence[ScoreRow], *, pad_id: int, device: str) -> None:
     """Fill ``logliks`` with the next-token logprob of each letter (max over its spellings)."""
     ids, mask = left_pad([r.prefix for r in rows], pad_id, device)  # (B, L)
@@ -95,7 +112,7 @@ def score_cloze(forward: Forward, rows: Sequence[ScoreRow], *, pad_id: int, devi
                          position_ids=pos[:, -1:] + 1 + offset, cache=out.cache,
                          use_cache=True).logits  # (B, W, V)
         # log_softmax at the chosen ids only: logit - logsumexp, no (B, W, V) log-prob copy.
-        chosen = logits.gather(2, target[:, :, None])[:, :, 0].float() - logits.float().logsumexp(dim=-1)
+        chosen = logits.gather(2, target[:, :, None])[:, :, 0].float() - logsumexp_f32(logits)
         for b, (ks, lps) in enumerate(zip(owner.tolist(), chosen.tolist())):
             for k, lp in zip(ks, lps):
                 if k >= 0:

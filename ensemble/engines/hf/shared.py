@@ -29,6 +29,7 @@ import torch
 
 from ensemble.engines.hf.generate import left_pad
 from ensemble.engines.hf.kinds import VoterKind, find_invocation
+from ensemble.engines.hf.score import logsumexp_f32
 from ensemble.engines.hf.split import SplitModel, head_allowed, run_split
 
 Row = TypeVar("Row")
@@ -180,15 +181,15 @@ def _pair_logprobs(split: SplitModel, hidden: torch.Tensor, units: Sequence[Unit
                    slots: list[list[int]], device: str) -> list[list[list[float]]]:
     """Log-probabilities of the (slot, target) pairs: per row, per option, in pair order.
     hidden (R, P, H): the last layer at each unit's ``slots``."""
-    logits = split.logits(hidden).float()  # (R, P, V)
-    lse = logits.logsumexp(-1)  # (R, P)
+    logits = split.logits(hidden)  # (R, P, V), model dtype: no float32 copy of all of it
+    lse = logsumexp_f32(logits)  # (R, P) float32, a few rows at a time (engines.hf.score)
     out: list[list[list[float]]] = []
     r = 0
     for u, mine, n in zip(units, pairs, slots):
         where = {p: j for j, p in enumerate(n)}
         p_idx = torch.tensor([where[p] for p, _, _ in mine], device=device)
         t_idx = torch.tensor([t for _, t, _ in mine], device=device)
-        lp = (logits[r:r + len(u.rows), p_idx, t_idx] - lse[r:r + len(u.rows), p_idx]).tolist()  # (rows, pairs)
+        lp = (logits[r:r + len(u.rows), p_idx, t_idx].float() - lse[r:r + len(u.rows), p_idx]).tolist()  # (rows, pairs)
         for row_lp in lp:
             per: list[list[float]] = [[] for _ in u.options]
             for (_, _, k), v in zip(mine, row_lp):

@@ -1,0 +1,90 @@
+"""`vote quickstart` on the tiny model: the shipped config's voter kind, and the equal-budget
+single LoRA printed beside the ensemble from the runs' own report data."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from ensemble.cli.app import main
+from ensemble.cli.jobs import find_config
+from ensemble.config.loader import load_config
+from ensemble.errors import EnsembleError
+from ensemble.quickstart import RESULT_FILE, baseline_config
+from ensemble.training.grid import expand_grid
+
+
+def tiny_overrides(tmp_path: Path, tiny_model: Path) -> list[str]:
+    return [f"model={tiny_model}", f"out={tmp_path / 'qs'}", "data.benchmark.n_train=40",
+            "data.benchmark.n_dev=10", "data.benchmark.n_test=14", "train.max_steps=2", "train.batch_size=4",
+            "train.dtype=float32", "train.heldout_fraction=0.2", "run.dtype=float32", "run.batch_size=8",
+            f"run.submission={tmp_path / 'qs' / 'submission.jsonl'}", "baseline.max_steps=3"]
+
+
+def test_shipped_config_trains_alora_voters_on_shared_batches_and_has_a_baseline():
+    cfg = load_config(find_config("quickstart.yaml"))
+    assert cfg.train.shared_batches
+    assert {v.flavour for v in expand_grid(cfg.train.grid, cfg.prompt)} == {"alora"}
+    single = baseline_config(cfg)
+    (variant,) = expand_grid(single.train.grid, single.prompt)
+    assert (variant.flavour, variant.split, variant.name) == ("lora", "full", cfg.baseline.name)
+    assert single.train.max_steps == cfg.baseline.max_steps and not single.train.shared_batches
+    assert single.out == str(Path(cfg.out) / "baseline") and single.run.splits == ("test",)
+    assert single.run.submission is None and single.voters == {}
+
+
+def test_baseline_config_needs_the_section(tmp_path, tiny_model):
+    cfg = load_config(find_config("quickstart.yaml"), ["baseline=null"])
+    with pytest.raises(EnsembleError, match="no 'baseline' section; add baseline: {max_steps: N}"):
+        baseline_config(cfg)
+
+
+def _row_latency(out: Path, voters: set[str]) -> float:
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    return sum(r["latency_s"] for r in rows if r["voter"] in voters)
+
+
+def test_quickstart_prints_the_equal_budget_comparison_from_report_data(tmp_path, tiny_model):
+    args = ["quickstart", "--config", str(find_config("quickstart.yaml"))]
+    for o in tiny_overrides(tmp_path, tiny_model):
+        args += ["--set", o]
+    res = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "qs"
+    cmp = json.loads((out / RESULT_FILE).read_text())
+    ens_report = json.loads((out / "report.json").read_text())
+    one_report = json.loads((out / "baseline" / "report.json").read_text())
+    ens, one, test = cmp["ensemble"], cmp["single"], cmp["mcnemar"]
+
+    # The ensemble's numbers are its dev-chosen method's row; the single LoRA's its voter row.
+    method = ens_report["selected_on_dev"]["method"]
+    assert ens["method"] == method and ens["n_voters"] == 5
+    assert (ens["accuracy"], ens["ci"]) == (ens_report["methods"][method]["accuracy"],
+                                            ens_report["methods"][method]["accuracy_ci"])
+    assert (one["accuracy"], one["ci"]) == (one_report["voters"]["single-lora"]["accuracy"],
+                                            one_report["voters"]["single-lora"]["accuracy_ci"])
+    assert cmp["n_items"] == ens_report["n_eval_items"] == one_report["n_eval_items"] >= 14  # test items
+    # The paired counts agree with the two accuracies on the same items.
+    assert np.isclose(test["delta"], ens["accuracy"] - one["accuracy"])
+    assert np.isclose(test["delta"], (test["ensemble_only"] - test["single_only"]) / cmp["n_items"])
+    # Seconds: the manifests' training time and the stored rows' scoring time.
+    manifest = json.loads((out / "manifest.json").read_text())["variants"]
+    assert ens["seconds"]["train"] == round(5 * max(v["seconds"] for v in manifest.values()), 1)
+    assert ens["seconds"]["score"] == round(_row_latency(out, set(manifest)), 1)
+    single_manifest = json.loads((out / "baseline" / "manifest.json").read_text())["variants"]
+    assert one["seconds"]["train"] == round(single_manifest["single-lora"]["seconds"], 1)
+    single_latency = _row_latency(out / "baseline", {"single-lora"})
+    assert one["seconds"]["score"] == round(single_latency, 1) and single_latency > 0
+    assert single_manifest["single-lora"]["n_steps"] == one["max_steps"] == 3
+
+    # What was printed is those numbers.
+    text = " ".join(re.sub("[│┃]", " ", res.output).split())  # table cells, box lines dropped
+    assert "5/5 the same budget spent on one LoRA" in text
+    assert f"5 voters, {method} (chosen on dev) {ens['accuracy']:.3f} [{ens['ci'][0]:.3f}, {ens['ci'][1]:.3f}]" in text
+    assert f"single LoRA: single-lora, 3 steps {one['accuracy']:.3f} [{one['ci'][0]:.3f}, {one['ci'][1]:.3f}]" in text
+    assert f"{ens['seconds']['train']:.0f} {ens['seconds']['score']:.0f} {ens['seconds']['total']:.0f}" in text
+    assert f"McNemar exact p = {test['p_value']:.3g}" in text
