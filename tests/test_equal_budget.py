@@ -1,0 +1,69 @@
+"""experiments/equal_budget.py: the equal-budget study's output contract and its budget accounting.
+
+One ``--tiny`` run (tiny random model, a few items): the JSON has the documented keys, every
+arm's seconds are its ledger's train + score CPU seconds, the markdown table is written, and
+a rerun skips the finished arms (same ledgers, nothing retrained).
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+sys.path.insert(0, str(EXPERIMENTS))
+
+import equal_budget
+import equal_budget_plan as plan
+
+
+def test_ledger_adds_the_seconds_of_a_killed_attempt(tmp_path: Path) -> None:
+    ledger = plan.Ledger(tmp_path)
+    with pytest.raises(RuntimeError), ledger.phase("train") as tick:
+        time.sleep(0.01)
+        plan.TICK_S, saved = 0.0, plan.TICK_S
+        try:
+            tick()  # saved while running: what a kill -9 leaves behind
+        finally:
+            plan.TICK_S = saved
+        raise RuntimeError("killed")
+    first = plan.Ledger(tmp_path).get("train")
+    assert first["attempts"] == 1 and not first["done"] and first["wall"] > 0
+    again = plan.Ledger(tmp_path)
+    with again.phase("train"):
+        time.sleep(0.01)
+    second = plan.Ledger(tmp_path).get("train")
+    assert second["done"] and second["attempts"] == 2 and second["wall"] >= first["wall"] + 0.01
+    with again.phase("score"):
+        pass
+    assert again.seconds("wall") == pytest.approx(second["wall"] + again.get("score")["wall"])
+
+
+def test_tiny_study_schema_and_budget_accounting(tmp_path: Path) -> None:
+    root, results = tmp_path / "root", tmp_path / "results"
+    argv = ["--tiny", "--root", str(root), "--results", str(results), "--kinds", "alora"]
+    out = equal_budget.main(argv)
+    saved = json.loads((results / "equal_budget.json").read_text())
+    assert saved["n_test"] == out["n_test"] > 0
+    base = saved["baseline"]
+    assert {"accuracy", "ece", "seconds"} <= set(base)
+    ledger = json.loads((root / "single" / "budget.json").read_text())
+    assert base["seconds"] == pytest.approx(ledger["train"]["cpu"] + ledger["score"]["cpu"], abs=0.06)
+    assert base["seconds"] == pytest.approx(base["seconds_train"] + base["seconds_score"], abs=0.06)
+    (row,) = saved["ensembles"]
+    assert {"kind", "k", "method", "accuracy", "ci", "ece", "seconds", "p_vs_baseline"} <= set(row)
+    assert row["kind"] == "alora" and row["k"] == 2 and row["method"] in saved["methods_considered"]
+    assert 0 <= row["accuracy"] <= 1 and row["ci"][0] <= row["accuracy"] <= row["ci"][1]
+    assert 0 <= row["p_vs_baseline"] <= 1
+    arm = json.loads((root / "alora" / "budget.json").read_text())
+    assert row["seconds"] == pytest.approx(arm["train"]["cpu"] + arm["score"]["cpu"], abs=0.06)
+    assert row["budget_ratio"] == pytest.approx(row["seconds"] / base["seconds"], abs=0.01)
+    assert row["plan"]["predicted_total_cpu"] <= row["plan"]["budget_cpu"]
+    assert "| A: one LoRA |" in (results / "equal_budget.md").read_text()
+    # A rerun skips every finished arm: the ledgers (and so the seconds) do not change.
+    again = equal_budget.main(argv)
+    assert json.loads((root / "alora" / "budget.json").read_text()) == arm
+    assert again["ensembles"][0]["accuracy"] == row["accuracy"]
