@@ -90,12 +90,15 @@ SINGLE_GRID = {"variants": [{"name": "single-r16-attn", "seed": 0, "rank": 16, "
                              "target_modules": ATTN}]}
 
 
-def run_arm(ledger: plan.Ledger, cfg: Config) -> Any:
+def run_arm(ledger: plan.Ledger, cfg: Config, report_only: bool = False) -> Any:
     """Train then score one arm, each phase timed into the ledger unless already done; returns
-    the pipeline's RunResult (a finished arm only re-evaluates its stored predictions)."""
+    the pipeline's RunResult (a finished arm only re-evaluates its stored predictions), or
+    None for an unfinished arm with ``report_only``."""
     from ensemble.pipeline import run
     from ensemble.training import train_grid
 
+    if report_only and not ledger.done("score"):
+        return None
     if not ledger.done("train"):
         with ledger.phase("train") as tick:
             train_grid(cfg, progress=lambda event, **info: tick())
@@ -124,6 +127,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--top", type=int, default=6, help="top-layer voters: LoRA on the top N layers")
     ap.add_argument("--kinds", default="alora,top,lora", help="ensemble kinds, in run order")
     ap.add_argument("--tiny", action="store_true", help="tiny random model, a few items: checks the plumbing")
+    ap.add_argument("--report-only", action="store_true",
+                    help="train and score nothing: report the finished arms, and the seconds spent on the others")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)  # the budget is CPU time of one core
     s = dict(TINY if args.tiny else FULL)
@@ -140,23 +145,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # Baseline A: its measured train + score CPU time is every ensemble's budget.
     a_ledger = plan.Ledger(root / "single")
     a_cfg = config(root, "single", s, steps=args.a_steps, grid=SINGLE_GRID, shared=False)
-    a_result = run_arm(a_ledger, a_cfg)
-    budget = a_ledger.seconds()
-    a_pilot = plan.score_pilot(a_ledger, config(root, "single", s, steps=args.a_steps, grid=SINGLE_GRID,
-                                                shared=False, limit=s["pilot_problems"],
-                                                out=root / "single-pilot"), a_cfg)
-    print(f"[equal_budget] baseline A: {budget:.0f} CPU s (train {a_ledger.get('train')['cpu']:.0f}, "
-          f"score {a_ledger.get('score')['cpu']:.0f})", flush=True)
-    arms: list[dict[str, Any]] = []
-    for kind in [k for k in args.kinds.split(",") if k]:
-        arms.append(ensemble_arm(root, kind, s, args, budget, a_pilot))
-    out = report.build(root, paths, a_ledger, a_result, arms, settings={
+    a_result = run_arm(a_ledger, a_cfg, args.report_only)
+    settings = {
         "a_steps": args.a_steps, "k_target": args.k, "min_steps": args.min_steps, "top_layers": args.top,
         "model": "tiny-random" if args.tiny else s["model"], "benchmark": {**s["bench"], "seed": 0, "kinds": KINDS},
         "threads": torch.get_num_threads(), "pilot_steps": s["pilot_steps"], "pilot_problems": s["pilot_problems"],
         "heldout_fraction": s["heldout_fraction"], "tiny": args.tiny,
-        "command": "python experiments/equal_budget.py " + " ".join(argv if argv is not None else sys.argv[1:])},
-        baseline_pilot=a_pilot, methods=METHODS)
+        "command": "python experiments/equal_budget.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+    kinds = [k for k in args.kinds.split(",") if k]
+    if a_result is None:  # --report-only before baseline A finished: only seconds to report
+        out = report.unfinished(root, paths, kinds, settings)
+        report.write(out, Path(args.results))
+        return out
+    budget = a_ledger.seconds()
+    a_pilot = a_ledger.data.get("pilot", {}) if args.report_only else plan.score_pilot(
+        a_ledger, config(root, "single", s, steps=args.a_steps, grid=SINGLE_GRID, shared=False,
+                         limit=s["pilot_problems"], out=root / "single-pilot"), a_cfg)
+    print(f"[equal_budget] baseline A: {budget:.0f} CPU s (train {a_ledger.get('train')['cpu']:.0f}, "
+          f"score {a_ledger.get('score')['cpu']:.0f})", flush=True)
+    arms: list[dict[str, Any]] = []
+    for kind in kinds:
+        arms.append(ensemble_arm(root, kind, s, args, budget, a_pilot))
+    out = report.build(root, paths, a_ledger, a_result, arms, settings=settings, baseline_pilot=a_pilot,
+                       methods=METHODS)
     out["wall_seconds_this_invocation"] = round(time.perf_counter() - started, 1)
     report.write(out, Path(args.results))
     return out
@@ -167,6 +178,8 @@ def ensemble_arm(root: Path, kind: str, s: dict[str, Any], args: argparse.Namesp
     """Plan (pilot, steps per voter, K), then train + score one ensemble; returns its record."""
     ledger = plan.Ledger(root / kind)
     chosen = ledger.data.get("plan")
+    if args.report_only and (chosen is None or chosen.get("status") != "infeasible") and not ledger.done("score"):
+        return {"kind": kind, "plan": chosen, "ledger": ledger.data}  # unfinished: its seconds so far
     if chosen is None:
         chosen = plan.choose(root, kind, s, args, budget, a_pilot,
                              lambda k, steps, out, limit=None: config(root, kind, s, steps=steps,
@@ -177,7 +190,7 @@ def ensemble_arm(root: Path, kind: str, s: dict[str, Any], args: argparse.Namesp
     if chosen.get("status") == "infeasible":
         return {"kind": kind, "plan": chosen, "ledger": ledger.data}
     cfg = config(root, kind, s, steps=chosen["steps"], grid=grid_for(kind, chosen["k"], args.top), shared=True)
-    result = run_arm(ledger, cfg)
+    result = run_arm(ledger, cfg, args.report_only)
     return {"kind": kind, "plan": chosen, "ledger": ledger.data, "result": result, "cfg": cfg}
 
 

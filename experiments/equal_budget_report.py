@@ -83,9 +83,11 @@ def ensemble_row(arm: dict[str, Any], a: dict[str, Any], a_answers: dict[str, st
     plan, ledger = arm["plan"], arm["ledger"]
     seconds = {"seconds": round(ledger.get("train", {}).get("cpu", 0) + ledger.get("score", {}).get("cpu", 0), 1)
                if "train" in ledger else None}
-    if plan.get("status") == "infeasible":
+    if plan is not None and plan.get("status") == "infeasible":
         return {"kind": arm["kind"], "k": None, "method": None, "accuracy": None, "ci": None, "ece": None,
                 **seconds, "p_vs_baseline": None, "status": "infeasible", "reason": plan["reason"], "plan": plan}
+    if "result" not in arm:  # --report-only: not finished yet
+        return _unfinished_row(arm["kind"], ledger, plan)
     result = arm["result"]
     m = result.matrix
     dev_ids = [i for i, d in zip(m.items, result.dev) if d]
@@ -119,6 +121,28 @@ def ensemble_row(arm: dict[str, Any], a: dict[str, Any], a_answers: dict[str, st
         "error_correlation": rep.diagnostics["error_correlation"], "plan": plan,
         "pilot_cpu": round(sum(t.get("train_cpu", 0) + t.get("score_cpu", 0) for t in plan["tried"]), 1),
     }
+
+
+def _unfinished_row(kind: str, ledger: dict[str, Any], plan: dict[str, Any] | None) -> dict[str, Any]:
+    spent = {p: ledger[p] for p in ("train", "score") if p in ledger}
+    return {"kind": kind, "k": (plan or {}).get("k"), "steps_per_voter": (plan or {}).get("steps"), "method": None,
+            "accuracy": None, "ci": None, "ece": None, "p_vs_baseline": None,
+            "seconds": round(sum(v["cpu"] for v in spent.values()), 1) if spent else None,
+            "status": "unfinished" if spent or plan else "not started", "reason": "the run was stopped before it "
+            "finished this arm (rerun the command: it resumes)", "spent": spent, "plan": plan}
+
+
+def unfinished(root: Path, paths: dict[str, Path], kinds: list[str], settings: dict[str, Any]) -> dict[str, Any]:
+    """The report of a run stopped before baseline A finished scoring: the seconds spent so far."""
+    ledger = json.loads((root / "single" / "budget.json").read_text()) if (root / "single" / "budget.json").exists() \
+        else {}
+    spent = {p: ledger[p] for p in ("train", "score") if p in ledger}
+    arms = [_unfinished_row(k, {}, None) for k in kinds]
+    return {"n_test": len(read_items(paths["test"])), "n_dev": len(read_items(paths["dev"])), "status": "unfinished",
+            "baseline": {"accuracy": None, "ci": None, "ece": None, "seconds": None,
+                         "seconds_so_far": round(sum(v["cpu"] for v in spent.values()), 1), "spent": spent},
+            "ensembles": arms, "target_met": False, "settings": settings,
+            "split_overlap_problem_texts": _disjoint(paths), "tried": []}
 
 
 def _disjoint(paths: dict[str, Path]) -> dict[str, int]:
@@ -171,6 +195,10 @@ def _ci(ci: list[float] | None) -> str:
 
 def markdown(out: dict[str, Any]) -> str:
     a = out["baseline"]
+    if a.get("accuracy") is None:
+        return (f"# Equal budget: unfinished ({out['n_test']} test items, {out['n_dev']} dev items)\n\n"
+                f"Baseline A has not finished: {a['seconds_so_far']} CPU s spent ({json.dumps(a['spent'])}). "
+                f"Rerun `{out['settings']['command'].replace(' --report-only', '')}` to resume.\n")
     lines = [(f"# Equal budget: one LoRA with the whole budget, or K voters that vote? ({out['n_test']} test items, "
              f"{out['n_dev']} dev items)"), "",
              (f"Budget = baseline A's measured train + score CPU seconds (1 thread): **{a['seconds']:.0f} s**. "
@@ -182,7 +210,9 @@ def markdown(out: dict[str, Any]) -> str:
              f"{a['wall_seconds']:.0f} |")]
     for r in out["ensembles"]:
         if r.get("accuracy") is None:
-            lines.append(f"| {r['kind']} | - | - | {r.get('status')}: {r.get('reason')} | | | | | |")
+            spent = "" if r.get("seconds") is None else f"{r['seconds']:.0f} so far"
+            lines.append(f"| {r['kind']} | {r.get('k') or '-'} | {r.get('steps_per_voter') or '-'} | "
+                         f"{r.get('status')}: {r.get('reason')} | | | | {spent} | |")
             continue
         b = r["single_selected_on_dev"]
         lines.append(f"| {r['kind']} ensemble | {r['k']} | {r['steps_per_voter']} | {r['method']} ({r['tie_break']}) | "

@@ -67,3 +67,15 @@ def test_tiny_study_schema_and_budget_accounting(tmp_path: Path) -> None:
     again = equal_budget.main(argv)
     assert json.loads((root / "alora" / "budget.json").read_text()) == arm
     assert again["ensembles"][0]["accuracy"] == row["accuracy"]
+
+
+def test_report_only_before_the_baseline_finished_reports_seconds_spent(tmp_path: Path) -> None:
+    root, results = tmp_path / "root", tmp_path / "results"
+    ledger = plan.Ledger(root / "single")
+    ledger.set("train", {"cpu": 12.5, "wall": 40.0, "attempts": 1, "done": False})  # a run stopped mid-training
+    out = equal_budget.main(["--tiny", "--root", str(root), "--results", str(results), "--report-only"])
+    assert out["status"] == "unfinished" and out["n_test"] > 0
+    assert out["baseline"]["accuracy"] is None and out["baseline"]["seconds_so_far"] == 12.5
+    assert [r["status"] for r in out["ensembles"]] == ["not started"] * 3
+    assert not (root / "single" / "adapters").exists()  # nothing was trained
+    assert "Baseline A has not finished: 12.5 CPU s" in (results / "equal_budget.md").read_text()
