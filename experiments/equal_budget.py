@@ -16,10 +16,11 @@ through the training manifest and the predictions store; a finished arm is skipp
 * ``lora`` / ``top`` / ``alora``: K voters of one kind (plain LoRA; LoRA on the top
   ``--top`` layers; activated LoRA) trained together on shared batches, each with its own
   seed and Poisson(1) row weights (online bagging), scored with the HF engine's sharing.
-  Steps per voter come from a measured pilot (``plan.py``): 3 training steps of the K
-  voters and the scoring of a few problems give the per-step and per-item costs, scaled by
-  baseline A's own pilot/full ratio, so that train + score matches B (within ~10%). K
-  starts at ``--k`` and drops while fewer than ``--min-steps`` steps per voter would fit.
+  Steps per voter come from measured pilots (``equal_budget_plan.py``): 3 training steps of
+  K voters and the scoring of a few problems, at K = 2 and K = ``--k``, give the per-step and
+  per-item costs (a line in K), the per-item cost scaled by baseline A's own pilot/full
+  ratio, so that train + score matches B (within ~10%). The largest K <= ``--k`` that leaves
+  ``--min-steps`` steps per voter is used.
 
 Costs are this process's CPU time (``time.process_time``) with ``torch.set_num_threads(1)``
 (other jobs on the machine change wall time much more than CPU time); wall time is recorded

@@ -14,8 +14,9 @@ kept and added to the rerun's. The arm's cost is ``train.cpu + score.cpu``.
                                                        since the first problems are not average ones)
     steps = floor((B - score - train_fixed) / step_cpu)
 
-K starts at the target and drops while fewer than ``min_steps`` steps would fit; a kind with
-no K >= 2 that fits is recorded as infeasible, with the predictions that ruled it out.
+Pilots run at K = 2 and at the target K; every cost is fitted as a line in K (a shared part
+plus a part per voter), and the largest K that leaves ``min_steps`` steps per voter is chosen.
+A kind with no K >= 2 that fits is recorded as infeasible, with the predictions that ruled it out.
 """
 from __future__ import annotations
 
@@ -162,26 +163,50 @@ def _pilot(root: Path, kind: str, k: int, s: dict[str, Any], make_cfg: Callable[
             "score_cpu": score["total"]}
 
 
+def _fit(pilots: dict[int, dict[str, float]], k: int) -> dict[str, float]:
+    """Costs at K voters: linear in K through the pilots' two K values (one pilot: its own costs).
+    Each cost is a shared part plus a part per voter, so a line fits it."""
+    ks = sorted(pilots)
+    lo, hi = pilots[ks[0]], pilots[ks[-1]]
+    if ks[0] == ks[-1]:
+        return dict(lo)
+    w = (k - ks[0]) / (ks[-1] - ks[0])
+    return {key: lo[key] + w * (hi[key] - lo[key]) for key in lo}
+
+
 def choose(root: Path, kind: str, s: dict[str, Any], args: Any, budget: float, a_pilot: dict[str, float],
            make_cfg: Callable[..., Any]) -> dict[str, Any]:
-    """K and steps per voter for one ensemble kind so that train + score ~ ``budget`` CPU seconds."""
+    """K and steps per voter for one ensemble kind so that train + score ~ ``budget`` CPU seconds.
+
+    Pilots run at K = 2 and at the target K (two points of each cost's line in K); the
+    largest K that leaves ``min_steps`` steps per voter is chosen."""
     tried: list[dict[str, Any]] = []
     n_items = a_pilot["full_items"]
+    candidates = []
     for k in range(args.k, 1, -1):
         if kind == "lora" and k * a_pilot["full_item_cpu"] * n_items >= budget:
             # Plain voters share nothing in scoring: K voters cost K x baseline A's scoring loop.
-            tried.append({"k": k, "skipped": "K x baseline A's scoring alone exceeds the budget",
+            tried.append({"k": k, "skipped": "K x baseline A's scoring loop alone exceeds the budget",
                           "predicted_score_cpu": round(k * a_pilot["full_item_cpu"] * n_items, 1)})
-            continue
-        p = _pilot(root, kind, k, s, make_cfg)
+        else:
+            candidates.append(k)
+    pilots = {k: _pilot(root, kind, k, s, make_cfg) for k in sorted({min(candidates), max(candidates)})} \
+        if candidates else {}
+    for k in candidates:
+        p = _fit(pilots, k)
         score = (p["score_fixed_cpu"] + a_pilot["full_fixed_cpu"] - a_pilot["pilot_fixed_cpu"]
                  + p["item_cpu"] * a_pilot["scale"] * n_items)
         steps = int((budget - score - p["train_fixed_cpu"]) // p["step_cpu"])
-        row = {"k": k, **{key: round(v, 3) for key, v in p.items()}, "predicted_score_cpu": round(score, 1),
-               "steps": steps, "predicted_total_cpu": round(score + p["train_fixed_cpu"] + steps * p["step_cpu"], 1)}
+        row = {"k": k, "pilot" if k in pilots else "fitted": {key: round(v, 3) for key, v in p.items()},
+               "predicted_score_cpu": round(score, 1), "steps": steps,
+               "predicted_total_cpu": round(score + p["train_fixed_cpu"] + steps * p["step_cpu"], 1)}
         tried.append(row)
         if steps >= args.min_steps:
             return {"status": "planned", "k": k, "steps": steps, "budget_cpu": round(budget, 1),
-                    "predicted_total_cpu": row["predicted_total_cpu"], "tried": tried}
+                    "predicted_total_cpu": row["predicted_total_cpu"], "pilot_ks": sorted(pilots),
+                    "pilot_cpu": round(sum(p["train_cpu"] + p["score_cpu"] for p in pilots.values()), 1),
+                    "tried": tried}
     return {"status": "infeasible", "k": None, "steps": None, "budget_cpu": round(budget, 1), "tried": tried,
+            "pilot_ks": sorted(pilots),
+            "pilot_cpu": round(sum(p["train_cpu"] + p["score_cpu"] for p in pilots.values()), 1),
             "reason": f"no K >= 2 leaves {args.min_steps} training steps per voter inside the budget"}

@@ -119,7 +119,7 @@ def ensemble_row(arm: dict[str, Any], a: dict[str, Any], a_answers: dict[str, st
         "per_kind_accuracy": _per_kind(m, labels, mask, kinds),
         "oracle": rep.diagnostics["oracle"], "mean_pairwise_disagreement": rep.diagnostics["mean_pairwise_disagreement"],
         "error_correlation": rep.diagnostics["error_correlation"], "plan": plan,
-        "pilot_cpu": round(sum(t.get("train_cpu", 0) + t.get("score_cpu", 0) for t in plan["tried"]), 1),
+        "pilot_cpu": plan.get("pilot_cpu"),
     }
 
 

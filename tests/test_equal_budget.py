@@ -79,3 +79,26 @@ def test_report_only_before_the_baseline_finished_reports_seconds_spent(tmp_path
     assert [r["status"] for r in out["ensembles"]] == ["not started"] * 3
     assert not (root / "single" / "adapters").exists()  # nothing was trained
     assert "Baseline A has not finished: 12.5 CPU s" in (results / "equal_budget.md").read_text()
+
+
+def test_plan_fits_costs_linear_in_k_and_picks_the_largest_k_that_fits(tmp_path: Path, monkeypatch) -> None:
+    """Pilots at K = 2 and K = 5 only; costs = shared + K x per voter; K = 3 is the largest that
+    leaves min_steps steps inside the budget."""
+    def pilot(root, kind, k, s, make_cfg):
+        seen.append(k)
+        return {"step_cpu": 1.0 + k, "train_fixed_cpu": 10.0 + 2 * k, "train_cpu": 0.0, "item_cpu": 0.1 + 0.05 * k,
+                "score_fixed_cpu": 5.0, "score_cpu": 0.0}
+    seen: list[int] = []
+    monkeypatch.setattr(plan, "_pilot", pilot)
+    a_pilot = {"full_items": 1000, "full_item_cpu": 0.1, "scale": 1.0, "full_fixed_cpu": 8.0, "pilot_fixed_cpu": 5.0}
+    args = type("Args", (), {"k": 5, "min_steps": 20})()
+    # K=3: score 5 + 3 + 250 = 258, train fixed 16, step 4 -> (400 - 274) // 4 = 31 steps (K=4: 300 + 18 -> 16 < 20)
+    out = plan.choose(tmp_path, "alora", {}, args, 400.0, a_pilot, lambda *a, **k: None)
+    assert seen == [2, 5]
+    assert out["status"] == "planned" and out["k"] == 3 and out["steps"] == 31
+    assert out["predicted_total_cpu"] == pytest.approx(258 + 16 + 31 * 4)
+    assert [t["k"] for t in out["tried"]] == [5, 4, 3]
+    # Plain LoRA voters share no scoring: a K whose K x A's scoring loop exceeds the budget gets no pilot.
+    seen.clear()
+    out = plan.choose(tmp_path, "lora", {}, args, 150.0, a_pilot, lambda *a, **k: None)
+    assert seen == [] and out["status"] == "infeasible" and all("skipped" in t for t in out["tried"])
