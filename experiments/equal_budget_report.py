@@ -176,7 +176,7 @@ def tried(settings: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
     """What this run varied, in words (for the report when the target is missed)."""
     out = [f"baseline A: one rank-16 attention LoRA, {settings['a_steps']} steps on all training problems"]
     for r in rows:
-        for t in r.get("plan", {}).get("tried", []):
+        for t in (r.get("plan") or {}).get("tried", []):
             what = t.get("skipped") or (f"{t['steps']} steps per voter predicted to fit"
                                         if "steps" in t else "")
             out.append(f"{r['kind']} K={t['k']}: {what}")
