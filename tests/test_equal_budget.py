@@ -1,0 +1,104 @@
+"""experiments/equal_budget.py: the equal-budget study's output contract and its budget accounting.
+
+One ``--tiny`` run (tiny random model, a few items): the JSON has the documented keys, every
+arm's seconds are its ledger's train + score CPU seconds, the markdown table is written, and
+a rerun skips the finished arms (same ledgers, nothing retrained).
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+sys.path.insert(0, str(EXPERIMENTS))
+
+import equal_budget
+import equal_budget_plan as plan
+
+
+def test_ledger_adds_the_seconds_of_a_killed_attempt(tmp_path: Path) -> None:
+    ledger = plan.Ledger(tmp_path)
+    with pytest.raises(RuntimeError), ledger.phase("train") as tick:
+        time.sleep(0.01)
+        plan.TICK_S, saved = 0.0, plan.TICK_S
+        try:
+            tick()  # saved while running: what a kill -9 leaves behind
+        finally:
+            plan.TICK_S = saved
+        raise RuntimeError("killed")
+    first = plan.Ledger(tmp_path).get("train")
+    assert first["attempts"] == 1 and not first["done"] and first["wall"] > 0
+    again = plan.Ledger(tmp_path)
+    with again.phase("train"):
+        time.sleep(0.01)
+    second = plan.Ledger(tmp_path).get("train")
+    assert second["done"] and second["attempts"] == 2 and second["wall"] >= first["wall"] + 0.01
+    with again.phase("score"):
+        pass
+    assert again.seconds("wall") == pytest.approx(second["wall"] + again.get("score")["wall"])
+
+
+def test_tiny_study_schema_and_budget_accounting(tmp_path: Path) -> None:
+    root, results = tmp_path / "root", tmp_path / "results"
+    argv = ["--tiny", "--root", str(root), "--results", str(results), "--kinds", "alora"]
+    out = equal_budget.main(argv)
+    saved = json.loads((results / "equal_budget.json").read_text())
+    assert saved["n_test"] == out["n_test"] > 0
+    base = saved["baseline"]
+    assert {"accuracy", "ece", "seconds"} <= set(base)
+    ledger = json.loads((root / "single" / "budget.json").read_text())
+    assert base["seconds"] == pytest.approx(ledger["train"]["cpu"] + ledger["score"]["cpu"], abs=0.06)
+    assert base["seconds"] == pytest.approx(base["seconds_train"] + base["seconds_score"], abs=0.06)
+    (row,) = saved["ensembles"]
+    assert {"kind", "k", "method", "accuracy", "ci", "ece", "seconds", "p_vs_baseline"} <= set(row)
+    assert row["kind"] == "alora" and row["k"] == 2 and row["method"] in saved["methods_considered"]
+    assert 0 <= row["accuracy"] <= 1 and row["ci"][0] <= row["accuracy"] <= row["ci"][1]
+    assert 0 <= row["p_vs_baseline"] <= 1
+    arm = json.loads((root / "alora" / "budget.json").read_text())
+    assert row["seconds"] == pytest.approx(arm["train"]["cpu"] + arm["score"]["cpu"], abs=0.06)
+    assert row["budget_ratio"] == pytest.approx(row["seconds"] / base["seconds"], abs=0.01)
+    assert row["plan"]["predicted_total_cpu"] <= row["plan"]["budget_cpu"]
+    assert "| A: one LoRA |" in (results / "equal_budget.md").read_text()
+    # A rerun skips every finished arm: the ledgers (and so the seconds) do not change.
+    again = equal_budget.main(argv)
+    assert json.loads((root / "alora" / "budget.json").read_text()) == arm
+    assert again["ensembles"][0]["accuracy"] == row["accuracy"]
+
+
+def test_report_only_before_the_baseline_finished_reports_seconds_spent(tmp_path: Path) -> None:
+    root, results = tmp_path / "root", tmp_path / "results"
+    ledger = plan.Ledger(root / "single")
+    ledger.set("train", {"cpu": 12.5, "wall": 40.0, "attempts": 1, "done": False})  # a run stopped mid-training
+    out = equal_budget.main(["--tiny", "--root", str(root), "--results", str(results), "--report-only"])
+    assert out["status"] == "unfinished" and out["n_test"] > 0
+    assert out["baseline"]["accuracy"] is None and out["baseline"]["seconds_so_far"] == 12.5
+    assert [r["status"] for r in out["ensembles"]] == ["not started"] * 3
+    assert not (root / "single" / "adapters").exists()  # nothing was trained
+    assert "Baseline A has not finished: 12.5 CPU s" in (results / "equal_budget.md").read_text()
+
+
+def test_plan_fits_costs_linear_in_k_and_picks_the_largest_k_that_fits(tmp_path: Path, monkeypatch) -> None:
+    """Pilots at K = 2 and K = 5 only; costs = shared + K x per voter; K = 3 is the largest that
+    leaves min_steps steps inside the budget."""
+    def pilot(root, kind, k, s, make_cfg):
+        seen.append(k)
+        return {"step_cpu": 1.0 + k, "train_fixed_cpu": 10.0 + 2 * k, "train_cpu": 0.0, "item_cpu": 0.1 + 0.05 * k,
+                "score_fixed_cpu": 5.0, "score_cpu": 0.0}
+    seen: list[int] = []
+    monkeypatch.setattr(plan, "_pilot", pilot)
+    a_pilot = {"full_items": 1000, "full_item_cpu": 0.1, "scale": 1.0, "full_fixed_cpu": 8.0, "pilot_fixed_cpu": 5.0}
+    args = type("Args", (), {"k": 5, "min_steps": 20})()
+    # K=3: score 5 + 3 + 250 = 258, train fixed 16, step 4 -> (400 - 274) // 4 = 31 steps (K=4: 300 + 18 -> 16 < 20)
+    out = plan.choose(tmp_path, "alora", {}, args, 400.0, a_pilot, lambda *a, **k: None)
+    assert seen == [2, 5]
+    assert out["status"] == "planned" and out["k"] == 3 and out["steps"] == 31
+    assert out["predicted_total_cpu"] == pytest.approx(258 + 16 + 31 * 4)
+    assert [t["k"] for t in out["tried"]] == [5, 4, 3]
+    # Plain LoRA voters share no scoring: a K whose K x A's scoring loop exceeds the budget gets no pilot.
+    seen.clear()
+    out = plan.choose(tmp_path, "lora", {}, args, 150.0, a_pilot, lambda *a, **k: None)
+    assert seen == [] and out["status"] == "infeasible" and all("skipped" in t for t in out["tried"])
