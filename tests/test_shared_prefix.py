@@ -284,6 +284,7 @@ def test_cli_adapters_add_says_the_kind(base, adapters, tmp_path):
     assert "added voter 'al1' (aLoRA, invocation tokens [4], rank 4" in res.output
 
 
+@pytest.mark.filterwarnings("ignore:aLoRA is currently only supported for CAUSAL_LM:UserWarning")  # the case under test
 def test_bad_kind_configs_are_refused(base, adapters, tmp_path):
     from ensemble.errors import EnsembleError
     from ensemble.training.adapters import check_adapter

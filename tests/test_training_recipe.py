@@ -197,7 +197,7 @@ def test_heldout_loss_is_the_gold_options_nll_and_chat_rows_their_answers(base, 
                           get_template("mc"), "cloze")
     acc_c, loss_c, ll_c = evaluate(model, tok, chat)
     batch = collate([encode(tok, chat[0], 256)], tok.pad_token_id)
-    want = -float(answer_logprobs(model, batch).sum()) / int((batch["labels"] != -100).sum())
+    want = -float(answer_logprobs(model, batch).detach().sum()) / int((batch["labels"] != -100).sum())
     assert (acc_c, ll_c) == (None, []) and loss_c == pytest.approx(want, rel=1e-5)
 
 

@@ -37,6 +37,7 @@ with adapters bit-identical to an uninterrupted run.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -242,7 +243,11 @@ def train_group(base_path: str | Path, members: Sequence[Member], pool: Sequence
                 s.opt.step()
                 s.curve.append((step, round(totals[s.adapter], 6), lr))
             s.opt.zero_grad(set_to_none=True)
-            s.sched.step()
+            with warnings.catch_warnings():  # a variant with no weighted row yet steps its schedule
+                # without an optimizer step, on purpose (schedules stay aligned with the shared step
+                # count); torch warns about exactly that order.
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
+                s.sched.step()
         progress("step", name=label, step=step, total=n_steps, loss=float(np.mean(list(totals.values() or [0.0]))),
                  lr=states[0].sched.get_last_lr()[0])
         if cfg.eval_every and step % cfg.eval_every == 0 and step < n_steps:
