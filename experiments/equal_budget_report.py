@@ -106,7 +106,7 @@ def ensemble_row(arm: dict[str, Any], a: dict[str, Any], a_answers: dict[str, st
         "kind": arm["kind"], "k": plan["k"], "steps_per_voter": plan["steps"], "method": method, "tie_break": tie,
         "accuracy": row["accuracy"], "ci": row.get("accuracy_ci"), "ece": row.get("ece"), "brier": row.get("brier"),
         "seconds": round(total, 1), "wall_seconds": round(train["wall"] + score["wall"], 1),
-        "seconds_train": train["cpu"], "seconds_score": score["cpu"], "budget_ratio": round(total / a["seconds"], 3),
+        "seconds_train": train["cpu"], "seconds_score": score["cpu"], "budget_ratio": round(total / (a["seconds_train"] + a["seconds_score"]), 3),
         "p_vs_baseline": test["p_value"], "delta_vs_baseline_points": round(delta, 2),
         "delta_ci": test["delta_ci"], "dev_accuracy": dev_acc[f"{method}/{tie}"], "dev_accuracies": dev_acc,
         "target_met": bool(delta >= TARGET["points"] and test["p_value"] < TARGET["p"] and ece_lower),
