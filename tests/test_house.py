@@ -285,3 +285,10 @@ def test_manifest_weights_reads_heldout_accuracy(tmp_path: Path) -> None:
     m = from_arrays(np.array([[0, 1], [1, 1]]), ["A", "B"], voters=["a", "b"])  # (I=2, V=2) labels
     expected = log_odds_weights([0.9, 0.6], 2)
     assert manifest_weights(str(tmp_path), m) == pytest.approx(dict(zip(["a", "b"], expected)))
+    # Items with 2 and 4 options (of 4 classes): chance is their mean, (1/2 + 1/4) / 2 = 0.375,
+    # not 1/4 from the class count: b (0.6) gets log(0.6/0.4) - log(0.375/0.625).
+    valid = np.array([[True, True, False, False], [True, True, True, True]])
+    m4 = from_arrays(np.array([[0, 1], [3, 3]]), ["A", "B", "C", "D"], voters=["a", "b"], valid=valid)
+    got = manifest_weights(str(tmp_path), m4)
+    assert got["b"] == pytest.approx(np.log(0.6 / 0.4) - np.log(0.375 / 0.625))
+    assert got["a"] == pytest.approx(np.log(0.9 / 0.1) - np.log(0.375 / 0.625))

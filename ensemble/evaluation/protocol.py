@@ -280,5 +280,9 @@ def manifest_weights(out_dir: str | Path, m: VoteMatrix) -> dict[str, float]:
     if missing:
         raise EnsembleError(f"run.weights_from: manifest has no held-out accuracy for voter(s) "
                             f"{', '.join(missing)}; use weights_from: dev")
-    w = log_odds_weights([float(acc[v] or 0.0) for v in m.voters], m.n_classes)
+    # Chance level: the held-out items are gone, so take these items' mean chance (1 / options
+    # per item, as the fitted weights do item by item); without options, 1 / all classes.
+    n_opts = m.valid.sum(axis=1) if m.valid is not None else np.zeros(0)
+    chance = float(np.mean(1.0 / n_opts[n_opts >= 1])) if (n_opts >= 1).any() else 1.0 / max(m.n_classes, 2)
+    w = log_odds_weights([float(acc[v] or 0.0) for v in m.voters], chance=[chance] * m.n_voters)
     return {v: float(x) for v, x in zip(m.voters, w)}
