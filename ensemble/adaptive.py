@@ -26,7 +26,7 @@ from ensemble.config.schema import AdaptiveConfig, Config
 from ensemble.data.items import Item
 from ensemble.engines.base import Engine, EngineSpec, GenRequest, SamplingSettings
 from ensemble.errors import EnsembleError
-from ensemble.predictions.matrix import ABSTAIN
+from ensemble.predictions.matrix import ABSTAIN, VoteMatrix
 from ensemble.predictions.rows import Key, Row
 from ensemble.predictions.store import PredictionStore
 from ensemble.voting.adaptive import StopRule, get_stop_rule, walk_item
@@ -36,16 +36,20 @@ Progress = Callable[..., None]
 
 
 # -- order and weights (fitted on the dev rows) ------------------------------------
-def dev_accuracy(rows: Sequence[Row], items: Sequence[Item], voters: Sequence[str]) -> dict[str, float]:
+def dev_matrix(rows: Sequence[Row], items: Sequence[Item]) -> VoteMatrix:
+    """The dev rows as a vote matrix with gold (dev is asked fully, so no cell is 'not asked')."""
+    from ensemble.predictions.rows import build_matrix
+
+    return build_matrix(rows, gold={it.id: it.answer for it in items if it.answer is not None},
+                        options={it.id: it.letters for it in items if it.options} or None)
+
+
+def dev_accuracy(m: VoteMatrix, voters: Sequence[str]) -> dict[str, float]:
     """Voter -> share of its dev (item, sample) votes equal to the gold answer (abstaining counts as wrong)."""
-    gold = {it.id: it.answer for it in items if it.answer is not None}
-    right = dict.fromkeys(voters, 0)
-    total = dict.fromkeys(voters, 0)
-    for r in rows:
-        if r["item"] in gold and r["voter"] in total:
-            total[r["voter"]] += 1
-            right[r["voter"]] += int(r.get("answer") == gold[r["item"]])
-    return {v: right[v] / total[v] if total[v] else 0.0 for v in voters}
+    known = m.has_gold()
+    right = (m.labels[known] == m.gold[known, None, None]).mean(axis=(0, 2)) if known.any() else None  # (V,)
+    acc = {} if right is None else dict(zip(m.voters, right.tolist()))
+    return {v: float(acc.get(v, 0.0)) for v in voters}
 
 
 def voter_order(a: AdaptiveConfig, voters: Sequence[str], accuracy: Mapping[str, float]) -> list[str]:
@@ -55,16 +59,12 @@ def voter_order(a: AdaptiveConfig, voters: Sequence[str], accuracy: Mapping[str,
     return sorted(voters, key=lambda v: (-accuracy[v], v))
 
 
-def voter_weights(a: AdaptiveConfig, rows: Sequence[Row], items: Sequence[Item],
-                  voters: Sequence[str]) -> dict[str, float]:
+def voter_weights(a: AdaptiveConfig, m: VoteMatrix, voters: Sequence[str]) -> dict[str, float]:
     """Voter -> weight of each of its votes: 1, or the `weighted` method's log-odds weights fitted on dev."""
     if a.weights == "none":
         return dict.fromkeys(voters, 1.0)
-    from ensemble.predictions.rows import build_matrix
     from ensemble.voting.weighted import fit_log_odds_weights
 
-    m = build_matrix(rows, gold={it.id: it.answer for it in items if it.answer is not None},
-                     options={it.id: it.letters for it in items if it.options} or None)
     fitted = dict(zip(m.voters, fit_log_odds_weights(m, np.ones(m.n_items, dtype=bool)).tolist()))
     w = {v: float(fitted.get(v, 0.0)) for v in voters}
     if not any(x > 0 for x in w.values()):
@@ -162,7 +162,7 @@ class Asker:
 
     def __call__(self, cells: Sequence[Cell]) -> list[Row]:
         """Rows for ``cells``: choice scoring (sample 0) or one generated sample per request."""
-        from ensemble.pipeline import _gen_rows, ask, request_seed
+        from ensemble.pipeline import ask, gen_rows, request_seed
         from ensemble.prompts import render_messages
 
         engine, r = self._open(), self.cfg.run
@@ -179,7 +179,7 @@ class Asker:
                 for it, v, s in cells]
         rows = []
         for out, (_, _, s) in zip(engine.generate(reqs), cells):
-            rows += [{**row, "sample": s} for row in _gen_rows(out, self.extractor)]
+            rows += [{**row, "sample": s} for row in gen_rows(out, self.extractor)]
         return rows
 
 
@@ -209,8 +209,9 @@ def ask_adaptive(asker: Asker, store: PredictionStore, splits: Mapping[str, Sequ
     n_new = ask_all(asker, store, full, index, "dev (every vote)") if full else 0
     dev_ids = {it.id for it in dev}
     dev_rows = [r for r in store.rows if r["item"] in dev_ids and r["voter"] in asker.voters]
-    order = voter_order(a, voters, dev_accuracy(dev_rows, dev, voters) if a.order == "dev_accuracy" else {})
-    w = voter_weights(a, dev_rows, dev, voters)
+    m = dev_matrix(dev_rows, dev) if a.order == "dev_accuracy" or a.weights == "dev" else None
+    order = voter_order(a, voters, dev_accuracy(m, voters) if m is not None else {})
+    w = voter_weights(a, m, voters) if m is not None else dict.fromkeys(voters, 1.0)
     cells = [(v, s) for s in range(n_samples) for v in order]
     weights = [w[v] for v, _ in cells]
     rule = get_stop_rule(a.rule, a.params)

@@ -119,7 +119,7 @@ def ask(engine: Engine, cfg: Config, work: Sequence[tuple[Item, str]], voters: d
                                                      max_new_tokens=r.max_new_tokens, stop=tuple(r.stop),
                                                      seed=request_seed(r.seed, it.id, v)))
                 for it, v in work]
-        return [row for out in engine.generate(reqs) for row in _gen_rows(out, extractor)]
+        return [row for out in engine.generate(reqs) for row in gen_rows(out, extractor)]
     reqs_c = [ChoiceRequest(adapter=adapter[v], options=choice_continuations(it, r.mode),
                             messages=render_messages(template, it), mode=r.mode,
                             assistant_prefix=scoring_prefix(template, it), key=(it, v))
@@ -127,7 +127,7 @@ def ask(engine: Engine, cfg: Config, work: Sequence[tuple[Item, str]], voters: d
     return [_choice_row(out) for out in engine.score_choices(reqs_c)]
 
 
-def _gen_rows(out: Any, extractor: Any) -> list[dict[str, Any]]:
+def gen_rows(out: Any, extractor: Any) -> list[dict[str, Any]]:
     item, voter = out.request.key
     rows = []
     for s, sample in enumerate(out.samples):
