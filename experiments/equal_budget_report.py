@@ -49,6 +49,13 @@ def _vs_a(m: VoteMatrix, mask: np.ndarray, labels: np.ndarray, a_answers: dict[s
     return paired_test(gold, labels[mask], _codes(m, a_answers)[mask])
 
 
+def _ece(row: dict[str, Any]) -> dict[str, Any]:
+    """A report row's ECE after temperature scaling fitted on dev (``ece``; the raw one when the
+    row has no dev to fit on), the raw ECE (``ece_raw``) and the temperature ``t``."""
+    t = row.get("temperature") or {}
+    return {"ece": t.get("ece", row.get("ece")), "ece_raw": row.get("ece"), "temperature": t.get("t")}
+
+
 def baseline(a_ledger: Any, result: Any, kinds: dict[str, str]) -> tuple[dict[str, Any], dict[str, str | None]]:
     """Baseline A's test row and its answers by item id."""
     m, rep = result.matrix, result.report
@@ -56,7 +63,7 @@ def baseline(a_ledger: Any, result: Any, kinds: dict[str, str]) -> tuple[dict[st
     labels = voter_decisions(m)[voter].labels
     row = rep.voters[voter]
     mask = rep.eval_mask
-    return ({"voter": voter, "accuracy": row["accuracy"], "ci": row.get("accuracy_ci"), "ece": row.get("ece"),
+    return ({"voter": voter, "accuracy": row["accuracy"], "ci": row.get("accuracy_ci"), **_ece(row),
              "brier": row.get("brier"), "dev_accuracy": row.get("dev_accuracy"),
              "seconds": round(a_ledger.seconds("cpu"), 1), "wall_seconds": round(a_ledger.seconds("wall"), 1),
              "seconds_train": a_ledger.get("train")["cpu"], "seconds_score": a_ledger.get("score")["cpu"],
@@ -101,17 +108,17 @@ def ensemble_row(arm: dict[str, Any], a: dict[str, Any], a_answers: dict[str, st
     train, score = ledger["train"], ledger["score"]
     total = train["cpu"] + score["cpu"]
     delta = 100 * (row["accuracy"] - a["accuracy"])
-    ece_lower = row.get("ece") is not None and a["ece"] is not None and row["ece"] < a["ece"]
+    ece_lower = _ece(row)["ece"] is not None and a["ece"] is not None and _ece(row)["ece"] < a["ece"]
     return {
         "kind": arm["kind"], "k": plan["k"], "steps_per_voter": plan["steps"], "method": method, "tie_break": tie,
-        "accuracy": row["accuracy"], "ci": row.get("accuracy_ci"), "ece": row.get("ece"), "brier": row.get("brier"),
+        "accuracy": row["accuracy"], "ci": row.get("accuracy_ci"), **_ece(row), "brier": row.get("brier"),
         "seconds": round(total, 1), "wall_seconds": round(train["wall"] + score["wall"], 1),
         "seconds_train": train["cpu"], "seconds_score": score["cpu"], "budget_ratio": round(total / (a["seconds_train"] + a["seconds_score"]), 3),
         "p_vs_baseline": test["p_value"], "delta_vs_baseline_points": round(delta, 2),
         "delta_ci": test["delta_ci"], "dev_accuracy": dev_acc[f"{method}/{tie}"], "dev_accuracies": dev_acc,
         "target_met": bool(delta >= TARGET["points"] and test["p_value"] < TARGET["p"] and ece_lower),
         "single_selected_on_dev": {"voter": b, "accuracy": rep.voters[b]["accuracy"],
-                                   "ci": rep.voters[b].get("accuracy_ci"), "ece": rep.voters[b].get("ece"),
+                                   "ci": rep.voters[b].get("accuracy_ci"), **_ece(rep.voters[b]),
                                    "dev_accuracy": rep.voters[b].get("dev_accuracy"),
                                    "p_vs_baseline": b_test["p_value"], "delta_vs_baseline": b_test["delta"]},
         "voter_accuracies": {v: r["accuracy"] for v, r in rep.voters.items()},
@@ -166,7 +173,9 @@ def build(root: Path, paths: dict[str, Path], a_ledger: Any, a_result: Any, arms
         "target_met": any(r.get("target_met") for r in rows),
         "winner": max(done, key=lambda r: r["accuracy"])["kind"] if done else None,
         "split_overlap_problem_texts": _disjoint(paths), "settings": settings,
-        "temperature_scaling": "not applied: the project has no temperature scaling",
+        "temperature_scaling": ("one temperature per arm (A, each ensemble's chosen method, each B), fitted on dev "
+                                "by NLL and applied to the test scores: `ece` is after scaling, `ece_raw` before; "
+                                "answers and accuracy are unchanged"),
         "methods_considered": methods, "tie_breaks_considered": TIE_BREAKS.names(),
         "tried": tried(settings, rows),
     }
@@ -193,6 +202,11 @@ def _ci(ci: list[float] | None) -> str:
     return "" if not ci else f" [{_pct(ci[0])}, {_pct(ci[1])}]"
 
 
+def _ece_cell(row: dict[str, Any]) -> str:
+    """ "4.1 (13.7)": ECE % after temperature scaling (fitted on dev), the raw ECE % in brackets."""
+    return f"{_pct(row.get('ece'))} ({_pct(row.get('ece_raw'))})"
+
+
 def markdown(out: dict[str, Any]) -> str:
     a = out["baseline"]
     if a.get("accuracy") is None:
@@ -203,10 +217,10 @@ def markdown(out: dict[str, Any]) -> str:
              f"{out['n_dev']} dev items)"), "",
              (f"Budget = baseline A's measured train + score CPU seconds (1 thread): **{a['seconds']:.0f} s**. "
              f"Command: `{out['settings']['command']}`."), "",
-             ("| arm | K | steps/voter | method (tie-break), chosen on dev | test accuracy % [95% CI] | ECE % | "
+             ("| arm | K | steps/voter | method (tie-break), chosen on dev | test accuracy % [95% CI] | ECE % (raw) | "
              "vs A: points, McNemar p | CPU s (train + score) | wall s |"), "|---|---|---|---|---|---|---|---|---|",
              (f"| A: one LoRA | 1 | {out['settings']['a_steps']} | - | {_pct(a['accuracy'])}{_ci(a['ci'])} | "
-             f"{_pct(a['ece'])} | - | {a['seconds']:.0f} ({a['seconds_train']:.0f} + {a['seconds_score']:.0f}) | "
+             f"{_ece_cell(a)} | - | {a['seconds']:.0f} ({a['seconds_train']:.0f} + {a['seconds_score']:.0f}) | "
              f"{a['wall_seconds']:.0f} |")]
     for r in out["ensembles"]:
         if r.get("accuracy") is None:
@@ -216,11 +230,11 @@ def markdown(out: dict[str, Any]) -> str:
             continue
         b = r["single_selected_on_dev"]
         lines.append(f"| {r['kind']} ensemble | {r['k']} | {r['steps_per_voter']} | {r['method']} ({r['tie_break']}) | "
-                     f"{_pct(r['accuracy'])}{_ci(r['ci'])} | {_pct(r['ece'])} | {r['delta_vs_baseline_points']:+.1f}, "
+                     f"{_pct(r['accuracy'])}{_ci(r['ci'])} | {_ece_cell(r)} | {r['delta_vs_baseline_points']:+.1f}, "
                      f"p = {r['p_vs_baseline']:.3g} | {r['seconds']:.0f} ({r['seconds_train']:.0f} + "
                      f"{r['seconds_score']:.0f}) | {r['wall_seconds']:.0f} |")
         lines.append(f"| B: {r['kind']}'s dev-selected voter | 1 | {r['steps_per_voter']} | {b['voter']} | "
-                     f"{_pct(b['accuracy'])}{_ci(b['ci'])} | {_pct(b['ece'])} | "
+                     f"{_pct(b['accuracy'])}{_ci(b['ci'])} | {_ece_cell(b)} | "
                      f"{100 * (b['delta_vs_baseline'] or 0):+.1f}, p = {b['p_vs_baseline']:.3g} | | |")
     lines += ["", (f"Target (an ensemble >= {TARGET['points']:g} points over A, p < {TARGET['p']:g}, lower ECE): "
               f"**{'met' if out['target_met'] else 'not met'}**. Temperature scaling: {out['temperature_scaling']}."),

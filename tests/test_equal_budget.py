@@ -58,6 +58,9 @@ def test_tiny_study_schema_and_budget_accounting(tmp_path: Path) -> None:
     assert row["kind"] == "alora" and row["k"] == 2 and row["method"] in saved["methods_considered"]
     assert 0 <= row["accuracy"] <= 1 and row["ci"][0] <= row["accuracy"] <= row["ci"][1]
     assert 0 <= row["p_vs_baseline"] <= 1
+    # ECE after temperature scaling fitted on dev, beside the raw one, for A and the ensemble
+    for r in (base, row):
+        assert r["temperature"] > 0 and 0 <= r["ece"] <= 1 and 0 <= r["ece_raw"] <= 1
     arm = json.loads((root / "alora" / "budget.json").read_text())
     assert row["seconds"] == pytest.approx(arm["train"]["cpu"] + arm["score"]["cpu"], abs=0.06)
     # From the unrounded ledgers: the json's seconds are rounded, and the tiny arms last ~1 s.

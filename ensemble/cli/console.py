@@ -18,6 +18,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from ensemble.evaluation.temperature import ece_text
+
 
 def _width(stream: Any) -> int | None:
     """Rich lays out a pipe or a log file 80 columns wide, which cuts the report tables'
@@ -50,7 +52,7 @@ def report_tables(report: dict[str, Any]) -> list[Table]:
              + (f"; {report['n_items_without_gold']} without gold" if report.get("n_items_without_gold") else ""))
     methods = Table(title=f"Voting methods — {title}")
     for col in ("method", "accuracy", "95% CI", "macro-F1", "precision", "recall", "coverage", "ECE",
-                "Δ vs best voter", "p"):
+                "ECE (T)", "Δ vs best voter", "p"):
         methods.add_column(col, justify="left" if col == "method" else "right")
     for name, m in report["methods"].items():
         if "error" in m:
@@ -58,14 +60,14 @@ def report_tables(report: dict[str, Any]) -> list[Table]:
             continue
         vs = m.get("vs_best_voter") or {}
         methods.add_row(name, _f(m.get("accuracy")), _ci(m), _f(m.get("macro_f1")), _f(m.get("precision_macro")),
-                        _f(m.get("recall_macro")), _f(m.get("coverage")), _f(m.get("ece")),
+                        _f(m.get("recall_macro")), _f(m.get("coverage")), _f(m.get("ece")), ece_text(m),
                         _f(vs.get("delta"), 3) if vs else "–", _f(vs.get("p_value"), 4) if vs else "–")
     voters = Table(title="Single voters")
-    for col in ("voter", "accuracy", "95% CI", "macro-F1", "coverage", "ECE"):
+    for col in ("voter", "accuracy", "95% CI", "macro-F1", "coverage", "ECE", "ECE (T)"):
         voters.add_column(col, justify="left" if col == "voter" else "right")
     for name, m in report["voters"].items():
         voters.add_row(name, _f(m.get("accuracy")), _ci(m), _f(m.get("macro_f1")), _f(m.get("coverage")),
-                       _f(m.get("ece")))
+                       _f(m.get("ece")), ece_text(m))
     diag = Table(title="Diagnostics", show_header=False)
     for key, value in (report.get("diagnostics") or {}).items():
         diag.add_row(key.replace("_", " "), _f(value))

@@ -30,6 +30,7 @@ import numpy as np
 
 from ensemble.errors import EnsembleError
 from ensemble.evaluation.calls import share_right, voter_asked
+from ensemble.evaluation.options import by_voter_name, restrict_options
 from ensemble.evaluation.splits import (
     Split,
     choose_split,
@@ -40,7 +41,8 @@ from ensemble.evaluation.splits import (
 from ensemble.predictions.matrix import ABSTAIN, Decision, VoteMatrix
 from ensemble.voting import METHODS, vote
 
-__all__ = ["Split", "baseline_voter", "best_on_dev", "canonical", "choose_split", "cross_fit", "dev_accuracies",
+__all__ = ["Split", "accuracy_on_dev", "baseline_voter", "best_on_dev", "by_voter_name", "canonical", "choose_split", "cross_fit", "cross_fit_decision",
+           "dev_accuracies", "dev_decisions",
            "evaluate_run", "mask_gold", "require_dev", "restrict_options", "runnable_methods", "split_dev"]
 
 DEV_FOLDS = 5
@@ -115,39 +117,6 @@ def mask_gold(m: VoteMatrix, dev: np.ndarray | None) -> VoteMatrix:
     return replace(m, gold=np.where(dev, m.gold, ABSTAIN).astype(np.int32))
 
 
-def by_voter_name(options: Mapping[str, Mapping[str, Any]], voters: Sequence[str]
-                  ) -> dict[str, dict[str, Any]]:
-    """Positional ``weights`` (one per voter, in ``voters`` order) -> {voter: weight}.
-
-    The protocol reorders voters (``canonical``) and ablation drops some, so a weight must
-    travel with its voter's name, not its position.
-    """
-    out = {k: dict(v) for k, v in options.items()}
-    for opts in out.values():
-        w = opts.get("weights")
-        if isinstance(w, (list, tuple, np.ndarray)) and len(w) == len(voters):
-            opts["weights"] = {v: x for v, x in zip(voters, w)}
-    return out
-
-
-def restrict_options(options: Mapping[str, Mapping[str, Any]], voters: Sequence[str],
-                     kept: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """Options that name voters (a mapping keyed by voter names, or a list of voter names),
-    cut down to the voters ``kept``. Values naming unknown voters pass unchanged (the
-    method reports them)."""
-    every, keep = set(voters), set(kept)
-
-    def cut(value: Any) -> Any:
-        if isinstance(value, Mapping) and value and {str(k) for k in value} <= every:
-            return {k: v for k, v in value.items() if str(k) in keep}
-        if isinstance(value, (list, tuple)) and value and all(isinstance(x, str) for x in value) \
-                and set(value) <= every:
-            return [x for x in value if x in keep]
-        return value
-
-    return {name: {k: cut(v) for k, v in opts.items()} for name, opts in options.items()}
-
-
 # -- baselines and the choice of method -----------------------------------------------
 def gold_codes(m: VoteMatrix) -> np.ndarray:
     """(I,) gold class codes, ABSTAIN where unknown (all ABSTAIN without gold)."""
@@ -181,39 +150,61 @@ def voter_accuracies(m: VoteMatrix, singles: Mapping[str, Decision], mask: np.nd
     return {v: share_right(singles[v].labels, gold, keep & asked[:, j]) for j, v in enumerate(m.voters)}
 
 
-def dev_accuracies(seen: VoteMatrix, methods: Sequence[str], options: Mapping[str, Mapping[str, Any]],
-                   dev: np.ndarray, decisions: Mapping[str, Decision], *, seed: int = 0,
-                   folds: int = DEV_FOLDS) -> tuple[dict[str, float | None], dict[str, str]]:
-    """({method: accuracy on dev gold}, {method: why it has none}); ``seen`` = gold-masked matrix.
+def dev_decisions(seen: VoteMatrix, methods: Sequence[str], options: Mapping[str, Mapping[str, Any]],
+                  dev: np.ndarray, decisions: Mapping[str, Decision], *, seed: int = 0,
+                  folds: int = DEV_FOLDS) -> tuple[dict[str, Decision], dict[str, str]]:
+    """({method: its decision as dev gold may judge it}, {method: why it has none}); ``seen`` =
+    the gold-masked matrix. Labels and scores count on the dev items only (elsewhere: anything).
 
     Methods that fit on dev are cross-fitted (see ``cross_fit``): their in-sample dev
-    accuracy would favour whichever fits dev hardest. Others: their decision on dev items.
+    decisions would favour whichever fits dev hardest. Others: their decision as it is.
     """
-    idx = np.flatnonzero(dev & seen.has_gold())
-    acc: dict[str, float | None] = {}
+    out: dict[str, Decision] = {}
     errors: dict[str, str] = {}
     for name in methods:
         opts = options.get(name, {})
         try:
             if fits_on_dev(name, opts):
-                pred = cross_fit(seen, name, opts, dev, seed=seed, folds=folds)[idx]
+                out[name] = cross_fit_decision(seen, name, opts, dev, seed=seed, folds=folds)
             elif name in decisions:
-                pred = decisions[name].labels[idx]
+                out[name] = decisions[name]
             else:
                 raise EnsembleError("it did not run")
         except EnsembleError as exc:
-            acc[name], errors[name] = None, str(exc)
-            continue
-        acc[name] = float(np.mean(pred == gold_codes(seen)[idx])) if len(idx) else None
-    return acc, errors
+            errors[name] = str(exc)
+    return out, errors
+
+
+def dev_accuracies(seen: VoteMatrix, methods: Sequence[str], options: Mapping[str, Mapping[str, Any]],
+                   dev: np.ndarray, decisions: Mapping[str, Decision], *, seed: int = 0,
+                   folds: int = DEV_FOLDS) -> tuple[dict[str, float | None], dict[str, str]]:
+    """({method: accuracy on dev gold}, {method: why it has none}) of ``dev_decisions``."""
+    fair, errors = dev_decisions(seen, methods, options, dev, decisions, seed=seed, folds=folds)
+    return accuracy_on_dev(seen, methods, fair, dev), errors
+
+
+def accuracy_on_dev(seen: VoteMatrix, methods: Sequence[str], fair: Mapping[str, Decision],
+                    dev: np.ndarray) -> dict[str, float | None]:
+    """{method: accuracy of its ``dev_decisions`` entry on dev gold} (None: no entry or no dev gold)."""
+    idx = np.flatnonzero(dev & seen.has_gold())
+    gold = gold_codes(seen)[idx]
+    return {name: None if name not in fair or not len(idx) else float(np.mean(fair[name].labels[idx] == gold))
+            for name in methods}
 
 
 def cross_fit(seen: VoteMatrix, method: str, options: Mapping[str, Any], dev: np.ndarray, *,
               seed: int = 0, folds: int = DEV_FOLDS) -> np.ndarray:
-    """(I,) labels: each dev item predicted by ``method`` fitted on the other dev folds.
+    """(I,) labels of ``cross_fit_decision``: ABSTAIN outside dev."""
+    return cross_fit_decision(seen, method, options, dev, seed=seed, folds=folds).labels
+
+
+def cross_fit_decision(seen: VoteMatrix, method: str, options: Mapping[str, Any], dev: np.ndarray, *,
+                       seed: int = 0, folds: int = DEV_FOLDS) -> Decision:
+    """Each dev item decided by ``method`` fitted on the other dev folds: labels (I,) and
+    scores (I, C); non-dev items get ABSTAIN and all-zero scores.
 
     Folds are whole problems ranked by the seeded hash and dealt round-robin into
-    min(folds, problems) folds; non-dev items get ABSTAIN. The fitted methods decide each
+    min(folds, problems) folds. The fitted methods decide each
     item from its own votes and the fitted parameters, so running them on the dev
     sub-matrix gives the same dev labels as on the full one, at a fraction of the cost.
     """
@@ -225,14 +216,14 @@ def cross_fit(seen: VoteMatrix, method: str, options: Mapping[str, Any], dev: np
         raise EnsembleError(f"cross-fitting {method} on dev needs dev items from at least 2 problems")
     fold_of = {g: r % k for r, g in enumerate(names)}
     fold = np.array([fold_of[problem_group(i)] for i in sub.items])  # (D,)
-    out = np.full(sub.n_items, ABSTAIN, dtype=np.int32)
+    labels = np.full(seen.n_items, ABSTAIN, dtype=np.int32)
+    scores = np.zeros((seen.n_items, seen.n_classes))
     for f in range(k):
         train = fold != f
         d = vote(mask_gold(sub, train), method, dev=train, **options)
-        out[fold == f] = d.labels[fold == f]
-    labels = np.full(seen.n_items, ABSTAIN, dtype=np.int32)
-    labels[dev_ix] = out
-    return labels
+        labels[dev_ix[fold == f]] = d.labels[fold == f]
+        scores[dev_ix[fold == f]] = d.scores[fold == f]
+    return Decision(labels=labels, scores=scores, info={"cross_fit_folds": k})
 
 
 def best_on_dev(dev_acc: Mapping[str, float | None], rows: Mapping[str, Mapping[str, Any]],

@@ -40,6 +40,7 @@ from ensemble.evaluation.metrics import (
     voter_decisions,
 )
 from ensemble.evaluation.splits import Split
+from ensemble.evaluation.temperature import tempered_calibration
 from ensemble.predictions.matrix import ABSTAIN, Decision, VoteMatrix
 from ensemble.registry import unknown_name
 from ensemble.voting import METHODS, vote
@@ -149,7 +150,12 @@ def _evaluate_canonical(m: VoteMatrix, methods: list[str], dev: np.ndarray,
             row["vs_best_voter"] = {**test, "voter": best, "selected_on": selected_on}
         method_rows[name] = row
 
-    dev_acc, dev_errors = protocol.dev_accuracies(seen, methods, options, dev, decisions, seed=seed)
+    fair, dev_errors = protocol.dev_decisions(seen, methods, options, dev, decisions, seed=seed)
+    dev_acc = protocol.accuracy_on_dev(seen, methods, fair, dev)
+    dev_gold = dev & has_gold
+    for name, d in decisions.items():  # temperature scaling: fitted on dev, read on the eval items
+        if gold is not None and name in fair:
+            method_rows[name]["temperature"] = _tempered(m, fair[name], dev_gold, d, eval_mask)
     selected = protocol.best_on_dev(dev_acc, method_rows, int((dev & has_gold).sum()))
     if selected is not None and dev_errors:
         selected["dev_errors"] = dev_errors
@@ -181,8 +187,25 @@ def _voter_rows(m: VoteMatrix, singles: dict[str, Decision], dev: np.ndarray, sc
         mask = np.zeros(m.n_items, dtype=bool)
         mask[own] = True
         row = _score(d, mask, None if gold is None else gold[asked[:, j]], m.classes, n_boot, seed)
+        fit = dev & m.has_gold() & voter_asked(m)[:, j]
+        if gold is not None:
+            row["temperature"] = _tempered(m, d, fit, d, mask)
         rows[v] = {**row, **({"dev_accuracy": dev_acc[v]} if v in dev_acc else {})}
     return rows
+
+
+def _tempered(m: VoteMatrix, fit: Decision, fit_mask: np.ndarray, d: Decision, eval_mask: np.ndarray
+              ) -> dict[str, Any] | None:
+    """``temperature.tempered_calibration``: ``t`` fitted on ``fit``'s scores of the ``fit_mask``
+    items (dev gold), calibration of ``d``'s tempered scores on the ``eval_mask`` items."""
+    if not fit_mask.any():
+        return None
+    gold, valid = protocol.gold_codes(m), m.valid
+    out: dict[str, Any] | None = jsonable(tempered_calibration(
+        fit.scores[fit_mask], gold[fit_mask], d.scores[eval_mask], gold[eval_mask], d.labels[eval_mask],
+        dev_valid=None if valid is None else valid[fit_mask],
+        eval_valid=None if valid is None else valid[eval_mask]))
+    return out
 
 
 def _score(d: Decision, scored: np.ndarray, gold: np.ndarray | None, classes: tuple[str, ...],
