@@ -53,17 +53,11 @@ def train_seconds(out: str | Path, names: Iterable[str], *, shared: bool) -> flo
 
 def score_seconds(out: str | Path, voters: Iterable[str], items: Iterable[str]) -> float:
     """Summed ``latency_s`` of ``out``'s stored prediction rows for these voters and items."""
+    from ensemble.predictions.store import read_rows
+
     want_v, want_i = set(voters), set(items)
-    total = 0.0
-    path = Path(out) / "predictions.jsonl"
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:  # a torn last line of a killed run: the store skips it too
-            continue
-        if row.get("voter") in want_v and row.get("item") in want_i:
-            total += float(row.get("latency_s") or 0.0)
-    return total
+    return sum(float(r.get("latency_s") or 0.0) for r in read_rows(Path(out) / "predictions.jsonl")
+               if r.get("voter") in want_v and r.get("item") in want_i)
 
 
 def run_seconds(cfg: Config, result: Any) -> dict[str, float]:

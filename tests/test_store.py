@@ -6,7 +6,7 @@ import json
 import pytest
 
 from ensemble.errors import EnsembleError
-from ensemble.predictions.store import PredictionStore, fingerprint
+from ensemble.predictions.store import PredictionStore, fingerprint, read_rows
 
 SETTINGS = {"model": "m", "mode": "cloze"}
 
@@ -32,6 +32,32 @@ def test_partial_last_line_from_a_killed_writer_is_cut(tmp_path):
     store.append([{"item": "q2", "voter": "a", "sample": 0, "answer": "B"}])
     lines = path.read_text().splitlines()
     assert [json.loads(x)["item"] for x in lines] == ["q1", "q2"]
+
+
+def test_read_rows_skips_a_torn_last_line_without_touching_the_file(tmp_path):
+    from ensemble.quickstart import score_seconds
+
+    path = tmp_path / "predictions.jsonl"
+    PredictionStore.open(path, SETTINGS).append(
+        [{"item": "q1", "voter": "a", "sample": 0, "answer": "A", "latency_s": 1.5},
+         {"item": "q1", "voter": "b", "sample": 0, "answer": "B", "latency_s": 2.0},
+         {"item": "q2", "voter": "a", "sample": 0, "answer": "C", "latency_s": 4.0}])
+    with path.open("a") as fh:
+        fh.write('{"item": "q3", "voter": "a", "latency_s": 100')  # a writer still (or killed) mid-line
+    before = path.read_bytes()
+    assert [r["item"] for r in read_rows(path)] == ["q1", "q1", "q2"]
+    assert path.read_bytes() == before  # read-only: the torn line is the writer's to repair
+    assert score_seconds(tmp_path, ["a"], ["q1", "q2", "q3"]) == 5.5
+    assert score_seconds(tmp_path, ["a", "b"], ["q1"]) == 3.5
+
+
+def test_read_rows_errors_name_the_file_and_line(tmp_path):
+    with pytest.raises(EnsembleError, match=r"nope.jsonl: no predictions store here; run `vote run`"):
+        read_rows(tmp_path / "nope.jsonl")
+    path = tmp_path / "predictions.jsonl"
+    path.write_text('{"item": "q1", "voter": "a"}\nnot json\n{"item": "q2", "voter": "a"}\n')
+    with pytest.raises(EnsembleError, match=r"predictions.jsonl:2: corrupt line .*delete that line"):
+        read_rows(path)
 
 
 def test_other_settings_are_refused_unless_restart(tmp_path):

@@ -105,12 +105,17 @@ class PredictionStore:
         return len(fresh)
 
 
-def _read_and_repair(path: Path) -> tuple[list[Row], int]:
-    """Read complete lines; truncate a trailing partial line left by a killed writer."""
+def read_rows(path: str | Path) -> list[Row]:
+    """The complete rows of a store file, without opening it for writing: a trailing partial
+    line (a killed writer's) is skipped, not cut off; a corrupt line elsewhere is an error."""
+    path = Path(path)
     if not path.exists():
-        path.touch()
-        return [], 0
-    data = path.read_bytes()
+        raise EnsembleError(f"{path}: no predictions store here; run `vote run` on its config first")
+    return _parse(path, path.read_bytes())[0]
+
+
+def _parse(path: Path, data: bytes) -> tuple[list[Row], int]:
+    """(rows of the complete lines of ``data``, offset where a trailing partial line starts)."""
     end = data.rfind(b"\n") + 1  # everything after the last newline is a partial line
     rows: list[Row] = []
     for line_no, line in enumerate(data[:end].splitlines(), 1):
@@ -121,10 +126,18 @@ def _read_and_repair(path: Path) -> tuple[list[Row], int]:
         except json.JSONDecodeError:
             raise EnsembleError(f"{path}:{line_no}: corrupt line in the predictions store (not JSON); "
                                 "delete that line, or pass --restart to recompute everything") from None
+    return rows, end
+
+
+def _read_and_repair(path: Path) -> tuple[list[Row], int]:
+    """Read complete lines; truncate a trailing partial line left by a killed writer."""
+    if not path.exists():
+        path.touch()
+        return [], 0
+    data = path.read_bytes()
+    rows, end = _parse(path, data)
     dropped = 1 if data[end:].strip() else 0
     if end < len(data):
         with path.open("r+b") as fh:
             fh.truncate(end)
     return rows, dropped
-
-
