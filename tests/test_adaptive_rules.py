@@ -20,7 +20,7 @@ from ensemble.voting.adaptive import (
     replay,
     walk_item,
 )
-from ensemble.voting.dirichlet import _leader_probability, leader_probability
+from ensemble.voting.dirichlet import _flip_probability, _leader_probability, flip_probability, leader_probability
 from ensemble.voting.tiebreak import TIE_BREAKS
 
 
@@ -229,8 +229,48 @@ def test_replay_class_counts_per_item() -> None:
     assert replay(m, default_order(20, 1), rule, n_classes=[None]).sum() == 4  # open: seen + 1 = 2
 
 
+# -- the predictive rule: will the votes to come change the winner? --------------------
+def test_flip_probability_spelled_out() -> None:
+    one = np.ones(1)
+    assert flip_probability(np.array([2.0, 1.0]), 3, np.zeros(0), 1.0) == 0.0     # nothing to come
+    assert flip_probability(np.array([1.0, 1.0]), 2, one, 1.0) == 1.0             # tied now
+    assert flip_probability(np.array([3.0, 0.0]), 3, np.ones(2), 1.0) == 0.0      # the exact bound holds
+    # 2 : 1 with one vote to come: it ties exactly when it goes to the runner-up, whose
+    # posterior mean under Dirichlet(3, 2) is 2 / 5
+    assert flip_probability(np.array([2.0, 1.0]), 3, one, 1.0) == pytest.approx(0.4, abs=0.02)
+    # more votes to come, more risk; a wider lead, less
+    risk = [flip_probability(np.array([3.0, 1.0, 0.0]), 4, np.ones(m), 1.0) for m in (1, 3, 6, 12)]
+    assert risk == sorted(risk) and risk[0] < risk[-1]
+    assert flip_probability(np.array([5.0, 1.0, 0.0]), 6, np.ones(6), 1.0) < risk[2]
+    # weights: the posterior sees votes (3 : 1), the race sees weights (lead 1.5 > 1 to come)
+    assert flip_probability(np.array([2.25, 0.75]), 4, np.array([1.0]), 1.0) == 0.0
+
+
+def test_predictive_stops_no_later_than_exact_and_never_on_a_tie() -> None:
+    for seq in _all_sequences(6, 2).tolist():
+        exact, _ = _walk(seq, "exact", n_classes=2)
+        for delta in (0.01, 0.2):
+            k, decided = _walk(seq, "predictive", {"delta": delta}, n_classes=2)
+            assert decided and k <= exact
+            counted = [x for x in seq[:k] if x != ABSTAIN]
+            if k < len(seq):  # stopped early: never with the two classes level
+                assert counted.count(0) != counted.count(1)
+    # unanimous items stop sooner than split ones, a looser delta sooner still
+    assert _walk([0] * 20, "predictive", {"delta": 0.05})[0] < _walk([0, 0, 1] * 7, "predictive", {"delta": 0.05})[0]
+    assert _walk([0] * 20, "predictive", {"delta": 0.2})[0] < _walk([0] * 20, "predictive", {"delta": 0.01})[0]
+    assert _walk([0] * 20, "predictive", {"delta": 0.05, "min_votes": 9}) == (9, True)
+
+
+def test_flip_probability_is_a_pure_function() -> None:
+    args = (np.array([4.0, 2.0, 1.0]), 7, np.ones(9), 0.5)
+    first = flip_probability(*args)
+    _flip_probability.cache_clear()
+    assert flip_probability(*args) == first
+    assert flip_probability(np.array([4.0, 1.0, 2.0]), 7, np.ones(9), 0.5) == first  # class order: no matter
+
+
 # -- resume and determinism ----------------------------------------------------------
-@pytest.mark.parametrize("rule", ["exact", "dirichlet", "cisc"])
+@pytest.mark.parametrize("rule", ["exact", "dirichlet", "cisc", "predictive"])
 def test_a_resumed_walk_asks_what_an_uninterrupted_one_asks(rule: str) -> None:
     rng = np.random.default_rng(3)
     for _ in range(30):
@@ -259,7 +299,7 @@ def test_decisions_do_not_depend_on_the_cache() -> None:
 
 # -- errors --------------------------------------------------------------------------
 def test_registry_lists_the_rules() -> None:
-    assert {"none", "exact", "dirichlet", "cisc"} <= set(STOP_RULES)
+    assert {"none", "exact", "dirichlet", "cisc", "predictive"} <= set(STOP_RULES)
 
 
 @pytest.mark.parametrize("name, params, match", [
@@ -272,6 +312,8 @@ def test_registry_lists_the_rules() -> None:
     ("cisc", {"temperature": -1}, r"parameter 'temperature' is -1; use a positive temperature"),
     ("cisc", {"min_votes": 2.5}, r"parameter 'min_votes' is 2.5; use a whole number.*run.adaptive.params.min_votes"),
     ("dirichlet", {"min_votes": True}, r"parameter 'min_votes' is True"),
+    ("predictive", {"delta": 0}, r"stop rule 'predictive': parameter 'delta' is 0; use a probability"),
+    ("predictiv", None, r"Unknown stop rule 'predictiv'. Did you mean 'predictive'\?"),
 ])
 def test_bad_rules_and_params_name_the_fix(name: str, params: dict[str, object] | None, match: str) -> None:
     with pytest.raises(EnsembleError, match=match):

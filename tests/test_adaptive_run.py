@@ -164,6 +164,7 @@ def test_rows_match_replay_of_the_full_run_cloze(tmp_path):
     (False, "dirichlet", {"delta": 0.1}, "dev"),
     (True, "dirichlet", {"delta": 0.1}, "none"),  # open answers: classes = answers seen so far + 1
     (False, "cisc", {"delta": 0.1, "temperature": 0.5}, "none"),  # confidence-weighted counts
+    (False, "predictive", {"delta": 0.05}, "dev"),  # weighted race, posterior on votes
 ])
 def test_rows_match_replay_of_the_full_run_generate(tmp_path, open_answers, rule, params, weights):
     kw = {"mode": "generate", "samples": 3, "open_answers": open_answers}

@@ -13,6 +13,11 @@ registered by name in ``STOP_RULES`` with their parameters:
 * ``dirichlet``  Adaptive-Consistency: stop once P(leader is the argmax of the class
                  probabilities) >= 1 - delta under the posterior Dirichlet(counts + prior).
                  Params: delta (0.05), prior (1.0), min_votes (1).
+* ``predictive`` stop once P(the votes still to come change the winner) <= delta, each
+                 of them drawn from the posterior Dirichlet(counts + prior): ``exact``'s
+                 question asked in probability (delta -> 0 approaches ``exact``). It
+                 targets what adaptive voting must keep, the full vote's decision.
+                 Params: delta (0.05), prior (1.0), min_votes (1).
 * ``cisc``       the same test on confidence-weighted counts (CISC): each counted vote
                  weighs softmax(confidence / temperature), scaled so the weights sum to
                  the number of counted votes. Params: delta (0.05), temperature (0.1),
@@ -37,6 +42,7 @@ from ensemble.registry import Registry, unknown_name
 from ensemble.voting.dirichlet import (
     cisc_weights,
     class_counts,
+    flip_probability,
     leader_probability,
     rescale,
 )
@@ -118,6 +124,17 @@ def _dirichlet(delta: float, prior: float, min_votes: float) -> StopRule:
     return _posterior(delta, min_votes, prior, _weighted_counts)
 
 
+def _predictive(delta: float, prior: float, min_votes: float) -> StopRule:
+    def stop(votes: VotesSoFar) -> bool:
+        if len(votes.labels) < min_votes:
+            return False
+        # summed weights: the remaining weights add on the same scale
+        counts = class_counts(votes.labels, votes.weights, votes.n_classes)
+        rest = votes.remaining[votes.remaining > 0]
+        return flip_probability(counts, int(votes.counted.sum()), rest, prior) <= delta
+    return stop
+
+
 def _cisc(delta: float, temperature: float, min_votes: float) -> StopRule:
     def counts(votes: VotesSoFar) -> np.ndarray:
         c = votes.counted
@@ -131,6 +148,10 @@ def _cisc(delta: float, temperature: float, min_votes: float) -> StopRule:
 STOP_RULES.add("none", RuleSpec(_never, {}))
 STOP_RULES.add("exact", RuleSpec(_exact, {}))
 STOP_RULES.add("dirichlet", RuleSpec(_dirichlet, {
+    "delta": _DELTA,
+    "prior": Param(1.0, lambda x: x > 0, "use a positive pseudo-count, e.g. 1.0"),
+    "min_votes": _MIN_VOTES}))
+STOP_RULES.add("predictive", RuleSpec(_predictive, {
     "delta": _DELTA,
     "prior": Param(1.0, lambda x: x > 0, "use a positive pseudo-count, e.g. 1.0"),
     "min_votes": _MIN_VOTES}))

@@ -14,6 +14,16 @@ is the argmax of p exactly when ``G_L`` beats every other ``G_j``:
 in u, so a fixed midpoint rule on ``N_GRID`` points is accurate to about 1 / N_GRID
 and, above all, deterministic: a resumed run recomputes the same number from the
 same counts and makes the same decision (no random draws anywhere).
+
+The ``predictive`` rule asks another question: will the votes still to come change the
+winner? Under the same posterior, each remaining vote is a draw from p, and
+
+    P(flip) = P(argmax(counts + sum_j w_j onehot(x_j)) != leader, or a tie),  x_j ~ Cat(p)
+
+has no closed form for unequal weights, so ``flip_probability`` averages it over
+``N_DRAWS`` fixed draws: quasi-random uniforms made once (seed 0) and mapped through
+inverse CDFs (Gamma for p, the categorical for each x_j). The same inputs give the same
+number in every process, so this rule resumes exactly too.
 """
 from __future__ import annotations
 
@@ -26,6 +36,10 @@ from ensemble.predictions.matrix import ABSTAIN, TIE_ATOL, TIE_RTOL
 
 N_GRID = 2048
 _U = (np.arange(N_GRID, dtype=np.float64) + 0.5) / N_GRID              # (N_GRID,) midpoints of [0, 1]
+N_DRAWS = 4096
+_DRAWS = np.random.default_rng(0)                                        # fixed: made once per process, same everywhere
+_U_P = _DRAWS.random((N_DRAWS, 64))                                      # (N, classes) uniforms for p
+_U_X = _DRAWS.random((N_DRAWS, 256))                                     # (N, remaining votes) uniforms for x_j
 
 
 def class_counts(labels: np.ndarray, weights: np.ndarray, n_classes: int) -> np.ndarray:
@@ -91,4 +105,37 @@ def _leader_probability(alpha_leader: float, alpha_others: tuple[float, ...]) ->
     return float(integrand.mean())
 
 
-__all__ = ["N_GRID", "cisc_weights", "class_counts", "leader_probability", "rescale"]
+def flip_probability(counts: np.ndarray, n_votes: int, remaining: np.ndarray, prior: float) -> float:
+    """P(the remaining votes, of weights ``remaining`` (m,), leave another class on top of
+    ``counts`` (k,) summed weights, or a tie), each drawn from p ~ Dirichlet(alpha) with
+    alpha = counts rescaled to the ``n_votes`` counted + prior (see the module doc).
+    1.0 when the top two counts tie now; 0.0 with no vote to come."""
+    if not remaining.size or len(counts) < 2:
+        return 0.0
+    order = np.argsort(-counts, kind="stable")
+    if counts[order[0]] - counts[order[1]] <= TIE_ATOL + TIE_RTOL * abs(counts[order[0]]):
+        return 1.0
+    # leader first, then the others: the probability depends on the counts only as a multiset
+    ranked = (float(counts[order[0]]),) + tuple(sorted(float(c) for c in counts[order[1:]]))
+    return _flip_probability(ranked, int(n_votes), tuple(float(w) for w in remaining), float(prior))
+
+
+@lru_cache(maxsize=1 << 16)
+def _flip_probability(counts: tuple[float, ...], n_votes: int, remaining: tuple[float, ...], prior: float) -> float:
+    k, m = len(counts), len(remaining)
+    if k > _U_P.shape[1] or m > _U_X.shape[1]:
+        raise ValueError(f"flip_probability: at most {_U_P.shape[1]} classes and {_U_X.shape[1]} votes to come")
+    now = np.array(counts)                                                # (k,) leader first
+    alpha = rescale(now, n_votes) + prior                                 # (k,) evidence in votes, not weights
+    g = gammaincinv(alpha[None, :], _U_P[:, :k])                          # (N, k) Gamma(alpha) draws
+    cum = np.cumsum(g / g.sum(axis=1, keepdims=True), axis=1)             # (N, k) CDF of each p
+    x = (_U_X[:, :m, None] > cum[:, None, :]).sum(axis=2)                 # (N, m) class of each vote to come
+    x = np.minimum(x, k - 1)                                              # rounding at the CDF's top
+    final = np.tile(now, (N_DRAWS, 1))                                    # (N, k) counts after every vote
+    np.add.at(final, (np.repeat(np.arange(N_DRAWS), m), x.ravel()), np.tile(remaining, N_DRAWS))
+    rival = final[:, 1:].max(axis=1)                                      # (N,) best other class
+    margin = 2 * (TIE_ATOL + TIE_RTOL * final[:, 0])                      # the exact rule's strict lead
+    return float(np.mean(final[:, 0] - rival <= margin))
+
+
+__all__ = ["N_DRAWS", "N_GRID", "cisc_weights", "class_counts", "flip_probability", "leader_probability", "rescale"]
