@@ -1,7 +1,7 @@
 """Adaptive voting (issue 11): how many calls and generated tokens do the stop rules save,
 and what does it cost in accuracy? Offline replay of full runs, many policies side by side.
 
-    # 1. full predictions (every voter, every sample) in generate mode, ~30 CPU-minutes:
+    # 1. full predictions (every voter, every sample) in generate mode, ~60 wall-minutes:
     mkdir -p runs/adaptive_generate && cp -r runs/quickstart/adapters runs/adaptive_generate/
     vote run experiments/configs/adaptive_generate.yaml
     # 2. replay every policy on them, and on the quickstart's cloze run:
@@ -21,8 +21,8 @@ REPORTED ON TEST items, with McNemar's exact paired test
 
 Why changed decisions, not dev accuracy: adaptive voting approximates the full vote. A
 policy that asks one voter can match the full vote's dev accuracy when the ensemble is no
-better than its best voter on dev (here: 94 dev items, majority 0.479); choosing on net dev
-accuracy then picks it, and it loses 9.6 points on test. ``chosen_by_dev_accuracy`` in the
+better than its best voter on dev (the first, 94-dev-item run: majority 0.479); choosing on
+net dev accuracy then picked it, and it lost 9.6 points on test. ``chosen_by_dev_accuracy`` in the
 json keeps that choice for comparison.
 
 Calls: cells asked (one request per voter per sample). Tokens: the generated tokens of the
@@ -49,11 +49,17 @@ from ensemble.voting.adaptive import get_stop_rule, replay
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET = {"calls_saved": 0.40, "max_accuracy_loss": 0.005}
-DELTAS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4)
+# The grid, fixed before the n_dev=481 run was benched: finer deltas than the first (94 dev
+# items) run's, and min_votes (3: a stop needs at least three voters' first answers; 5: every
+# voter's first answer) for one prior / temperature each.
+DELTAS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4)
+MIN_VOTES_DELTAS = (0.02, 0.05, 0.1, 0.2, 0.3)
 CANDIDATES: list[tuple[str, dict[str, float]]] = [
     ("none", {}), ("exact", {}),
     *[("dirichlet", {"delta": d, "prior": p}) for p in (1.0, 0.5, 0.25) for d in DELTAS],
     *[("cisc", {"delta": d, "temperature": t}) for t in (0.05, 0.1, 0.2, 0.5) for d in DELTAS],
+    *[("dirichlet", {"delta": d, "prior": 0.5, "min_votes": k}) for k in (3, 5) for d in MIN_VOTES_DELTAS],
+    *[("cisc", {"delta": d, "temperature": 0.1, "min_votes": k}) for k in (3, 5) for d in MIN_VOTES_DELTAS],
 ]
 
 
@@ -168,9 +174,21 @@ def bench(m: VoteMatrix, dev: np.ndarray, tokens: np.ndarray | None, max_loss: f
             "candidates": table}
 
 
+def replay_on(m: VoteMatrix, dev: np.ndarray, tokens: np.ndarray | None, chosen: dict[str, Any],
+              item_ids: set[str]) -> dict[str, Any]:
+    """The chosen policy's replay measured on ``item_ids`` only (the live run's items)."""
+    asked = replay(m, asking_order(voter_order(m, dev), m.n_samples), get_stop_rule(chosen["rule"], chosen["params"]))
+    items = np.array([i in item_ids for i in m.items])
+    return measure(m, items, asked, vote(masked(m, asked), "majority").labels, vote(m, "majority").labels, tokens)
+
+
 # -- output -----------------------------------------------------------------------------
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _ci(ci: list[float] | None) -> str:
+    return "-" if ci is None else f"[{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}] points"
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -190,7 +208,9 @@ def markdown(result: dict[str, Any]) -> str:
                   f"order: {', '.join(s['order'][:len(s['voters'])])}"), "",
                   (f"**Chosen on dev: `{c['policy']}`** - test: calls saved {_pct(c['calls_saved'])}, tokens saved "
                   f"{_pct(c['tokens_saved'])}, accuracy {c['accuracy_full']:.3f} (full) -> "
-                  f"{c['accuracy_adaptive']:.3f} (adaptive), p = {c['p_value']:.3g}"), "",
+                  f"{c['accuracy_adaptive']:.3f} (adaptive), p = {c['p_value']:.3g}, difference 95% bootstrap CI "
+                  f"{_ci(c['delta_ci'])}; {c['changed_decisions']} test decisions changed, dev: "
+                  f"{c['dev']['changed_decisions']} of {c['dev']['n_items']}"), "",
                   (f"Chosen on net dev accuracy instead (for comparison): `{a['policy']}` - test: calls saved "
                    f"{_pct(a['calls_saved'])}, accuracy {a['accuracy_full']:.3f} -> {a['accuracy_adaptive']:.3f}, "
                    f"p = {a['p_value']:.3g}"), "",
@@ -238,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", type=Path, default=Path("experiments/configs/adaptive_generate.yaml"),
                     help="the config of the --generate run (the live run reuses it)")
     ap.add_argument("--live-out", type=Path, default=Path("runs/adaptive_live"))
+    ap.add_argument("--live-limit", type=int, default=None,
+                    help="live run on only the first N test problems (data.limit; ~1.7 questions each)")
     ap.add_argument("--out", type=Path, default=RESULTS / "adaptive")
     args = ap.parse_args(argv)
     result: dict[str, Any] = {"command": "python experiments/bench_adaptive.py " + " ".join(sys.argv[1:]
@@ -249,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         t0 = time.process_time()
         m, dev, tokens = load_run(run)
-        matrices[name] = m
+        matrices[name] = (m, dev, tokens)
         result[name] = {"source": str(run), **bench(m, dev, tokens, args.max_loss),
                         "cpu_s": round(time.process_time() - t0, 1)}
         print_summary(name, result[name])
@@ -261,8 +283,10 @@ def main(argv: list[str] | None = None) -> int:
             ap.error("--live confirms the policy chosen on --generate: give --generate")
         from adaptive_live import run_live
 
-        result["live"] = live = run_live(args.config, args.generate, matrices["generate"], result["generate"],
-                                         args.live_out)
+        m, dev, tokens = matrices["generate"]
+        live = run_live(args.config, args.generate, m, result["generate"], args.live_out, args.live_limit)
+        live["replay"] = replay_on(m, dev, tokens, result["generate"]["chosen"], set(live.pop("items")))
+        result["live"] = live
         print(f"[live] {live['policy']} on {live['n_items']} test items: calls {live['calls_made']}/"
               f"{live['calls_possible']} (saved {_pct(live['calls_saved'])}; replay {_pct(live['replay']['calls_saved'])}), "
               f"tokens saved {_pct(live['tokens_saved'])}, accuracy {live['accuracy_adaptive']:.3f} vs full run "
