@@ -26,7 +26,8 @@ Seq = tuple[list[int], int]  # (prompt + answer token ids, number of answer toke
 # new (rows x width) shape makes oneDNN build and cache new matmul kernels (~0.2 MB each,
 # dozens per shape; the cache holds 1024 by default), and with exact widths nearly every
 # batch brings a new shape: resident memory grew 13-45 MB per step of the quickstart's
-# single LoRA. Rounded widths repeat. Cost: ~8 padded tokens per row more (~141 on the quickstart).
+# single LoRA. Rounded widths repeat: its 114 batches (rows of 51-155 tokens) went through
+# 125 distinct (rows, width) passes, 16 once rounded, for 7.9% more padded tokens.
 WIDTH_MULTIPLE = 16
 
 
