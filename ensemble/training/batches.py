@@ -23,10 +23,11 @@ from ensemble.data.items import Item
 Message = dict[str, str]
 Seq = tuple[list[int], int]  # (prompt + answer token ids, number of answer tokens at the end)
 # Training batches are padded to a width that is a multiple of 16 tokens. Why: on CPU every
-# new (rows x width) shape makes oneDNN build and cache new matmul kernels (~0.2 MB each,
-# dozens per shape; the cache holds 1024 by default), and with exact widths nearly every
-# batch brings a new shape: resident memory grew 13-45 MB per step of the quickstart's
-# single LoRA. Rounded widths repeat: its 114 batches (rows of 51-155 tokens) went through
+# new (rows x width) shape makes torch's bf16 matmuls build and keep new kernels (oneDNN's
+# cache, ~0.2 MB an entry, capped by ensemble.memory.bound_kernel_cache, and more besides:
+# with that cache off, 350 new linear shapes fwd + bwd still kept +310 MB), and with exact
+# widths nearly every batch brings a new shape: resident memory grew 13-45 MB per step of
+# the quickstart's single LoRA. Rounded widths repeat: its 114 batches (rows of 51-155 tokens) went through
 # 125 distinct (rows, width) passes, 16 once rounded, for 7.9% more padded tokens.
 WIDTH_MULTIPLE = 16
 
