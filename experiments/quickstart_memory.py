@@ -63,6 +63,9 @@ def main() -> None:
 
     import torch
 
+    from ensemble.memory import bound_kernel_cache
+
+    bound_kernel_cache()  # as the `vote` CLI does before any command
     torch.set_num_threads(1)
     from ensemble.config.loader import load_config
 

@@ -2,6 +2,7 @@
 plain path, less memory held at once."""
 from __future__ import annotations
 
+import os
 import sys
 
 import pytest
@@ -106,3 +107,32 @@ def test_copy_frozen_float32_keeps_values_and_unshares_storage(tiny_model):
 def test_release_memory_trims_the_heap_on_linux():
     assert release_memory() is True
     assert isinstance(rss_mb(), int) and rss_mb() > 0
+
+
+def test_bound_kernel_cache_sets_the_capacity_unless_the_user_did(monkeypatch):
+    from ensemble.memory import (
+        KERNEL_CACHE_CAPACITY,
+        KERNEL_CACHE_ENV,
+        bound_kernel_cache,
+    )
+
+    monkeypatch.setenv(KERNEL_CACHE_ENV, "")  # recorded, so the test's setting is undone afterwards
+    monkeypatch.delenv(KERNEL_CACHE_ENV)
+    assert bound_kernel_cache() is True
+    assert os.environ[KERNEL_CACHE_ENV] == str(KERNEL_CACHE_CAPACITY)
+    monkeypatch.setenv(KERNEL_CACHE_ENV, "7")  # the user's own setting wins
+    assert bound_kernel_cache() is False
+    assert os.environ[KERNEL_CACHE_ENV] == "7"
+
+
+def test_the_cli_bounds_the_kernel_cache(monkeypatch):
+    from click.testing import CliRunner
+
+    from ensemble.cli.app import main
+    from ensemble.memory import KERNEL_CACHE_CAPACITY, KERNEL_CACHE_ENV
+
+    monkeypatch.setenv(KERNEL_CACHE_ENV, "")  # recorded, so the test's setting is undone afterwards
+    monkeypatch.delenv(KERNEL_CACHE_ENV)
+    result = CliRunner().invoke(main, ["eval", "--help"])  # the group callback runs before any subcommand
+    assert result.exit_code == 0, result.output
+    assert os.environ[KERNEL_CACHE_ENV] == str(KERNEL_CACHE_CAPACITY)

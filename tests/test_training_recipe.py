@@ -12,6 +12,7 @@ from ensemble.config.schema import GridConfig, TrainConfig, VariantConfig
 from ensemble.data.chat import ChatExample
 from ensemble.data.items import Item
 from ensemble.prompts import get_template
+from ensemble.training.batches import WIDTH_MULTIPLE, padded_width
 from ensemble.training.grid import expand_grid
 from ensemble.training.recipe import (
     answer_logprobs,
@@ -246,3 +247,23 @@ def test_frozen_weights_in_bf16_give_the_same_products(base, examples):
         outs.append((logp, grads))
     assert torch.equal(outs[0][0], outs[1][0])
     assert all(torch.equal(a, b) for a, b in zip(outs[0][1], outs[1][1]))
+
+
+def test_padded_width_rounds_up():
+    assert [padded_width(n, 16) for n in (1, 15, 16, 17, 32, 33)] == [16, 16, 16, 32, 32, 48]
+    assert [padded_width(n, 1) for n in (1, 7)] == [1, 7]
+
+
+def test_bucketed_width_keeps_the_loss(base, examples):
+    """Training pads batches to a multiple of WIDTH_MULTIPLE: masked positions only, so the
+    answer log-probabilities equal the exact-width batch's to float rounding."""
+    model, tok = load_lora_model(base, one_variant(), CFG)
+    model.eval()
+    seqs = [encode(tok, ex, 256) for ex in examples[:5]]
+    exact, wide = collate(seqs, tok.pad_token_id), collate(seqs, tok.pad_token_id, WIDTH_MULTIPLE)
+    assert wide["input_ids"].shape[1] % WIDTH_MULTIPLE == 0
+    assert wide["input_ids"].shape[1] > exact["input_ids"].shape[1]  # this batch does get padded
+    with torch.no_grad():
+        a, b = answer_logprobs(model, exact), answer_logprobs(model, wide)
+        assert torch.allclose(a, b, atol=1e-5)
+        assert abs(float(answer_loss(model, exact)) - float(answer_loss(model, wide))) <= 1e-5

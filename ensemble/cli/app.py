@@ -38,6 +38,9 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.version_option(package_name="ensemble")
 def main() -> None:
     """Many fine-tuned LoRA voters from one base LLM, combined by voting."""
+    from ensemble.memory import bound_kernel_cache
+
+    bound_kernel_cache()  # before any model runs: oneDNN reads it once (ensemble.memory)
 
 
 # -- shared option parsing ----------------------------------------------------

@@ -19,7 +19,14 @@ from typing import Any
 import numpy as np
 
 from ensemble.config.schema import TrainConfig
-from ensemble.training.batches import Example, answer_logprobs, collate, passes
+from ensemble.training.batches import (
+    WIDTH_MULTIPLE,
+    Example,
+    answer_logprobs,
+    collate,
+    padded_width,
+    passes,
+)
 from ensemble.training.grid import Variant
 from ensemble.training.heldout import eval_point
 
@@ -41,6 +48,9 @@ def bound_heap() -> None:
     import ctypes
     import ctypes.util
 
+    from ensemble.memory import bound_kernel_cache
+
+    bound_kernel_cache()  # no effect once a model has run in this process (ensemble.memory)
     name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(name) if name else None
@@ -142,8 +152,9 @@ def fit_loop(model: Any, tok: Any, variant: Variant, train: list[tuple[list[int]
         for _ in range(cfg.grad_accum):
             rows = [train[i] for i in next(batches)]
             n_answer = sum(n for _, n in rows)  # the batch's mean NLL: every pass divides by all its tokens
-            for part in passes([len(ids) for ids, _ in rows], cfg.max_batch_tokens):
-                batch = {k: v.to(device) for k, v in collate([rows[j] for j in part], pad).items()}
+            widths = [padded_width(len(ids), WIDTH_MULTIPLE) for ids, _ in rows]
+            for part in passes(widths, cfg.max_batch_tokens):
+                batch = {k: v.to(device) for k, v in collate([rows[j] for j in part], pad, WIDTH_MULTIPLE).items()}
                 with training_attention(model, cfg, device), autocast():
                     loss = -answer_logprobs(model, batch).sum() / (n_answer * cfg.grad_accum)
                 loss.backward()

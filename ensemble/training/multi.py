@@ -47,7 +47,14 @@ import torch
 
 from ensemble.config.schema import TrainConfig
 from ensemble.errors import EnsembleError
-from ensemble.training.batches import Example, Seq, collate, encode, passes
+from ensemble.training.batches import (
+    WIDTH_MULTIPLE,
+    Example,
+    Seq,
+    collate,
+    encode,
+    passes,
+)
 from ensemble.training.heldout import eval_batch, eval_point, evaluate
 from ensemble.training.loop import (
     MAX_GRAD_NORM,
@@ -231,7 +238,7 @@ def train_group(base_path: str | Path, members: Sequence[Member], pool: Sequence
         totals: dict[str, float] = {}
         for _ in range(cfg.grad_accum):
             idx = next(batches)
-            batch = {k: v.to(device) for k, v in collate([seqs[i] for i in idx], pad).items()}
+            batch = {k: v.to(device) for k, v in collate([seqs[i] for i in idx], pad, WIDTH_MULTIPLE).items()}
             with training_attention(model, cfg, device):
                 got = _step_losses(model, states, batch, seqs, idx, shared, cfg, device, autocast)
             for adapter, loss in got.items():

@@ -25,7 +25,13 @@ from typing import Any
 
 import torch
 
-from ensemble.training.batches import Seq, answer_logprobs, answer_rows, collate
+from ensemble.training.batches import (
+    WIDTH_MULTIPLE,
+    Seq,
+    answer_logprobs,
+    answer_rows,
+    collate,
+)
 from ensemble.training.kinds import find_invocation
 
 
@@ -123,7 +129,8 @@ class PrefixCache:
         cut = [find_invocation(ids, self.invocation) for ids, _ in seqs]
         if min(cut) < 1:
             raise ValueError("every row needs prompt tokens before the aLoRA invocation")
-        pre = collate([(ids[:c], 0) for (ids, _), c in zip(seqs, cut)], self.pad)
+        # the prefixes' width rounded (few shapes, batches.WIDTH_MULTIPLE); the suffixes are short
+        pre = collate([(ids[:c], 0) for (ids, _), c in zip(seqs, cut)], self.pad, WIDTH_MULTIPLE)
         suf = collate([(ids[c:], min(n, len(ids) - c)) for (ids, n), c in zip(seqs, cut)], self.pad)
         pre = {k: v.to(device) for k, v in pre.items()}
         suf = {k: v.to(device) for k, v in suf.items()}
