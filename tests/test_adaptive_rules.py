@@ -20,7 +20,12 @@ from ensemble.voting.adaptive import (
     replay,
     walk_item,
 )
-from ensemble.voting.dirichlet import _flip_probability, _leader_probability, flip_probability, leader_probability
+from ensemble.voting.dirichlet import (
+    _flip_probability,
+    _leader_probability,
+    flip_probability,
+    leader_probability,
+)
 from ensemble.voting.tiebreak import TIE_BREAKS
 
 

@@ -124,7 +124,7 @@ def test_every_method_row_has_a_dev_fitted_temperature(report, method: str) -> N
 
 
 def test_temperature_does_not_change_answers_or_accuracy(report) -> None:
-    m, dev, rep = report
+    m, _, rep = report
     for name, row in rep.methods.items():
         d = rep.decisions[name]
         tempered = scale(d.scores, row["temperature"]["t"], m.valid)
