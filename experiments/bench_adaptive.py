@@ -49,9 +49,9 @@ from ensemble.voting.adaptive import get_stop_rule, replay
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET = {"calls_saved": 0.40, "max_accuracy_loss": 0.005}
-# The grid, fixed before the n_dev=481 run was benched: finer deltas than the first (94 dev
-# items) run's, and min_votes (3: a stop needs at least three voters' first answers; 5: every
-# voter's first answer) for one prior / temperature each.
+# The grid, fixed (commit a146c97) before the larger run (n_dev=292) was benched: finer deltas
+# than the first (94 dev items) run's, and min_votes (3: a stop needs at least three voters'
+# first answers; 5: every voter's first answer) for one prior / temperature each.
 DELTAS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4)
 MIN_VOTES_DELTAS = (0.02, 0.05, 0.1, 0.2, 0.3)
 CANDIDATES: list[tuple[str, dict[str, float]]] = [
