@@ -60,7 +60,7 @@ CANDIDATES: list[tuple[str, dict[str, float]]] = [
     *[("cisc", {"delta": d, "temperature": t}) for t in (0.05, 0.1, 0.2, 0.5) for d in DELTAS],
     *[("dirichlet", {"delta": d, "prior": 0.5, "min_votes": k}) for k in (3, 5) for d in MIN_VOTES_DELTAS],
     *[("cisc", {"delta": d, "temperature": 0.1, "min_votes": k}) for k in (3, 5) for d in MIN_VOTES_DELTAS],
-    # added by the lead with the `predictive` rule, before any bench of the n_dev=481 run
+    # the `predictive` rule (commits 5592966, 68222cd at 15:43): added before the larger run was benched
     *[("predictive", {"delta": d, "prior": p}) for p in (1.0, 0.5, 0.25) for d in DELTAS],
 ]
 
