@@ -53,10 +53,10 @@ def train_seconds(out: str | Path, names: Iterable[str], *, shared: bool) -> flo
 
 def score_seconds(out: str | Path, voters: Iterable[str], items: Iterable[str]) -> float:
     """Summed ``latency_s`` of ``out``'s stored prediction rows for these voters and items."""
-    from ensemble.predictions.store import read_rows
+    from ensemble.predictions.store import stored_rows
 
     want_v, want_i = set(voters), set(items)
-    return sum(float(r.get("latency_s") or 0.0) for r in read_rows(Path(out) / "predictions.jsonl")
+    return sum(float(r.get("latency_s") or 0.0) for r in stored_rows(Path(out) / "predictions.jsonl")
                if r.get("voter") in want_v and r.get("item") in want_i)
 
 

@@ -108,7 +108,8 @@ def ensemble_row(arm: dict[str, Any], a: dict[str, Any], a_answers: dict[str, st
     train, score = ledger["train"], ledger["score"]
     total = train["cpu"] + score["cpu"]
     delta = 100 * (row["accuracy"] - a["accuracy"])
-    ece_lower = _ece(row)["ece"] is not None and a["ece"] is not None and _ece(row)["ece"] < a["ece"]
+    ece = _ece(row)["ece"]
+    ece_lower = ece is not None and a["ece"] is not None and ece < a["ece"]
     return {
         "kind": arm["kind"], "k": plan["k"], "steps_per_voter": plan["steps"], "method": method, "tie_break": tie,
         "accuracy": row["accuracy"], "ci": row.get("accuracy_ci"), **_ece(row), "brier": row.get("brier"),

@@ -266,6 +266,17 @@ def test_predictive_stops_no_later_than_exact_and_never_on_a_tie() -> None:
     assert _walk([0] * 20, "predictive", {"delta": 0.05, "min_votes": 9}) == (9, True)
 
 
+def test_flip_probability_has_no_size_limit() -> None:
+    # more classes and votes to come than the precomputed draws cover: still a probability,
+    # the same on every call (a large K x S run must not fail deep inside the rule)
+    counts = np.zeros(70)
+    counts[:2] = [3.0, 2.0]
+    p = flip_probability(counts, 5, np.ones(300), 1.0)
+    assert 0.0 < p < 1.0
+    _flip_probability.cache_clear()
+    assert flip_probability(counts, 5, np.ones(300), 1.0) == p
+
+
 def test_flip_probability_is_a_pure_function() -> None:
     args = (np.array([4.0, 2.0, 1.0]), 7, np.ones(9), 0.5)
     first = flip_probability(*args)

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from ensemble.errors import EnsembleError
-from ensemble.predictions.store import PredictionStore, fingerprint, read_rows
+from ensemble.predictions.store import PredictionStore, fingerprint, stored_rows
 
 SETTINGS = {"model": "m", "mode": "cloze"}
 
@@ -34,7 +34,7 @@ def test_partial_last_line_from_a_killed_writer_is_cut(tmp_path):
     assert [json.loads(x)["item"] for x in lines] == ["q1", "q2"]
 
 
-def test_read_rows_skips_a_torn_last_line_without_touching_the_file(tmp_path):
+def test_stored_rows_skips_a_torn_last_line_without_touching_the_file(tmp_path):
     from ensemble.quickstart import score_seconds
 
     path = tmp_path / "predictions.jsonl"
@@ -45,19 +45,19 @@ def test_read_rows_skips_a_torn_last_line_without_touching_the_file(tmp_path):
     with path.open("a") as fh:
         fh.write('{"item": "q3", "voter": "a", "latency_s": 100')  # a writer still (or killed) mid-line
     before = path.read_bytes()
-    assert [r["item"] for r in read_rows(path)] == ["q1", "q1", "q2"]
+    assert [r["item"] for r in stored_rows(path)] == ["q1", "q1", "q2"]
     assert path.read_bytes() == before  # read-only: the torn line is the writer's to repair
     assert score_seconds(tmp_path, ["a"], ["q1", "q2", "q3"]) == 5.5
     assert score_seconds(tmp_path, ["a", "b"], ["q1"]) == 3.5
 
 
-def test_read_rows_errors_name_the_file_and_line(tmp_path):
+def test_stored_rows_errors_name_the_file_and_line(tmp_path):
     with pytest.raises(EnsembleError, match=r"nope.jsonl: no predictions store here; run `vote run`"):
-        read_rows(tmp_path / "nope.jsonl")
+        stored_rows(tmp_path / "nope.jsonl")
     path = tmp_path / "predictions.jsonl"
     path.write_text('{"item": "q1", "voter": "a"}\nnot json\n{"item": "q2", "voter": "a"}\n')
     with pytest.raises(EnsembleError, match=r"predictions.jsonl:2: corrupt line .*delete that line"):
-        read_rows(path)
+        stored_rows(path)
 
 
 def test_other_settings_are_refused_unless_restart(tmp_path):

@@ -180,14 +180,15 @@ def _voter_rows(m: VoteMatrix, singles: dict[str, Decision], dev: np.ndarray, sc
     """Each voter's eval metrics on the scored items it was asked, plus ``dev_accuracy`` (what
     the baseline was chosen on) with dev gold."""
     dev_acc = protocol.voter_accuracies(m, singles, dev)
-    asked = voter_asked(m)[scored]                                  # (n scored, V)
+    asked_all = voter_asked(m)                                      # (I, V)
+    asked = asked_all[scored]                                       # (n scored, V)
     rows = {}
     for j, (v, d) in enumerate(singles.items()):
         own = np.flatnonzero(scored)[asked[:, j]]                   # scored items voter j was asked
         mask = np.zeros(m.n_items, dtype=bool)
         mask[own] = True
         row = _score(d, mask, None if gold is None else gold[asked[:, j]], m.classes, n_boot, seed)
-        fit = dev & m.has_gold() & voter_asked(m)[:, j]
+        fit = dev & m.has_gold() & asked_all[:, j]
         if gold is not None:
             row["temperature"] = _tempered(m, d, fit, d, mask)
         rows[v] = {**row, **({"dev_accuracy": dev_acc[v]} if v in dev_acc else {})}

@@ -105,7 +105,7 @@ class PredictionStore:
         return len(fresh)
 
 
-def read_rows(path: str | Path) -> list[Row]:
+def stored_rows(path: str | Path) -> list[Row]:
     """The complete rows of a store file, without opening it for writing: a trailing partial
     line (a killed writer's) is skipped, not cut off; a corrupt line elsewhere is an error."""
     path = Path(path)

@@ -42,6 +42,18 @@ _U_P = _DRAWS.random((N_DRAWS, 64))                                      # (N, c
 _U_X = _DRAWS.random((N_DRAWS, 256))                                     # (N, remaining votes) uniforms for x_j
 
 
+@lru_cache(maxsize=64)
+def _uniforms(what: int, width: int) -> np.ndarray:
+    """(N_DRAWS, width) fixed uniforms: ``what`` 0 for p's classes, 1 for the votes to come.
+    Slices of the arrays above when they are wide enough; beyond them (over 64 classes or 256
+    votes to come) uniforms seeded by (what, width), so any size works and stays reproducible."""
+    base = _U_P if what == 0 else _U_X
+    if width <= base.shape[1]:
+        return base[:, :width]
+    out: np.ndarray = np.random.default_rng([what, width]).random((N_DRAWS, width))
+    return out
+
+
 def class_counts(labels: np.ndarray, weights: np.ndarray, n_classes: int) -> np.ndarray:
     """(k,) summed weight per class seen, padded with zeros for the classes not seen.
 
@@ -123,13 +135,11 @@ def flip_probability(counts: np.ndarray, n_votes: int, remaining: np.ndarray, pr
 @lru_cache(maxsize=1 << 16)
 def _flip_probability(counts: tuple[float, ...], n_votes: int, remaining: tuple[float, ...], prior: float) -> float:
     k, m = len(counts), len(remaining)
-    if k > _U_P.shape[1] or m > _U_X.shape[1]:
-        raise ValueError(f"flip_probability: at most {_U_P.shape[1]} classes and {_U_X.shape[1]} votes to come")
     now = np.array(counts)                                                # (k,) leader first
     alpha = rescale(now, n_votes) + prior                                 # (k,) evidence in votes, not weights
-    g = gammaincinv(alpha[None, :], _U_P[:, :k])                          # (N, k) Gamma(alpha) draws
+    g = gammaincinv(alpha[None, :], _uniforms(0, k))                          # (N, k) Gamma(alpha) draws
     cum = np.cumsum(g / g.sum(axis=1, keepdims=True), axis=1)             # (N, k) CDF of each p
-    x = (_U_X[:, :m, None] > cum[:, None, :]).sum(axis=2)                 # (N, m) class of each vote to come
+    x = (_uniforms(1, m)[:, :, None] > cum[:, None, :]).sum(axis=2)                 # (N, m) class of each vote to come
     x = np.minimum(x, k - 1)                                              # rounding at the CDF's top
     final = np.tile(now, (N_DRAWS, 1))                                    # (N, k) counts after every vote
     np.add.at(final, (np.repeat(np.arange(N_DRAWS), m), x.ravel()), np.tile(remaining, N_DRAWS))
