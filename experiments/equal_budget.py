@@ -29,8 +29,9 @@ too. A phase killed and rerun adds the killed attempt's seconds (they were spent
 Evaluation (``equal_budget_report.py``): for each ensemble the voting method and the
 tie-break are chosen on dev only (``ensemble.evaluation.protocol.evaluate_run``, fitted
 methods cross-fitted within dev), then scored on test with a 95% bootstrap CI, ECE, and
-McNemar's exact test against A (``ensemble.evaluation.metrics.paired_test``). The project
-has no temperature scaling, so none is applied. Writes experiments/results/equal_budget.{json,md}.
+McNemar's exact test against A (``ensemble.evaluation.metrics.paired_test``). Each arm's ECE
+is reported raw and after one temperature fitted on dev (``ensemble.evaluation.temperature``).
+Writes experiments/results/equal_budget.{json,md}.
 """
 from __future__ import annotations
 

@@ -1,122 +1,124 @@
-"""Peak resident memory of `vote quickstart`, phase by phase, in one process.
+"""Peak resident memory of `vote quickstart`, phase by phase: one process vs a child per phase.
 
-Runs what `vote quickstart` runs (train -> run -> ablation) on a config, and for every
-phase reports the peak RSS the kernel saw (VmHWM, reset at each phase start through
-/proc/self/clear_refs, Linux only) and the RSS when the phase ended. Phases inside
-`vote run` come from its progress events: engine load, scoring, finish (votes, report,
-HTML page, submission).
+Runs `vote quickstart` as a subprocess twice on the same config, each with a fresh ``out``:
+
+* ``one process``: ``ENSEMBLE_IN_PROCESS=1``, every phase in the `vote` process (the old way);
+* ``child per phase``: the default. Every phase that loads a model runs in a child process
+  of its own (``ensemble.isolate``), and the parent never imports torch.
+
+A sampler reads /proc every 50 ms. The resident memory counted is the **sum over the whole
+process tree** (`vote` and every descendant alive at that moment). The phase is the last
+``N/M ...`` rule `vote quickstart` printed. Each mode's peak, its peak per phase and its
+wall time are reported; the ratio of the two peaks is printed last.
 
     python experiments/quickstart_memory.py [--config ensemble/configs/quickstart.yaml]
-        [--set train.max_steps=3 ...] [--out results.json]
+        [--set train.max_steps=6 ...] [--modes one,child] [--out results.json]
 
-Run it with a fresh ``out`` (the config's, or ``--set out=...``): stored adapters and
-predictions would skip the work being measured.
+Linux only (/proc).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 
-
-def _status(key: str) -> int:
-    """VmRSS / VmHWM of this process in MB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) // 1024
-    raise KeyError(key)
+MODES = {"one": ("one process", {"ENSEMBLE_IN_PROCESS": "1"}), "child": ("child per phase", {})}
+RULE = re.compile(r"(\d+/\d+ [a-z][A-Za-z ]+?)\s*─*\s*$")
 
 
-class Phases:
-    """Peak RSS per phase: VmHWM is reset when a phase starts and read when it ends."""
+def tree_rss_mb(root: int) -> tuple[int, int]:
+    """(sum of VmRSS over ``root`` and its descendants, number of processes) in MB."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    total, n, todo = 0, 0, [root]
+    while todo:
+        pid = todo.pop()
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+                    n += 1
+        except OSError:
+            pass
+        todo += children.get(pid, [])
+    return total // 1024, n
 
-    def __init__(self) -> None:
-        self.rows: list[dict] = []
-        self.name: str | None = None
-        self.t0 = 0.0
-        self.cpu0 = 0.0
 
-    def start(self, name: str) -> None:
-        self.stop()
-        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-        self.name, self.t0, self.cpu0 = name, time.perf_counter(), time.process_time()
-        print(f"[{name}] start rss={_status('VmRSS')} MB", flush=True)
+def measure(label: str, env_extra: dict[str, str], config: str, overrides: list[str], out: Path) -> dict:
+    """Run `vote quickstart` once; its tree's peak RSS overall and per phase."""
+    cmd = [str(Path(sys.executable).parent / "vote"), "quickstart", "--config", config]
+    for o in [*overrides, f"out={out}"]:
+        cmd += ["--set", o]
+    env = {k: v for k, v in os.environ.items() if k != "ENSEMBLE_IN_PROCESS"} | env_extra | {"COLUMNS": "120"}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    phase = ["start"]
+    peaks: dict[str, dict[str, int]] = {}
+    tail: list[str] = []
 
-    def stop(self) -> None:
-        if self.name is None:
-            return
-        row = {"phase": self.name, "peak_mb": _status("VmHWM"), "end_mb": _status("VmRSS"),
-               "wall_s": round(time.perf_counter() - self.t0, 1), "cpu_s": round(time.process_time() - self.cpu0, 1)}
-        self.rows.append(row)
-        print(json.dumps(row), flush=True)
-        self.name = None
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            tail.append(line)
+            del tail[:-40]
+            m = RULE.search(line.strip())
+            if m:
+                phase[0] = m.group(1)
+                print(f"[{label}] {phase[0]}", flush=True)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    while proc.poll() is None:
+        mb, n = tree_rss_mb(proc.pid)
+        row = peaks.setdefault(phase[0], {"peak_mb": 0, "processes": 0})
+        if mb > row["peak_mb"]:
+            row.update(peak_mb=mb, processes=n)
+        time.sleep(0.05)
+    reader.join()
+    if proc.returncode != 0:
+        raise SystemExit(f"[{label}] vote quickstart failed ({proc.returncode}):\n{''.join(tail)}")
+    return {"mode": label, "peak_mb": max(r["peak_mb"] for r in peaks.values()),
+            "wall_s": round(time.perf_counter() - t0, 1),
+            "phases": [{"phase": k, **v} for k, v in peaks.items()]}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", default="ensemble/configs/quickstart.yaml")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
-    ap.add_argument("--out")
-    ap.add_argument("--no-baseline", action="store_true", help="Stop after the ablation (steps 1-4).")
+    ap.add_argument("--modes", default="one,child", help="comma list of: one, child")
+    ap.add_argument("--out", help="write the results json here")
     args = ap.parse_args()
-
-    import torch
-
-    from ensemble.memory import bound_kernel_cache
-
-    bound_kernel_cache()  # as the `vote` CLI does before any command
-    torch.set_num_threads(1)
-    from ensemble.config.loader import load_config
-
-    cfg = load_config(args.config, tuple(args.overrides))
-    phases = Phases()
-    phases.start("imports+config")
-
-    def on_train(event: str, **info: object) -> None:
-        if event == "train_start":
-            phases.start(f"train {info.get('name')}")
-
-    def on_run(event: str, **info: object) -> None:
-        if event == "status":
-            phases.start("run: engine load")
-        elif event == "start":
-            phases.start("run: scoring")
-        elif event == "finish":
-            phases.start("run: votes + report + html")
-
-    from ensemble.evaluation.ablation import ablate
-    from ensemble.memory import release_memory
-    from ensemble.pipeline import run
-    from ensemble.training import train_grid
-
-    train_grid(cfg, progress=on_train)
-    release_memory()  # as `vote quickstart` does between its phases
-    result = run(cfg, progress=on_run)
-    release_memory()
-    phases.start("ablation")
-    methods = [x for x in ("majority", "confidence", "dawid_skene") if x in cfg.run.methods]
-    ablate(result.matrix, methods, dev=result.dev).write(Path(cfg.out) / "ablation")
-    if cfg.baseline is not None and not args.no_baseline:  # step 5: the equal-budget single LoRA
-        from ensemble.quickstart import baseline_config, write_comparison
-
-        single_cfg = baseline_config(cfg)
-        names = {"train_start": "train", "status": "engine load", "start": "scoring", "finish": "report"}
-
-        def on_single(event: str, **info: object) -> None:
-            if event in names:
-                phases.start(f"single LoRA: {names[event]}")
-        train_grid(single_cfg, progress=on_single)
-        release_memory()
-        single = run(single_cfg, progress=on_single)
-        release_memory()
-        print(json.dumps(write_comparison(cfg, result, single_cfg, single)))
-    phases.stop()
-    total = max(r["peak_mb"] for r in phases.rows)  # clear_refs also resets ru_maxrss
-    print(json.dumps({"process_peak_mb": total}))
+    work = Path(tempfile.mkdtemp(prefix="qs-memory-"))
+    rows = []
+    try:
+        for key in args.modes.split(","):
+            label, env_extra = MODES[key]
+            rows.append(measure(label, env_extra, args.config, args.overrides, work / key))
+            print(json.dumps(rows[-1]), flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    result = {"config": args.config, "overrides": args.overrides, "measure": "peak RSS summed over the process tree",
+              "modes": rows}
+    if len(rows) == 2:
+        result["child_over_one_peak"] = round(rows[1]["peak_mb"] / rows[0]["peak_mb"], 3)
     if args.out:
-        Path(args.out).write_text(json.dumps({"config": args.config, "overrides": args.overrides,
-                                              "phases": phases.rows, "process_peak_mb": total}, indent=2))
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({r["mode"]: r["peak_mb"] for r in rows} | {k: v for k, v in result.items()
+                                                               if k == "child_over_one_peak"}))
 
 
 if __name__ == "__main__":

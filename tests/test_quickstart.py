@@ -3,17 +3,19 @@ single LoRA printed beside the ensemble from the runs' own report data."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from ensemble.cli.app import main
 from ensemble.cli.jobs import find_config
 from ensemble.config.loader import load_config
 from ensemble.errors import EnsembleError
+from ensemble.isolate import IN_PROCESS_ENV
 from ensemble.quickstart import RESULT_FILE, baseline_config
 from ensemble.training.grid import expand_grid
 
@@ -49,11 +51,18 @@ def _row_latency(out: Path, voters: set[str]) -> float:
 
 
 def test_quickstart_prints_the_equal_budget_comparison_from_report_data(tmp_path, tiny_model):
+    """Run as `vote quickstart` is: its own process, each model phase in a child (ensemble.isolate)."""
     args = ["quickstart", "--config", str(find_config("quickstart.yaml"))]
     for o in tiny_overrides(tmp_path, tiny_model):
         args += ["--set", o]
-    res = CliRunner().invoke(main, args, catch_exceptions=False)
-    assert res.exit_code == 0, res.output
+    script = ("import sys\nfrom ensemble.cli.app import main\ntry:\n    main(sys.argv[1:])\nfinally:\n"
+              "    print('torch imported by the parent:', 'torch' in sys.modules)\n")
+    env = {k: v for k, v in os.environ.items() if k != IN_PROCESS_ENV}
+    res = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, env=env,
+                         check=False)
+    assert res.returncode == 0, res.stdout + res.stderr
+    # The parent stays small: every phase that loads a model ran in a child.
+    assert "torch imported by the parent: False" in res.stdout
     out = tmp_path / "qs"
     cmp = json.loads((out / RESULT_FILE).read_text())
     ens_report = json.loads((out / "report.json").read_text())
@@ -82,7 +91,7 @@ def test_quickstart_prints_the_equal_budget_comparison_from_report_data(tmp_path
     assert single_manifest["single-lora"]["n_steps"] == one["max_steps"] == 3
 
     # What was printed is those numbers.
-    text = " ".join(re.sub("[│┃]", " ", res.output).split())  # table cells, box lines dropped
+    text = " ".join(re.sub("[│┃]", " ", res.stdout).split())  # table cells, box lines dropped
     assert "5/5 the same budget spent on one LoRA" in text
     assert f"5 voters, {method} (chosen on dev) {ens['accuracy']:.3f} [{ens['ci'][0]:.3f}, {ens['ci'][1]:.3f}]" in text
     assert f"single LoRA: single-lora, 3 steps {one['accuracy']:.3f} [{one['ci'][0]:.3f}, {one['ci'][1]:.3f}]" in text

@@ -67,18 +67,31 @@ def train_cmd(config: str, overrides: tuple[str, ...]) -> None:
     _train(_load(config, overrides))
 
 
-def _train(cfg) -> None:
+def _train(cfg, *, isolated: bool = False) -> None:
+    """Train the grid with progress bars; ``isolated``: in a child process (ensemble.isolate)."""
     from ensemble.cli.console import console, progress_bar
+    from ensemble.isolate import in_child
     from ensemble.training import train_grid
     from ensemble.training.manifest import MANIFEST
 
     with progress_bar("training") as emit:
-        manifest = train_grid(cfg, progress=emit)
+        if isolated:
+            manifest = in_child(train_grid, cfg, what=f"training {cfg.out}", progress=emit)
+        else:
+            manifest = train_grid(cfg, progress=emit)
     variants = manifest.variants if hasattr(manifest, "variants") else manifest["variants"]
     for name, v in variants.items():
         acc = v.get("heldout_accuracy") if isinstance(v, dict) else getattr(v, "heldout_accuracy", None)
         console.print(f"{name}: held-out accuracy {acc:.3f}" if acc is not None else name)
     console.print(f"run directory: {cfg.out} ({MANIFEST}, adapters/)")
+
+
+def _ablate(m, methods: list[str], dev, out: Path):
+    """``ablate`` + ``write`` (a module-level function, so a child process can run it)."""
+    from ensemble.evaluation.ablation import ablate
+
+    abl = ablate(m, methods, dev=dev)
+    return abl, abl.write(out)
 
 
 def find_config(name: str) -> Path:
@@ -106,27 +119,26 @@ def quickstart_cmd(config: str | None, overrides: tuple[str, ...]) -> None:
         progress_bar,
     )
     from ensemble.engines.models import resolve_model
-    from ensemble.evaluation.ablation import ablate
-    from ensemble.memory import release_memory
+    from ensemble.isolate import in_child
     from ensemble.pipeline import run
 
+    # Every phase that loads a model runs in a child process of its own (ensemble.isolate):
+    # its memory all goes back to the OS when it ends, and this process never imports torch.
     cfg = _load(str(config or find_config("quickstart.yaml")), overrides)
     n = 5 if cfg.baseline is not None else 4
     console.rule(f"1/{n} base model")
-    console.print(f"base model: {resolve_model(cfg.model)}")
+    console.print(f"base model: {in_child(resolve_model, cfg.model, what='preparing the base model')}")
     console.rule(f"2/{n} training the voters")
-    _train(cfg)
-    release_memory()  # the training heap goes back to the OS before the engine loads (peak RSS)
+    _train(cfg, isolated=True)
     console.rule(f"3/{n} asking every voter")
     with progress_bar("answering") as emit:
-        result = run(cfg, progress=emit)
-    release_memory()
+        result = in_child(run, cfg, what=f"vote run {cfg.out}", progress=emit)
     _print_run(result)
     console.rule(f"4/{n} ablation over the number of voters")
     m, dev = result.matrix, result.dev
     methods = [x for x in ("majority", "confidence", "dawid_skene") if x in cfg.run.methods]
-    abl = ablate(m, methods, dev=dev)
-    paths = abl.write(Path(cfg.out) / "ablation")
+    # In a child too: sklearn and matplotlib stay out of this process while the single LoRA trains.
+    abl, paths = in_child(_ablate, m, methods, dev, Path(cfg.out) / "ablation", what="the ablation")
     console.print(ablation_table(abl.to_rows()))
     console.print(f"ablation plot: {paths.get('png')}")
     if cfg.baseline is None:
@@ -135,11 +147,9 @@ def quickstart_cmd(config: str | None, overrides: tuple[str, ...]) -> None:
 
     console.rule(f"5/{n} the same budget spent on one LoRA")
     single_cfg = baseline_config(cfg)
-    _train(single_cfg)
-    release_memory()
+    _train(single_cfg, isolated=True)
     with progress_bar("answering") as emit:
-        single = run(single_cfg, progress=emit)
-    release_memory()
+        single = in_child(run, single_cfg, what=f"vote run {single_cfg.out}", progress=emit)
     table, verdict = equal_budget_lines(write_comparison(cfg, result, single_cfg, single))
     console.print(table)
     console.print(verdict)

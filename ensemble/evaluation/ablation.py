@@ -32,11 +32,9 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from ensemble.errors import EnsembleError
 from ensemble.evaluation.calls import share_right, voter_asked
@@ -54,6 +52,9 @@ from ensemble.evaluation.splits import Split
 from ensemble.io import atomic_write_bytes, atomic_write_text
 from ensemble.predictions.matrix import VoteMatrix
 from ensemble.voting import vote
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 SUMMARY_FIELDS = ("method", "k", "n_subsets", "n_possible", "exhaustive", "n_failed",
                   "mean", "std", "min", "max", "p2_5", "p97_5", "macro_f1_mean")
@@ -251,6 +252,10 @@ def check_ks(ks: Sequence[int] | None, K: int) -> list[int]:
 
 def plot(ab: Ablation) -> Figure:
     """Mean accuracy vs k per method, 2.5-97.5% band across subsets, single-voter mean."""
+    # Imported here, so that importing this module stays light.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(7, 4.5))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()

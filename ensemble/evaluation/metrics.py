@@ -22,15 +22,6 @@ import warnings
 from typing import Any
 
 import numpy as np
-from scipy.stats import binomtest
-from sklearn.metrics import (
-    accuracy_score,
-    brier_score_loss,
-    confusion_matrix,
-    f1_score,
-    log_loss,
-    precision_recall_fscore_support,
-)
 
 from ensemble.evaluation.calls import voter_asked
 from ensemble.predictions.matrix import (
@@ -42,6 +33,8 @@ from ensemble.predictions.matrix import (
     support,
 )
 
+# sklearn.metrics and scipy.stats are imported in the functions that use them: with pandas and pyarrow
+# (sklearn imports both) they hold ~100 MB that the CLI's report printing would otherwise carry.
 ECE_BINS = 15
 LOG_LOSS_EPS = 1e-12
 
@@ -59,6 +52,12 @@ def score_decision(gold: np.ndarray, pred: np.ndarray, n_classes: int, *,
     accuracy; ``precision_micro`` is accuracy on the answered items.
     ``scores`` (I, C) adds calibration: ``ece``, ``brier``, ``log_loss``.
     """
+    from sklearn.metrics import (
+        accuracy_score,
+        confusion_matrix,
+        precision_recall_fscore_support,
+    )
+
     gold, pred = np.asarray(gold), np.asarray(pred)
     if gold.shape != pred.shape or gold.ndim != 1:
         raise ValueError(f"gold {gold.shape} and pred {pred.shape} must be equal (I,) arrays")
@@ -98,6 +97,8 @@ def present_classes(gold: np.ndarray, pred: np.ndarray) -> list[int]:
 
 def macro_f1(gold: np.ndarray, pred: np.ndarray) -> float:
     """Macro-F1 as in ``score_decision`` (ABSTAIN is a miss; classes seen only)."""
+    from sklearn.metrics import f1_score
+
     return float(f1_score(gold, pred, labels=present_classes(gold, pred), average="macro",
                           zero_division=0))
 
@@ -112,6 +113,8 @@ def calibration(gold: np.ndarray, pred: np.ndarray, scores: np.ndarray,
     (an abstained all-zero row costs 1). Log-loss: scores clipped at 1e-12 and
     renormalised, so an all-zero row becomes uniform.
     """
+    from sklearn.metrics import brier_score_loss, log_loss
+
     I, C = scores.shape
     answered = pred != ABSTAIN
     conf = scores[np.flatnonzero(answered), pred[answered]]  # (A,) score of the answer given
@@ -155,6 +158,8 @@ def paired_test(gold: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, *,
     ``delta_ci`` is the paired-bootstrap 95% interval of accuracy(a) - accuracy(b)
     (None when ``n_boot`` is 0).
     """
+    from scipy.stats import binomtest
+
     a, b = np.asarray(pred_a) == gold, np.asarray(pred_b) == gold
     n, n_a_only, n_b_only = len(a), int(np.sum(a & ~b)), int(np.sum(~a & b))
     n_disc = n_a_only + n_b_only
