@@ -4,8 +4,10 @@ the one ``vote eval --fit-on dev`` draws (ensemble.evaluation.splits.choose_spli
 from __future__ import annotations
 
 import json
+import os
 import runpy
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -84,3 +86,35 @@ def test_files_are_split_as_vote_eval_splits_them(run_folder, tmp_path, monkeypa
     pg = experiment(monkeypatch, "per_group", *files, "--seed", seeds[-1], "--synthetic-groups", 2, "--n-boot", 20,
                     "--out", tmp_path / "pg.json")
     assert pg["data"]["n_dev"] == want[-1] and set(pg["data"]["dev_items_per_group"]) == {"g0", "g1"}
+
+
+def test_quickstart_memory_reads_the_phase_rules_and_sums_the_process_tree():
+    """experiments/quickstart_memory.py: the phase is the rule `vote quickstart` printed last, and the
+    memory counted is the whole tree's (a child's RSS is added to its parent's)."""
+    import subprocess
+
+    sys.path.insert(0, str(ROOT / "experiments"))
+    try:
+        import quickstart_memory as qm
+    finally:
+        sys.path.remove(str(ROOT / "experiments"))
+    rules = {"──────── 2/5 training the voters ────────": "2/5 training the voters",
+             "─── 5/5 the same budget spent on one LoRA ───": "5/5 the same budget spent on one LoRA",
+             "4/4 ablation over the number of voters": "4/4 ablation over the number of voters"}
+    for line, phase in rules.items():
+        match = qm.RULE.search(line)
+        assert match is not None and match.group(1) == phase
+    assert qm.RULE.search("v1-r8-attn: held-out accuracy 0.425") is None
+    alone, n_alone = qm.tree_rss_mb(os.getpid())
+    child = subprocess.Popen([sys.executable, "-c", "import time; b = b'x' * (200 << 20); time.sleep(30)"])
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            total, n = qm.tree_rss_mb(os.getpid())
+            if n == n_alone + 1 and total >= alone + 200:
+                break
+            time.sleep(0.05)
+        assert n == n_alone + 1 and total >= alone + 200  # the child's 200 MB string is counted
+    finally:
+        child.kill()
+        child.wait()
