@@ -22,7 +22,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from scipy.optimize import minimize_scalar
 
 from ensemble.evaluation.metrics import calibration
 from ensemble.predictions.matrix import ABSTAIN
@@ -59,6 +58,8 @@ def fit_temperature(scores: np.ndarray, gold: np.ndarray, valid: np.ndarray | No
         return None
     s, g = scores[keep], gold[keep]
     v = None if valid is None else np.asarray(valid, dtype=bool)[keep]
+    from scipy.optimize import minimize_scalar  # on first use: see ensemble.isolate
+
     lo, hi = np.log(T_BOUNDS[0]), np.log(T_BOUNDS[1])
     res = minimize_scalar(lambda u: nll(s, g, float(np.exp(u)), v), bounds=(lo, hi), method="bounded",
                           options={"xatol": 1e-4})

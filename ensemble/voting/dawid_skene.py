@@ -24,14 +24,18 @@ to per-voter counts. 1M items x 16 voters x 4 classes: 3 codes per item.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import scipy.sparse as sp
 
 from ensemble.errors import EnsembleError
 from ensemble.predictions.matrix import ABSTAIN, Decision, VoteMatrix
 from ensemble.voting import METHODS
 from ensemble.voting.majority import majority
 from ensemble.voting.tiebreak import DEFAULT_TIE_BREAK, check_tie_break, decision
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp
 
 _MAX_CODES = 1 << 16   # codes per block: table rows (and N columns) stay small
 
@@ -50,6 +54,8 @@ def _code_matrix(votes: np.ndarray, blocks: list[np.ndarray], n_classes: int) ->
     Code of item i in block b = the block's labels + 1 (ABSTAIN -> 0) read as a
     base-(C+1) number, first column most significant.
     """
+    import scipy.sparse as sp  # on first use: see ensemble.isolate
+
     I = votes.shape[0]
     cols, offset = [], 0
     for block in blocks:

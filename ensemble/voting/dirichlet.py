@@ -30,7 +30,6 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
-from scipy.special import gammainc, gammaincinv
 
 from ensemble.predictions.matrix import ABSTAIN, TIE_ATOL, TIE_RTOL
 
@@ -108,6 +107,9 @@ def leader_probability(counts: np.ndarray, prior: float) -> float:
 
 @lru_cache(maxsize=1 << 16)
 def _leader_probability(alpha_leader: float, alpha_others: tuple[float, ...]) -> float:
+    # scipy on first use: see ensemble.isolate
+    from scipy.special import gammainc, gammaincinv
+
     x = gammaincinv(alpha_leader, _U)                                   # (N_GRID,) leader quantiles
     alphas, mult = np.unique(np.array(alpha_others), return_counts=True)
     # log prod_j F_j(x): classes with equal alpha (e.g. all the unseen ones) share one term.
@@ -134,6 +136,8 @@ def flip_probability(counts: np.ndarray, n_votes: int, remaining: np.ndarray, pr
 
 @lru_cache(maxsize=1 << 16)
 def _flip_probability(counts: tuple[float, ...], n_votes: int, remaining: tuple[float, ...], prior: float) -> float:
+    from scipy.special import gammaincinv  # on first use
+
     k, m = len(counts), len(remaining)
     now = np.array(counts)                                                # (k,) leader first
     alpha = rescale(now, n_votes) + prior                                 # (k,) evidence in votes, not weights

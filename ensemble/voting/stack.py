@@ -26,8 +26,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from scipy.optimize import minimize
-from scipy.special import logsumexp
 
 from ensemble.errors import EnsembleError
 from ensemble.predictions.matrix import (
@@ -112,6 +110,9 @@ def fit_stack_weights(x: np.ndarray, gold: np.ndarray, valid: np.ndarray, C: flo
     x (D, V, K) features, gold (D,) class codes, valid (D, K) bool, C > 0 the inverse
     L2 strength. Loss = -sum_i log softmax(s_i)[gold_i] + ||w||^2 / (2C).
     """
+    from scipy.optimize import minimize  # on first use: see ensemble.isolate
+    from scipy.special import logsumexp
+
     D, V, _ = x.shape
     x_gold = x[np.arange(D), :, gold]                               # (D, V)
     x_gold_sum = x_gold.sum(axis=0)                                 # (V,)
