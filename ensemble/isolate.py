@@ -45,6 +45,7 @@ from ensemble.errors import EnsembleError
 T = TypeVar("T")
 IN_PROCESS_ENV = "ENSEMBLE_IN_PROCESS"
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_EXIT_WAIT_S = 60      # how long a child that has sent its answer may take to exit before it is ended
 
 
 def in_process() -> bool:
@@ -79,14 +80,14 @@ def in_child(fn: Callable[..., T], *args: Any, what: str = "the job",
             if kind == "event" and progress is not None:
                 progress(message[1], **message[2])
             elif kind == "result":
-                child.join()
+                child.join(_EXIT_WAIT_S)  # a thread left behind by a library must not hang us: see finally
                 return message[1]  # type: ignore[no-any-return]
             elif kind == "error":
-                child.join()
+                child.join(_EXIT_WAIT_S)
                 raise message[1]
         child.join()
     finally:
-        if child.is_alive():  # the parent is leaving early (Ctrl-C, an error in a progress callback)
+        if child.is_alive():  # leaving early (Ctrl-C, an error in a progress callback) or a child stuck at exit
             child.terminate()
             child.join(10)
             if child.is_alive():

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from ensemble import isolate
 from ensemble.errors import EnsembleError
 from ensemble.isolate import IN_PROCESS_ENV, in_child
 
@@ -38,6 +39,15 @@ def failing_unpicklable() -> None:
 
 def killed() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def hangs_at_exit(pid_file: str) -> str:
+    """Answers, but leaves a non-daemon thread that keeps the interpreter from exiting."""
+    import threading
+
+    Path(pid_file).write_text(str(os.getpid()))
+    threading.Thread(target=time.sleep, args=(3600,), daemon=False).start()
+    return "answer"
 
 
 def test_result_and_progress_events_come_back_in_order(monkeypatch):
@@ -113,3 +123,11 @@ def _alive(pid: int) -> bool:
     except (FileNotFoundError, IndexError):
         return False
     return state != "Z"
+
+
+def test_a_child_stuck_after_answering_is_ended_and_its_answer_kept(tmp_path, monkeypatch):
+    monkeypatch.delenv(IN_PROCESS_ENV, raising=False)
+    monkeypatch.setattr(isolate, "_EXIT_WAIT_S", 0.5)
+    pid_file = tmp_path / "child.pid"
+    assert in_child(hangs_at_exit, str(pid_file)) == "answer"
+    assert not _alive(int(pid_file.read_text()))
