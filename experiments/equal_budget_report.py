@@ -190,8 +190,10 @@ def tried(settings: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
             what = t.get("skipped") or (f"{t['steps']} steps per voter predicted to fit"
                                         if "steps" in t else "")
             out.append(f"{r['kind']} K={t['k']}: {what}")
+    top = (f"; top-layer voters on the top {settings['top_layers']} layers"
+           if any(r["kind"] == "top" for r in rows) else "")
     out.append(f"voters: seeds 0..K-1, rank 16, attention projections, Poisson(1) online bagging of all "
-               f"training problems; top-layer voters on the top {settings['top_layers']} layers")
+               f"training problems{top}")
     return out
 
 
