@@ -7,7 +7,8 @@ only part of it. Measured on the quickstart (experiments/quickstart_memory.py): 
 process held ~1.35 GB after training and scoring the ensemble, against ~0.95 GB after
 loading the model. Loading the single LoRA's model on top of that (+0.75 GB while the fp32
 file was mapped) gave the quickstart's peak. A child process ends with its phase, so each
-phase starts from the parent's small footprint. The parent never imports torch.
+phase starts from the parent's small footprint. The parent never imports torch, nor
+sklearn, matplotlib or scipy: the modules that use those import them on first use.
 
 ``in_child(fn, *args, progress=emit)`` runs ``fn(*args, progress=relay)`` in a fresh
 (spawned) Python process and returns its result:

@@ -108,11 +108,11 @@ def ensemble_row(arm: dict[str, Any], a: dict[str, Any], a_answers: dict[str, st
     train, score = ledger["train"], ledger["score"]
     total = train["cpu"] + score["cpu"]
     delta = 100 * (row["accuracy"] - a["accuracy"])
-    ece = _ece(row)["ece"]
-    ece_lower = ece is not None and a["ece"] is not None and ece < a["ece"]
+    ece = _ece(row)
+    ece_lower = ece["ece"] is not None and a["ece"] is not None and ece["ece"] < a["ece"]
     return {
         "kind": arm["kind"], "k": plan["k"], "steps_per_voter": plan["steps"], "method": method, "tie_break": tie,
-        "accuracy": row["accuracy"], "ci": row.get("accuracy_ci"), **_ece(row), "brier": row.get("brier"),
+        "accuracy": row["accuracy"], "ci": row.get("accuracy_ci"), **ece, "brier": row.get("brier"),
         "seconds": round(total, 1), "wall_seconds": round(train["wall"] + score["wall"], 1),
         "seconds_train": train["cpu"], "seconds_score": score["cpu"], "budget_ratio": round(total / (a["seconds_train"] + a["seconds_score"]), 3),
         "p_vs_baseline": test["p_value"], "delta_vs_baseline_points": round(delta, 2),

@@ -14,7 +14,7 @@ is built in ``ensemble.evaluation.splits`` and importable from here too.
 * **Baseline.** The best single voter (``baseline_voter``) has the highest accuracy on dev
   gold (else, without dev, on the eval items: optimistic); ties go to the voter name that
   sorts first.
-* **Which method?** Answered on dev only (``dev_accuracies`` + ``best_on_dev``): methods
+* **Which method?** Answered on dev only (``dev_decisions`` + ``accuracy_on_dev`` + ``best_on_dev``): methods
   that fit on dev are scored there by K-fold cross-fitting over whole problems (fit on the
   other folds, predict this one), others by their decision on the dev items; the highest
   dev accuracy wins, ties to the method name that sorts first.
@@ -42,7 +42,7 @@ from ensemble.predictions.matrix import ABSTAIN, Decision, VoteMatrix
 from ensemble.voting import METHODS, vote
 
 __all__ = ["Split", "accuracy_on_dev", "baseline_voter", "best_on_dev", "by_voter_name", "canonical", "choose_split", "cross_fit", "cross_fit_decision",
-           "dev_accuracies", "dev_decisions",
+           "dev_decisions",
            "evaluate_run", "mask_gold", "require_dev", "restrict_options", "runnable_methods", "split_dev"]
 
 DEV_FOLDS = 5
@@ -173,14 +173,6 @@ def dev_decisions(seen: VoteMatrix, methods: Sequence[str], options: Mapping[str
         except EnsembleError as exc:
             errors[name] = str(exc)
     return out, errors
-
-
-def dev_accuracies(seen: VoteMatrix, methods: Sequence[str], options: Mapping[str, Mapping[str, Any]],
-                   dev: np.ndarray, decisions: Mapping[str, Decision], *, seed: int = 0,
-                   folds: int = DEV_FOLDS) -> tuple[dict[str, float | None], dict[str, str]]:
-    """({method: accuracy on dev gold}, {method: why it has none}) of ``dev_decisions``."""
-    fair, errors = dev_decisions(seen, methods, options, dev, decisions, seed=seed, folds=folds)
-    return accuracy_on_dev(seen, methods, fair, dev), errors
 
 
 def accuracy_on_dev(seen: VoteMatrix, methods: Sequence[str], fair: Mapping[str, Decision],

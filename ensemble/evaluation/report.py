@@ -153,10 +153,12 @@ def _evaluate_canonical(m: VoteMatrix, methods: list[str], dev: np.ndarray,
     fair, dev_errors = protocol.dev_decisions(seen, methods, options, dev, decisions, seed=seed)
     dev_acc = protocol.accuracy_on_dev(seen, methods, fair, dev)
     dev_gold = dev & has_gold
-    for name, d in decisions.items():  # temperature scaling: fitted on dev, read on the eval items
-        if gold is not None and name in fair:
-            method_rows[name]["temperature"] = _tempered(m, fair[name], dev_gold, d, eval_mask)
-    selected = protocol.best_on_dev(dev_acc, method_rows, int((dev & has_gold).sum()))
+    codes = protocol.gold_codes(m)                                  # (I,) for temperature fits
+    if gold is not None:  # temperature scaling: fitted on dev, read on the eval items
+        for name, d in decisions.items():
+            if name in fair:
+                method_rows[name]["temperature"] = _tempered(m, codes, fair[name], dev_gold, d, eval_mask)
+    selected = protocol.best_on_dev(dev_acc, method_rows, int(dev_gold.sum()))
     if selected is not None and dev_errors:
         selected["dev_errors"] = dev_errors
     sub = m.select_items(scored)
@@ -169,18 +171,19 @@ def _evaluate_canonical(m: VoteMatrix, methods: list[str], dev: np.ndarray,
     return Report(
         n_items=m.n_items, n_eval_items=int(eval_mask.sum()), n_dev_items=int(dev.sum()),
         n_items_without_gold=int((~has_gold).sum()), classes=m.classes, methods=method_rows,
-        voters=_voter_rows(m, singles, dev, scored, gold, n_boot, seed), diagnostics=jsonable(diagnostics),
+        voters=_voter_rows(m, singles, asked, dev_gold, codes, scored, gold, n_boot, seed), diagnostics=jsonable(diagnostics),
         items=m.items, decisions=decisions, eval_mask=eval_mask, selected_on_dev=jsonable(selected),
         calls=jsonable(calls(m)),
     )
 
 
-def _voter_rows(m: VoteMatrix, singles: dict[str, Decision], dev: np.ndarray, scored: np.ndarray,
-                gold: np.ndarray | None, n_boot: int, seed: int) -> dict[str, dict[str, Any]]:
+def _voter_rows(m: VoteMatrix, singles: dict[str, Decision], asked_all: np.ndarray, dev_gold: np.ndarray,
+                codes: np.ndarray, scored: np.ndarray, gold: np.ndarray | None, n_boot: int, seed: int
+                ) -> dict[str, dict[str, Any]]:
     """Each voter's eval metrics on the scored items it was asked, plus ``dev_accuracy`` (what
-    the baseline was chosen on) with dev gold."""
-    dev_acc = protocol.voter_accuracies(m, singles, dev)
-    asked_all = voter_asked(m)                                      # (I, V)
+    the baseline was chosen on) with dev gold. ``asked_all`` (I, V): ``voter_asked(m)``;
+    ``dev_gold`` (I,): dev items with gold; ``codes`` (I,): ``protocol.gold_codes(m)``."""
+    dev_acc = protocol.voter_accuracies(m, singles, dev_gold)
     asked = asked_all[scored]                                       # (n scored, V)
     rows = {}
     for j, (v, d) in enumerate(singles.items()):
@@ -188,20 +191,19 @@ def _voter_rows(m: VoteMatrix, singles: dict[str, Decision], dev: np.ndarray, sc
         mask = np.zeros(m.n_items, dtype=bool)
         mask[own] = True
         row = _score(d, mask, None if gold is None else gold[asked[:, j]], m.classes, n_boot, seed)
-        fit = dev & m.has_gold() & asked_all[:, j]
         if gold is not None:
-            row["temperature"] = _tempered(m, d, fit, d, mask)
+            row["temperature"] = _tempered(m, codes, d, dev_gold & asked_all[:, j], d, mask)
         rows[v] = {**row, **({"dev_accuracy": dev_acc[v]} if v in dev_acc else {})}
     return rows
 
 
-def _tempered(m: VoteMatrix, fit: Decision, fit_mask: np.ndarray, d: Decision, eval_mask: np.ndarray
-              ) -> dict[str, Any] | None:
+def _tempered(m: VoteMatrix, gold: np.ndarray, fit: Decision, fit_mask: np.ndarray, d: Decision,
+              eval_mask: np.ndarray) -> dict[str, Any] | None:
     """``temperature.tempered_calibration``: ``t`` fitted on ``fit``'s scores of the ``fit_mask``
     items (dev gold), calibration of ``d``'s tempered scores on the ``eval_mask`` items."""
     if not fit_mask.any():
         return None
-    gold, valid = protocol.gold_codes(m), m.valid
+    valid = m.valid
     out: dict[str, Any] | None = jsonable(tempered_calibration(
         fit.scores[fit_mask], gold[fit_mask], d.scores[eval_mask], gold[eval_mask], d.labels[eval_mask],
         dev_valid=None if valid is None else valid[fit_mask],
