@@ -210,3 +210,26 @@ def test_a_split_asked_for_but_not_given_is_an_error(tmp_path, tiny_model, tiny_
     only_test = replace(cfg, data=replace(cfg.data, dev=None), run=replace(cfg.run, splits=("test",),
                         methods=("majority",)))
     assert set(load_split_items(only_test, ["test"])) == {"test"}
+
+
+def test_run_in_a_child_process_equals_the_run_in_process(tmp_path, tiny_model, tiny_adapters, monkeypatch):
+    """`vote quickstart` runs `vote run` in a child (ensemble.isolate): same rows, same report."""
+    from ensemble.isolate import IN_PROCESS_ENV, in_child
+
+    monkeypatch.delenv(IN_PROCESS_ENV, raising=False)
+    here = run(load_config(write_config(tmp_path, tiny_model, tiny_adapters, tmp_path / "here")))
+    events: list[str] = []
+    child = in_child(run, load_config(write_config(tmp_path, tiny_model, tiny_adapters, tmp_path / "child")),
+                     progress=lambda event, **info: events.append(event))
+    assert events and "start" in events  # the child's progress came back
+    assert child.n_new_rows == here.n_new_rows == 36
+    assert (child.matrix.labels == here.matrix.labels).all()
+    assert child.report.to_dict()["methods"] == here.report.to_dict()["methods"]
+    assert child.report.to_dict()["voters"] == here.report.to_dict()["voters"]
+
+    def rows(out: str) -> list[dict]:
+        drop = ("latency_s",)  # wall time, the only field that may differ
+        return sorted(({k: v for k, v in json.loads(x).items() if k not in drop}
+                       for x in (tmp_path / out / "predictions.jsonl").read_text().splitlines()),
+                      key=lambda r: (r["item"], r["voter"], r.get("sample", 0)))
+    assert rows("child") == rows("here")
