@@ -46,8 +46,9 @@ def make_tokenizer(vocab_size: int = 384):
 
 
 def make_tiny_model(out_dir: str | Path, *, seed: int = 0, hidden_size: int = 32,
-                    num_layers: int = 2) -> Path:
-    """Write a random 2-layer Llama + tokenizer to ``out_dir`` (idempotent); return the path."""
+                    num_layers: int = 2, tied: bool = False) -> Path:
+    """Write a random 2-layer Llama + tokenizer to ``out_dir`` (idempotent); return the path.
+    ``tied``: lm_head shares the input embeddings, as SmolLM2's does."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -59,7 +60,7 @@ def make_tiny_model(out_dir: str | Path, *, seed: int = 0, hidden_size: int = 32
         vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=hidden_size * 2,
         num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2,
         max_position_embeddings=512, pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=False,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=tied,
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)

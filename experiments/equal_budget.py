@@ -77,10 +77,56 @@ def config(root: Path, arm: str, s: dict[str, Any], *, steps: int, grid: dict[st
     }, source=f"equal_budget:{arm}")
 
 
-def grid_for(kind: str, k: int, top: int) -> dict[str, Any]:
-    """K voters of one kind: seeds 0..K-1, rank 16 on the attention projections, Poisson(1) bagging."""
-    g: dict[str, Any] = {"seeds": list(range(k)), "ranks": [16], "target_modules": [ATTN], "splits": ["full"],
+ARM_OPTIONS = {"shards": "disjoint shards (shard:K) instead of Poisson(1) bagging", "r": "LoRA rank",
+               "l": "top-layer voters: LoRA on the top N layers", "k": "at most N voters",
+               "m": "at least N steps per voter"}
+
+
+def parse_arm(spec: str, args: argparse.Namespace) -> dict[str, Any]:
+    """One ``--kinds`` entry -> the arm's settings. ``KIND[/OPTION...]``: KIND is alora | top | lora;
+    options ``shards``, ``rN`` (rank), ``lN`` (top layers), ``kN`` (most voters), ``mN`` (fewest
+    steps per voter) override the defaults (Poisson bagging, rank 16, ``--top``, ``--k``,
+    ``--min-steps``). E.g. ``alora/shards``, ``alora/r8``, ``top/l10``, ``alora/k8/m15``."""
+    kind, *opts = spec.split("/")
+    if kind not in ("alora", "top", "lora"):
+        raise SystemExit(f"--kinds: {spec!r}: the kind must be alora, top or lora")
+    arm = {"spec": spec, "kind": kind, "data": "poisson", "rank": 16, "top": args.top, "k": args.k,
+           "min_steps": args.min_steps}
+    for o in opts:
+        key = "shards" if o == "shards" else o[:1]
+        if key not in ARM_OPTIONS or (key != "shards" and not o[1:].isdigit()):
+            raise SystemExit(f"--kinds: {spec!r}: unknown option {o!r}; options: shards, rN, lN, kN, mN "
+                             f"({'; '.join(f'{k}: {v}' for k, v in ARM_OPTIONS.items())})")
+        if key == "shards":
+            arm["data"] = "shards"
+        else:
+            arm[{"r": "rank", "l": "top", "k": "k", "m": "min_steps"}[key]] = int(o[1:])
+    return arm
+
+
+def describe(arm: dict[str, Any]) -> str:
+    """The arm's voters in words, for the report."""
+    data = "disjoint shards of the training problems" if arm["data"] == "shards" else \
+        "Poisson(1) online bagging of all training problems"
+    top = f", LoRA on the top {arm['top']} layers" if arm["kind"] == "top" else ""
+    return f"{arm['spec']}: seeds 0..K-1, rank {arm['rank']}, attention projections{top}, {data}"
+
+
+def grid_for(kind: str, k: int, top: int, rank: int = 16, data: str = "poisson") -> dict[str, Any]:
+    """K voters of one kind: seeds 0..K-1, rank ``rank`` on the attention projections, Poisson(1)
+    bagging of every training row (``data="poisson"``) or K disjoint shards (``"shards"``)."""
+    g: dict[str, Any] = {"seeds": list(range(k)), "ranks": [rank], "target_modules": [ATTN], "splits": ["full"],
                          "bagging": "poisson"}
+    if data == "shards":
+        # One variant per shard: seeds pair up with shards rather than multiply them.
+        g = {"variants": [{"name": f"s{i}-r{rank}-shard{i}", "seed": i, "rank": rank, "split": f"shard:{k}:{i}",
+                           "target_modules": ATTN} for i in range(k)]}
+        for v in g["variants"]:
+            if kind == "alora":
+                v["flavour"] = "alora"
+            if kind == "top":
+                v["layers"] = f"top:{top}"
+        return g
     if kind == "alora":
         g["flavours"] = ["alora"]
     if kind == "top":
@@ -127,7 +173,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--k", type=int, default=5, help="voters per ensemble (lowered while it does not fit)")
     ap.add_argument("--min-steps", type=int, default=25, help="fewest steps per voter worth training")
     ap.add_argument("--top", type=int, default=6, help="top-layer voters: LoRA on the top N layers")
-    ap.add_argument("--kinds", default="alora,top,lora", help="ensemble kinds, in run order")
+    ap.add_argument("--kinds", default="alora,top,lora",
+                    help="ensemble arms, in run order: KIND[/OPTION...], e.g. alora,alora/shards,top/l10 "
+                         "(options: shards, rN rank, lN top layers, kN most voters, mN fewest steps)")
     ap.add_argument("--tiny", action="store_true", help="tiny random model, a few items: checks the plumbing")
     ap.add_argument("--report-only", action="store_true",
                     help="train and score nothing: report the finished arms, and the seconds spent on the others")
@@ -154,7 +202,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "threads": torch.get_num_threads(), "pilot_steps": s["pilot_steps"], "pilot_problems": s["pilot_problems"],
         "heldout_fraction": s["heldout_fraction"], "tiny": args.tiny,
         "command": "python experiments/equal_budget.py " + " ".join(argv if argv is not None else sys.argv[1:])}
-    kinds = [k for k in args.kinds.split(",") if k]
+    arms_wanted = [parse_arm(k, args) for k in args.kinds.split(",") if k]
+    kinds = [a["spec"] for a in arms_wanted]
     if a_result is None:  # --report-only before baseline A finished: only seconds to report
         out = report.unfinished(root, paths, kinds, settings)
         report.write(out, Path(args.results))
@@ -166,8 +215,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"[equal_budget] baseline A: {budget:.0f} CPU s (train {a_ledger.get('train')['cpu']:.0f}, "
           f"score {a_ledger.get('score')['cpu']:.0f})", flush=True)
     arms: list[dict[str, Any]] = []
-    for kind in kinds:
-        arms.append(ensemble_arm(root, kind, s, args, budget, a_pilot))
+    for arm in arms_wanted:
+        arms.append(ensemble_arm(root, arm, s, args, budget, a_pilot))
     out = report.build(root, paths, a_ledger, a_result, arms, settings=settings, baseline_pilot=a_pilot,
                        methods=METHODS)
     out["wall_seconds_this_invocation"] = round(time.perf_counter() - started, 1)
@@ -175,25 +224,31 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return out
 
 
-def ensemble_arm(root: Path, kind: str, s: dict[str, Any], args: argparse.Namespace, budget: float,
+def ensemble_arm(root: Path, arm: dict[str, Any], s: dict[str, Any], args: argparse.Namespace, budget: float,
                  a_pilot: dict[str, float]) -> dict[str, Any]:
-    """Plan (pilot, steps per voter, K), then train + score one ensemble; returns its record."""
-    ledger = plan.Ledger(root / kind)
+    """Plan (pilot, steps per voter, K), then train + score one ensemble; returns its record.
+    The arm's folder is ``root/<spec>`` with ``/`` as ``-`` (``alora`` -> ``root/alora``)."""
+    spec, kind = arm["spec"], arm["kind"]
+    name = spec.replace("/", "-")
+    ledger = plan.Ledger(root / name)
+    record = {"kind": spec, "voters": describe(arm), "plan": None, "ledger": ledger.data}
     chosen = ledger.data.get("plan")
     if args.report_only and (chosen is None or chosen.get("status") != "infeasible") and not ledger.done("score"):
-        return {"kind": kind, "plan": chosen, "ledger": ledger.data}  # unfinished: its seconds so far
+        return {**record, "plan": chosen}  # unfinished: its seconds so far
+
+    def make(k: int, steps: int, out: Path | None = None, limit: int | None = None) -> Config:
+        return config(root, kind, s, steps=steps, grid=grid_for(kind, k, arm["top"], arm["rank"], arm["data"]),
+                      shared=True, out=out or root / name, limit=limit)
     if chosen is None:
-        chosen = plan.choose(root, kind, s, args, budget, a_pilot,
-                             lambda k, steps, out, limit=None: config(root, kind, s, steps=steps,
-                                                                      grid=grid_for(kind, k, args.top), shared=True,
-                                                                      out=out, limit=limit))
+        chosen = plan.choose(root, name, s, argparse.Namespace(k=arm["k"], min_steps=arm["min_steps"], kind=kind),
+                             budget, a_pilot, make)
         ledger.set("plan", chosen)
-    print(f"[equal_budget] {kind}: {json.dumps(chosen)}", flush=True)
+    print(f"[equal_budget] {spec}: {json.dumps(chosen)}", flush=True)
     if chosen.get("status") == "infeasible":
-        return {"kind": kind, "plan": chosen, "ledger": ledger.data}
-    cfg = config(root, kind, s, steps=chosen["steps"], grid=grid_for(kind, chosen["k"], args.top), shared=True)
+        return {**record, "plan": chosen}
+    cfg = make(chosen["k"], chosen["steps"])
     result = run_arm(ledger, cfg, args.report_only)
-    return {"kind": kind, "plan": chosen, "ledger": ledger.data, "result": result, "cfg": cfg}
+    return {**record, "plan": chosen, "result": result, "cfg": cfg}
 
 
 if __name__ == "__main__":

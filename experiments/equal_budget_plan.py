@@ -184,7 +184,7 @@ def choose(root: Path, kind: str, s: dict[str, Any], args: Any, budget: float, a
     n_items = a_pilot["full_items"]
     candidates = []
     for k in range(args.k, 1, -1):
-        if kind == "lora" and k * a_pilot["full_item_cpu"] * n_items >= budget:
+        if getattr(args, "kind", kind) == "lora" and k * a_pilot["full_item_cpu"] * n_items >= budget:
             # Plain voters share nothing in scoring: K voters cost K x baseline A's scoring loop.
             tried.append({"k": k, "skipped": "K x baseline A's scoring loop alone exceeds the budget",
                           "predicted_score_cpu": round(k * a_pilot["full_item_cpu"] * n_items, 1)})

@@ -166,7 +166,7 @@ def build(root: Path, paths: dict[str, Path], a_ledger: Any, a_result: Any, arms
           settings: dict[str, Any], baseline_pilot: dict[str, Any], methods: list[str]) -> dict[str, Any]:
     kinds = {it.id: str(it.meta.get("kind")) for it in read_items(paths["test"])}
     a, a_answers = baseline(a_ledger, a_result, kinds)
-    rows = [ensemble_row(arm, a, a_answers, kinds, methods) for arm in arms]
+    rows = [{**ensemble_row(arm, a, a_answers, kinds, methods), "voters": arm.get("voters")} for arm in arms]
     done = [r for r in rows if r.get("accuracy") is not None]
     return {
         "n_test": a["n_test"], "n_dev": int(a_result.dev.sum()), "baseline": {**a, "pilot": baseline_pilot},
@@ -190,10 +190,14 @@ def tried(settings: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
             what = t.get("skipped") or (f"{t['steps']} steps per voter predicted to fit"
                                         if "steps" in t else "")
             out.append(f"{r['kind']} K={t['k']}: {what}")
-    top = (f"; top-layer voters on the top {settings['top_layers']} layers"
-           if any(r["kind"] == "top" for r in rows) else "")
-    out.append(f"voters: seeds 0..K-1, rank 16, attention projections, Poisson(1) online bagging of all "
-               f"training problems{top}")
+    described = [r["voters"] for r in rows if r.get("voters")]
+    if described:
+        out += [f"voters of {d}" for d in described]
+    else:
+        top = (f"; top-layer voters on the top {settings['top_layers']} layers"
+               if any(str(r["kind"]).startswith("top") for r in rows) else "")
+        out.append(f"voters: seeds 0..K-1, rank 16, attention projections, Poisson(1) online bagging of all "
+                   f"training problems{top}")
     return out
 
 

@@ -107,3 +107,40 @@ def test_plan_fits_costs_linear_in_k_and_picks_the_largest_k_that_fits(tmp_path:
     seen.clear()
     out = plan.choose(tmp_path, "lora", {}, args, 150.0, a_pilot, lambda *a, **k: None)
     assert seen == [] and out["status"] == "infeasible" and all("skipped" in t for t in out["tried"])
+
+
+def _args(**kw):
+    import argparse
+    return argparse.Namespace(**{"top": 6, "k": 5, "min_steps": 25, **kw})
+
+
+def test_arm_specs_parse_and_unknown_options_are_refused() -> None:
+    assert equal_budget.parse_arm("alora", _args()) == {
+        "spec": "alora", "kind": "alora", "data": "poisson", "rank": 16, "top": 6, "k": 5, "min_steps": 25}
+    arm = equal_budget.parse_arm("top/shards/r8/l10/k3/m15", _args())
+    assert (arm["kind"], arm["data"], arm["rank"], arm["top"], arm["k"], arm["min_steps"]) == \
+        ("top", "shards", 8, 10, 3, 15)
+    assert "disjoint shards" in equal_budget.describe(arm) and "top 10 layers" in equal_budget.describe(arm)
+    with pytest.raises(SystemExit, match=r"unknown option 'x8'; options: shards, rN"):
+        equal_budget.parse_arm("alora/x8", _args())
+    with pytest.raises(SystemExit, match=r"unknown option 'rank'"):
+        equal_budget.parse_arm("alora/rank", _args())
+    with pytest.raises(SystemExit, match="the kind must be alora, top or lora"):
+        equal_budget.parse_arm("dora/r8", _args())
+
+
+@pytest.mark.parametrize("kind", ["alora", "top", "lora"])
+def test_shard_arms_give_one_voter_per_disjoint_shard_with_its_own_seed(kind: str) -> None:
+    from ensemble.config.loader import from_dict
+    from ensemble.config.schema import GridConfig
+    from ensemble.training.grid import expand_grid
+
+    grid = from_dict(GridConfig, equal_budget.grid_for(kind, 3, 4, rank=8, data="shards"), source="test")
+    variants = expand_grid(grid)
+    assert [(v.seed, v.rank, v.split_spec) for v in variants] == \
+        [(0, 8, "shard:3:0"), (1, 8, "shard:3:1"), (2, 8, "shard:3:2")]
+    assert {v.flavour for v in variants} == {"alora" if kind == "alora" else "lora"}
+    assert {v.layers for v in variants} == {"top:4" if kind == "top" else "all"}
+    assert all(v.bagging == "none" for v in variants)
+    bagged = expand_grid(from_dict(GridConfig, equal_budget.grid_for(kind, 3, 4), source="test"))
+    assert [v.bagging for v in bagged] == ["poisson"] * 3 and {v.split_spec for v in bagged} == {"full"}

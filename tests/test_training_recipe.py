@@ -223,11 +223,17 @@ def test_a_batch_cut_into_passes_gives_the_same_update(base, examples, tmp_path)
     assert [round(x, 4) for _, x, _ in whole.loss_curve] == [round(x, 4) for _, x, _ in cut.loss_curve]
 
 
-def test_frozen_weights_in_bf16_give_the_same_products(base, examples):
+@pytest.mark.parametrize("tied", [False, True])
+def test_frozen_weights_in_bf16_give_the_same_products(base, examples, tied, tmp_path):
     """Under bf16 autocast a frozen fp32 weight is cast on every call; storing the cast
-    once changes no bit of the output or of the LoRA gradients (and the LoRA stays fp32)."""
+    once changes no bit of the output or of the LoRA gradients (and the LoRA stays fp32).
+    The input embeddings are stored in bf16 as well (the only rounding: the same as an fp32
+    model whose embedding table was rounded to bf16), and a tied lm_head shares that tensor."""
+    from ensemble.testing import make_tiny_model
     from ensemble.training.loop import frozen_weights_in_bf16
 
+    if tied:
+        base = make_tiny_model(tmp_path / "tied", tied=True)
     v = one_variant()
     batch = collate([encode(load_lora_model(base, v, CFG)[1], ex, 256) for ex in examples[:4]], 0)
     outs = []
@@ -236,11 +242,17 @@ def test_frozen_weights_in_bf16_give_the_same_products(base, examples):
         for n, p in model.named_parameters():
             if "lora_B" in n:
                 torch.nn.init.normal_(p, std=0.5)
+        emb = model.get_input_embeddings()
         if convert:
+            assert (model.get_output_embeddings().weight is emb.weight) == tied
             frozen_weights_in_bf16(model)
             assert model.get_output_embeddings().weight.dtype == torch.bfloat16
-            assert model.get_input_embeddings().weight.dtype == torch.float32
+            assert emb.weight.dtype == torch.bfloat16 and not emb.weight.requires_grad
+            assert (model.get_output_embeddings().weight is emb.weight) == tied
+            assert emb(torch.tensor([[1, 2]])).dtype == torch.float32  # the residual stream stays fp32
             assert all(p.dtype == torch.float32 for n, p in model.named_parameters() if "lora_" in n)
+        else:
+            emb.weight.data = emb.weight.data.to(torch.bfloat16).float()  # the reference: rounded table, fp32
         with torch.autocast("cpu", dtype=torch.bfloat16):
             logp = answer_logprobs(model, batch)
         grads = torch.autograd.grad(logp.sum(), [p for p in model.parameters() if p.requires_grad])
