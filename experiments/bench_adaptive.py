@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from adaptive_report import markdown, pct, print_summary
 
 from ensemble.evaluation.metrics import paired_test
 from ensemble.predictions.matrix import ABSTAIN, VoteMatrix
@@ -184,71 +185,6 @@ def replay_on(m: VoteMatrix, dev: np.ndarray, tokens: np.ndarray | None, chosen:
     return measure(m, items, asked, vote(masked(m, asked), "majority").labels, vote(m, "majority").labels, tokens)
 
 
-# -- output -----------------------------------------------------------------------------
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.1f}%"
-
-
-def _ci(ci: list[float] | None) -> str:
-    return "-" if ci is None else f"[{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}] points"
-
-
-def markdown(result: dict[str, Any]) -> str:
-    lines = ["# Adaptive voting: calls saved vs accuracy (experiments/bench_adaptive.py)", "",
-             f"Command: `{result['command']}`", "",
-             (f"Target: {_pct(TARGET['calls_saved'])} calls saved at <= {100 * TARGET['max_accuracy_loss']:g} "
-             "accuracy points lost. Policy chosen on dev (most calls saved changing at most that share of the dev "
-              "decisions), reported on test; changed: test decisions that differ from the full vote; p: McNemar "
-              "exact, adaptive vs full."), ""]
-    for name in ("generate", "cloze"):
-        s = result.get(name)
-        if not s:
-            continue
-        c, a = s["chosen"], s["chosen_by_dev_accuracy"]
-        lines += [f"## {name}: {s['source']}", "",
-                  (f"{len(s['voters'])} voters x {s['samples']} samples, n_dev={s['n_dev']}, n_test={s['n_test']}; "
-                  f"order: {', '.join(s['order'][:len(s['voters'])])}"), "",
-                  (f"**Chosen on dev: `{c['policy']}`** - test: calls saved {_pct(c['calls_saved'])}, tokens saved "
-                  f"{_pct(c['tokens_saved'])}, accuracy {c['accuracy_full']:.3f} (full) -> "
-                  f"{c['accuracy_adaptive']:.3f} (adaptive), p = {c['p_value']:.3g}, difference 95% bootstrap CI "
-                  f"{_ci(c['delta_ci'])}; {c['changed_decisions']} test decisions changed, dev: "
-                  f"{c['dev']['changed_decisions']} of {c['dev']['n_items']}"), "",
-                  (f"Chosen on net dev accuracy instead (for comparison): `{a['policy']}` - test: calls saved "
-                   f"{_pct(a['calls_saved'])}, accuracy {a['accuracy_full']:.3f} -> {a['accuracy_adaptive']:.3f}, "
-                   f"p = {a['p_value']:.3g}"), "",
-                  ("| policy | dev changed | dev calls saved | dev acc full -> adaptive | test calls saved | test tokens saved "
-                  "| test acc full -> adaptive | changed | p |"), "|---|---|---|---|---|---|---|---|---|"]
-        for r in s["candidates"]:
-            d, t = r["dev"], r["test"]
-            lines.append(f"| {r['policy']} | {d['changed_decisions']} | {_pct(d['calls_saved'])} | {d['accuracy_full']:.3f} -> "
-                         f"{d['accuracy_adaptive']:.3f} | {_pct(t['calls_saved'])} | {_pct(t['tokens_saved'])} | "
-                         f"{t['accuracy_full']:.3f} -> {t['accuracy_adaptive']:.3f} | {t['changed_decisions']} | "
-                         f"{t['p_value']:.3g} |")
-        lines.append("")
-    if result.get("live"):
-        lines += ["## live confirmation", "", "```", json.dumps(result["live"], indent=1), "```", ""]
-    return "\n".join(lines)
-
-
-def print_summary(name: str, s: dict[str, Any]) -> None:
-    c = s["chosen"]
-    print(f"[{name}] chosen on dev: {c['policy']}")
-    print(f"  test n={c['n_items']}: calls {c['calls_made']}/{c['calls_possible']} "
-          f"(ratio {c['calls_made'] / c['calls_possible']:.3f}, saved {_pct(c['calls_saved'])}); tokens saved "
-          f"{_pct(c['tokens_saved'])}; accuracy full {c['accuracy_full']:.3f} adaptive {c['accuracy_adaptive']:.3f} "
-          f"(delta {c['delta']:+.3f}, McNemar p={c['p_value']:.3g}, {c['changed_decisions']} decisions changed)")
-    best = {}
-    for r in s["candidates"]:
-        best.setdefault(r["rule"], r)
-        if r["test"]["calls_saved"] > best[r["rule"]]["test"]["calls_saved"] and \
-                r["test"]["accuracy_adaptive"] >= r["test"]["accuracy_full"] - TARGET["max_accuracy_loss"]:
-            best[r["rule"]] = r
-    for rule, r in best.items():
-        t = r["test"]
-        print(f"  {rule:9s} best on TEST within target (reference, selected on test): {r['policy']:32s} calls saved {_pct(t['calls_saved'])}, "
-              f"acc {t['accuracy_full']:.3f} -> {t['accuracy_adaptive']:.3f}")
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--generate", type=Path, help="a generate-mode run folder (several samples)")
@@ -276,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         matrices[name] = (m, dev, tokens)
         result[name] = {"source": str(run), **bench(m, dev, tokens, args.max_loss),
                         "cpu_s": round(time.process_time() - t0, 1)}
-        print_summary(name, result[name])
+        print_summary(name, result[name], TARGET)
     main_setting = result.get("generate") or result.get("cloze")
     if main_setting is None:
         ap.error("give --generate and/or --cloze")
@@ -290,8 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         live["replay"] = replay_on(m, dev, tokens, result["generate"]["chosen"], set(live.pop("items")))
         result["live"] = live
         print(f"[live] {live['policy']} on {live['n_items']} test items: calls {live['calls_made']}/"
-              f"{live['calls_possible']} (saved {_pct(live['calls_saved'])}; replay {_pct(live['replay']['calls_saved'])}), "
-              f"tokens saved {_pct(live['tokens_saved'])}, accuracy {live['accuracy_adaptive']:.3f} vs full run "
+              f"{live['calls_possible']} (saved {pct(live['calls_saved'])}; replay {pct(live['replay']['calls_saved'])}), "
+              f"tokens saved {pct(live['tokens_saved'])}, accuracy {live['accuracy_adaptive']:.3f} vs full run "
               f"{live['accuracy_full']:.3f} (McNemar p={live['p_value']:.3g}); {live['cpu_s']} CPU-s, {live['wall_s']} s")
     c = main_setting["chosen"]
     result.update({k: c[k] for k in ("policy", "calls_saved", "tokens_saved", "accuracy_full",
