@@ -187,8 +187,9 @@ def tried(settings: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
     out = [f"baseline A: one rank-16 attention LoRA, {settings['a_steps']} steps on all training problems"]
     for r in rows:
         for t in (r.get("plan") or {}).get("tried", []):
-            what = t.get("skipped") or (f"{t['steps']} steps per voter predicted to fit"
-                                        if "steps" in t else "")
+            what = t.get("skipped") or ("" if "steps" not in t else
+                                        f"{t['steps']} steps per voter predicted to fit" if t["steps"] > 0 else
+                                        f"does not fit: scoring alone leaves {t['steps']} steps per voter")
             out.append(f"{r['kind']} K={t['k']}: {what}")
     described = [r["voters"] for r in rows if r.get("voters")]
     if described:

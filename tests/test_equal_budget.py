@@ -144,3 +144,20 @@ def test_shard_arms_give_one_voter_per_disjoint_shard_with_its_own_seed(kind: st
     assert all(v.bagging == "none" for v in variants)
     bagged = expand_grid(from_dict(GridConfig, equal_budget.grid_for(kind, 3, 4), source="test"))
     assert [v.bagging for v in bagged] == ["poisson"] * 3 and {v.split_spec for v in bagged} == {"full"}
+
+
+def test_tried_lists_every_k_in_words_and_each_arms_voters() -> None:
+    import equal_budget_report as report
+
+    rows = [{"kind": "top/l10", "voters": "top/l10: seeds 0..K-1, rank 16, attention projections, LoRA on the top "
+                                          "10 layers, Poisson(1) online bagging of all training problems",
+             "plan": {"tried": [{"k": 5, "steps": -49}, {"k": 2, "steps": 89}]}},
+            {"kind": "lora", "plan": {"tried": [{"k": 3, "skipped": "K x baseline A's scoring loop alone exceeds "
+                                                               "the budget"}]}}]
+    assert report.tried({"a_steps": 80, "top_layers": 6}, rows) == [
+        "baseline A: one rank-16 attention LoRA, 80 steps on all training problems",
+        "top/l10 K=5: does not fit: scoring alone leaves -49 steps per voter",
+        "top/l10 K=2: 89 steps per voter predicted to fit",
+        "lora K=3: K x baseline A's scoring loop alone exceeds the budget",
+        ("voters of top/l10: seeds 0..K-1, rank 16, attention projections, LoRA on the top 10 layers, Poisson(1) "
+         "online bagging of all training problems")]
