@@ -215,3 +215,22 @@ def test_peft_computing_lora_differently_is_caught_and_separate_still_works(peft
     engine = HFEngine(peft_model, make_tokenizer(), ["v1", "v2"], device="cpu", lora_batching="separate")
     out = engine.generate([GenRequest("v1", prompt="A B", sampling=SamplingSettings(max_new_tokens=2))])
     assert out[0].samples[0].n_tokens == 2
+
+
+# --- the README's two set-up commands ----------------------------------------------------------
+
+
+def _bash_blocks(text: str) -> list[str]:
+    return [b.strip() for b in re.findall(r"```bash\n(.*?)```", text, flags=re.DOTALL)]
+
+
+def test_readme_has_the_two_setup_commands_and_ci_runs_the_test_one() -> None:
+    """A fresh machine needs exactly two commands from the README: install + quickstart, and the
+    tests; `.ci/run` must run the README's test command verbatim (an edit that cut it went green)."""
+    blocks = _bash_blocks((ROOT / "README.md").read_text(encoding="utf-8"))
+    install = [b for b in blocks if b.endswith("vote quickstart")]
+    assert install == [('python3 -m venv .venv && .venv/bin/pip install -c constraints.txt -e ".[all]" '
+                        "&& .venv/bin/vote quickstart")]
+    ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1]
+    assert ci.endswith(".venv/bin/python -m pytest -q") and ci in blocks
+    assert _bash_blocks("x\n```bash\na && b\n```\n```bash\nc\n```") == ["a && b", "c"]
