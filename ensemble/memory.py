@@ -66,13 +66,14 @@ def rss_mb() -> int | None:
 
 def copy_frozen_float32(model: Any) -> int:
     """Give the frozen float32 parameters left after ``training.loop.frozen_weights_in_bf16``
-    (the input embeddings, the norms) storage of their own; return the bytes copied.
+    (the norms, and any weight it left fp32) storage of their own; return the bytes copied.
 
     Why: transformers maps a safetensors file into memory and the loaded tensors are
     views of that mapping. Storing the Linear weights in bf16 reads every page of it
     (SmolLM2: the whole 538 MB fp32 file), and the mapping stays (resident, in RSS) while
-    any tensor still views it: the fp32 embeddings and norms did, for the whole training
-    run. Copying those (113 MB for SmolLM2) lets the mapping go; values are unchanged."""
+    any tensor still views it: the fp32 norms (a few KB) are enough to keep all of it, for
+    the whole training run (the input embeddings did too, 113 MB of it, before they were
+    stored in bf16). Copying them lets the mapping go; values are unchanged."""
     import torch
 
     copied = 0

@@ -112,26 +112,19 @@ def describe(arm: dict[str, Any]) -> str:
     return f"{arm['spec']}: seeds 0..K-1, rank {arm['rank']}, attention projections{top}, {data}"
 
 
+GRID_KEY = {"flavour": "flavours", "layers": "layers"}  # a variant's field -> the grid product's list
+
+
 def grid_for(kind: str, k: int, top: int, rank: int = 16, data: str = "poisson") -> dict[str, Any]:
     """K voters of one kind: seeds 0..K-1, rank ``rank`` on the attention projections, Poisson(1)
     bagging of every training row (``data="poisson"``) or K disjoint shards (``"shards"``)."""
-    g: dict[str, Any] = {"seeds": list(range(k)), "ranks": [rank], "target_modules": [ATTN], "splits": ["full"],
-                         "bagging": "poisson"}
+    own = {"alora": {"flavour": "alora"}, "top": {"layers": f"top:{top}"}}.get(kind, {})  # per variant
     if data == "shards":
         # One variant per shard: seeds pair up with shards rather than multiply them.
-        g = {"variants": [{"name": f"s{i}-r{rank}-shard{i}", "seed": i, "rank": rank, "split": f"shard:{k}:{i}",
-                           "target_modules": ATTN} for i in range(k)]}
-        for v in g["variants"]:
-            if kind == "alora":
-                v["flavour"] = "alora"
-            if kind == "top":
-                v["layers"] = f"top:{top}"
-        return g
-    if kind == "alora":
-        g["flavours"] = ["alora"]
-    if kind == "top":
-        g["layers"] = [f"top:{top}"]
-    return g
+        return {"variants": [{"name": f"s{i}-r{rank}-shard{i}", "seed": i, "rank": rank, "split": f"shard:{k}:{i}",
+                              "target_modules": ATTN, **own} for i in range(k)]}
+    return {"seeds": list(range(k)), "ranks": [rank], "target_modules": [ATTN], "splits": ["full"],
+            "bagging": "poisson", **{GRID_KEY[key]: [v] for key, v in own.items()}}
 
 
 SINGLE_GRID = {"variants": [{"name": "single-r16-attn", "seed": 0, "rank": 16, "split": "full",
@@ -240,8 +233,8 @@ def ensemble_arm(root: Path, arm: dict[str, Any], s: dict[str, Any], args: argpa
         return config(root, kind, s, steps=steps, grid=grid_for(kind, k, arm["top"], arm["rank"], arm["data"]),
                       shared=True, out=out or root / name, limit=limit)
     if chosen is None:
-        chosen = plan.choose(root, name, s, argparse.Namespace(k=arm["k"], min_steps=arm["min_steps"], kind=kind),
-                             budget, a_pilot, make)
+        chosen = plan.choose(root, name, s, argparse.Namespace(k=arm["k"], min_steps=arm["min_steps"]),
+                             budget, a_pilot, make, kind=kind)
         ledger.set("plan", chosen)
     print(f"[equal_budget] {spec}: {json.dumps(chosen)}", flush=True)
     if chosen.get("status") == "infeasible":

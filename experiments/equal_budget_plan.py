@@ -147,11 +147,11 @@ def score_pilot(a_ledger: Ledger, pilot_cfg: Any, full_cfg: Any) -> dict[str, fl
     return out
 
 
-def _pilot(root: Path, kind: str, k: int, s: dict[str, Any], make_cfg: Callable[..., Any]) -> dict[str, float]:
+def _pilot(root: Path, name: str, k: int, s: dict[str, Any], make_cfg: Callable[..., Any]) -> dict[str, float]:
     """Train K voters for ``pilot_steps`` steps, then score the first pilot problems with them."""
     from ensemble.training import train_grid
 
-    out = root / f"{kind}-pilot-k{k}"
+    out = root / f"{name}-pilot-k{k}"
     shutil.rmtree(out, ignore_errors=True)
     marks, c0 = Marks(), time.process_time()
     train_grid(make_cfg(k, s["pilot_steps"], out), progress=marks)
@@ -174,9 +174,11 @@ def _fit(pilots: dict[int, dict[str, float]], k: int) -> dict[str, float]:
     return {key: lo[key] + w * (hi[key] - lo[key]) for key in lo}
 
 
-def choose(root: Path, kind: str, s: dict[str, Any], args: Any, budget: float, a_pilot: dict[str, float],
-           make_cfg: Callable[..., Any]) -> dict[str, Any]:
-    """K and steps per voter for one ensemble kind so that train + score ~ ``budget`` CPU seconds.
+def choose(root: Path, name: str, s: dict[str, Any], args: Any, budget: float, a_pilot: dict[str, float],
+           make_cfg: Callable[..., Any], kind: str | None = None) -> dict[str, Any]:
+    """K and steps per voter for one ensemble arm so that train + score ~ ``budget`` CPU seconds.
+    ``name``: the arm's folder name (its pilots go in ``root/<name>-pilot-k<K>``); ``kind``: its
+    voter kind (alora | top | lora) where the name is not the kind itself (``alora-r8``).
 
     Pilots run at K = 2 and at the target K (two points of each cost's line in K); the
     largest K that leaves ``min_steps`` steps per voter is chosen."""
@@ -184,13 +186,13 @@ def choose(root: Path, kind: str, s: dict[str, Any], args: Any, budget: float, a
     n_items = a_pilot["full_items"]
     candidates = []
     for k in range(args.k, 1, -1):
-        if getattr(args, "kind", kind) == "lora" and k * a_pilot["full_item_cpu"] * n_items >= budget:
+        if (kind or name) == "lora" and k * a_pilot["full_item_cpu"] * n_items >= budget:
             # Plain voters share nothing in scoring: K voters cost K x baseline A's scoring loop.
             tried.append({"k": k, "skipped": "K x baseline A's scoring loop alone exceeds the budget",
                           "predicted_score_cpu": round(k * a_pilot["full_item_cpu"] * n_items, 1)})
         else:
             candidates.append(k)
-    pilots = {k: _pilot(root, kind, k, s, make_cfg) for k in sorted({min(candidates), max(candidates)})} \
+    pilots = {k: _pilot(root, name, k, s, make_cfg) for k in sorted({min(candidates), max(candidates)})} \
         if candidates else {}
     for k in candidates:
         p = _fit(pilots, k)
