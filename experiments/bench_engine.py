@@ -1,6 +1,7 @@
 """Multi-voter generation throughput on SmolLM2-135M (CPU): one process, K LoRA voters.
 
     python experiments/bench_engine.py            # ~5-8 minutes on 2 busy CPU cores
+    python experiments/bench_engine.py --model DIR --device cuda --out F   # a GPU (DIR: random_model.py)
 
 For K = 1, 4, 8 random rank-8 LoRA adapters (q, k, v, o) and the same P chat
 prompts per voter (K*P rows, a fixed number of new tokens, EOS ignored, greedy):
@@ -59,21 +60,22 @@ def child(cfg: dict) -> None:
     from ensemble.engines.models import resolve_model
 
     batching = {"mixed_peft": "peft", "sequential": "separate"}.get(cfg["kind"], "stacked")
-    opts = {"dtype": cfg["dtype"], "ignore_eos": True, "batch_size": cfg["batch_size"], "lora_batching": batching}
+    opts = {"dtype": cfg["dtype"], "ignore_eos": True, "batch_size": cfg["batch_size"], "lora_batching": batching,
+            "device": cfg["device"]}
     names, kind, p, t = cfg["adapters"], cfg["kind"], cfg["prompts"], cfg["new_tokens"]
     folders = {n: str(Path(cfg["adapter_dir"]) / n) for n in names}
     if kind == "merged":  # one voter per process: the adapter folded into the weights
         from peft import PeftModel
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        base_dir = resolve_model("smollm2")
+        base_dir = resolve_model(cfg["model"])
         model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=getattr(torch, cfg["dtype"]))
-        model = PeftModel.from_pretrained(model, folders[names[0]]).merge_and_unload().eval()
+        model = PeftModel.from_pretrained(model, folders[names[0]]).merge_and_unload().to(cfg["device"]).eval()
         engine = HFEngine.from_model(model, AutoTokenizer.from_pretrained(base_dir), None,
                                      batch_size=cfg["batch_size"], ignore_eos=True)
         voters: list[str | None] = [None]
     else:
-        engine = HFEngine.from_spec(EngineSpec("hf", "smollm2", folders if kind != "base" else {}, opts))
+        engine = HFEngine.from_spec(EngineSpec("hf", cfg["model"], folders if kind != "base" else {}, opts))
         voters = list(names) if kind != "base" else [None] * len(names)
     if kind == "sequential":
         run = lambda: [o for a in voters for o in engine.generate(requests([a], p, t))]
@@ -91,8 +93,10 @@ def child(cfg: dict) -> None:
                   flush=True)
         else:
             break
+    gpu_peak = torch.cuda.max_memory_allocated() / 2**20 if cfg["device"].startswith("cuda") else None
     print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                      "rss_after_warmup_mb": rss_loaded, "threads": torch.get_num_threads()}), flush=True)
+                      "rss_after_warmup_mb": rss_loaded, "threads": torch.get_num_threads(),
+                      "gpu_peak_allocated_mb": gpu_peak}), flush=True)
 
 
 class Child:
@@ -143,7 +147,9 @@ def measure_k(k: int, common: dict, rounds: int) -> dict:
                      # merged: all K copies are resident at once in a real deployment
                      "peak_rss_mb": sum(m["peak_rss_mb"] for m in mem),
                      "rss_after_warmup_mb": sum(m["rss_after_warmup_mb"] for m in mem),
-                     "threads": mem[0]["threads"]}
+                     "threads": mem[0]["threads"],
+                     "gpu_peak_allocated_mb": None if mem[0]["gpu_peak_allocated_mb"] is None
+                     else sum(m["gpu_peak_allocated_mb"] for m in mem)}
     return out
 
 
@@ -154,6 +160,9 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=8, help="prompts per voter")
     ap.add_argument("--new-tokens", type=int, default=24)
     ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--model", default="smollm2",
+                    help="a registered name or a folder (experiments/random_model.py makes a random-weight copy)")
+    ap.add_argument("--device", default="cpu", help="cpu | cuda (the engines' device option)")
     ap.add_argument("--repeats", type=int, default=3, help="timed rounds; each configuration keeps its best")
     ap.add_argument("--out", default=str(ROOT / "experiments" / "results" / "bench_engine.json"))
     args = ap.parse_args()
@@ -165,18 +174,23 @@ def main() -> None:
     from ensemble.testing import make_tiny_adapters
 
     ks = [int(k) for k in args.ks.split(",")]
-    base = resolve_model("smollm2")
+    base = resolve_model(args.model)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench_engine_") as tmp:
         # Random but small LoRA deltas (scale 0.02): the voters still write sensible text.
         make_tiny_adapters(base, tmp, [f"v{i}" for i in range(max(ks))], rank=8,
                            target_modules=("q_proj", "k_proj", "v_proj", "o_proj"), scale=0.02)
         common = {"adapter_dir": tmp, "prompts": args.prompts, "new_tokens": args.new_tokens,
-                  "dtype": args.dtype, "batch_size": max(ks) * args.prompts}
+                  "dtype": args.dtype, "batch_size": max(ks) * args.prompts,
+                  "model": args.model, "device": args.device}
         results: dict[str, dict] = {}
         for k in ks:
             results[str(k)] = measure_k(k, common, args.repeats)
             r = results[str(k)]
+            # written after each K, so a run stopped early (a GPU lease) keeps what it measured
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps({"partial": True, "model": args.model, "device": args.device,
+                                                  "results": results}, indent=1))
             print(f"K={k}: " + ", ".join(f"{kind} {v['tok_per_s']:.0f} tok/s {v['peak_rss_mb']:.0f} MB"
                                          for kind, v in r.items()), flush=True)
     top, low = results[str(max(ks))], results[str(min(ks))]
@@ -192,7 +206,12 @@ def main() -> None:
             top["mixed"]["rss_after_warmup_mb"] / top["base"]["rss_after_warmup_mb"],
         f"merged_rss_K{max(ks)}_vs_mixed_rss_K{max(ks)}": top["merged"]["peak_rss_mb"] / top["mixed"]["peak_rss_mb"],
     }
-    report = {"model": "smollm2 (SmolLM2-135M-Instruct)", "device": "cpu", "dtype": args.dtype,
+    gpu = None
+    if args.device.startswith("cuda"):
+        import torch
+        gpu = torch.cuda.get_device_name(0)
+    report = {"model": "smollm2 (SmolLM2-135M-Instruct)" if args.model == "smollm2" else args.model,
+              "device": args.device, "gpu": gpu, "dtype": args.dtype,
               "prompts_per_voter": args.prompts, "new_tokens": args.new_tokens, "repeats": args.repeats,
               "adapters": "random LoRA rank 8 on q,k,v,o_proj", "merged_processes": "one after another",
               "targets": {"mixed_vs_sequential": ">= 2", "mixed_vs_base": ">= 0.8", "rss_K8_vs_K1": "<= 1.1"},

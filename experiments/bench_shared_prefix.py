@@ -2,6 +2,9 @@
 
     python experiments/bench_shared_prefix.py            # all K, more items (~15 min on 2 busy cores)
     python experiments/bench_shared_prefix.py --quick    # K = 1 and 8, few items, 3 training steps (< 3 min)
+    python experiments/bench_shared_prefix.py --sections score --model DIR --device cuda --clock wall \
+        --batch-size 512 --out F
+        # a GPU; DIR from experiments/random_model.py (SmolLM2's config and tokenizer, random weights)
 
 Sections (each a function returning a dict of results; ``SECTIONS`` lists them):
   score  Cloze and letter scoring of bundled-benchmark questions (SmolLM2-135M-Instruct,
@@ -97,7 +100,7 @@ def requests(items, voters: list[str], mode: str) -> list:
 
 
 def time_scoring(base: Path, adapters: dict[str, Path], ks: tuple[int, ...], items, modes: tuple[str, ...],
-                 repeats: int, clock: str) -> dict[tuple[str, int], float]:
+                 repeats: int, clock: str, device: str = "cpu", batch_size: int = 32) -> dict[tuple[str, int], float]:
     """(mode, K) -> best time of one score_choices call over items x K voters.
 
     One engine per K (exactly K adapters loaded), all alive at once; the timed runs go
@@ -110,7 +113,7 @@ def time_scoring(base: Path, adapters: dict[str, Path], ks: tuple[int, ...], ite
     from ensemble.engines.hf.engine import HFEngine
 
     engines = {k: HFEngine.from_spec(EngineSpec("hf", str(base), {n: str(p) for n, p in list(adapters.items())[:k]},
-                                                {"batch_size": 32})) for k in ks}
+                                                {"batch_size": batch_size, "device": device})) for k in ks}
     best: dict[tuple[str, int], float] = {}
     with torch.inference_mode():
         for k, engine in engines.items():
@@ -136,7 +139,7 @@ def score_section(args: argparse.Namespace) -> dict[str, Any]:
     from ensemble.engines.models import resolve_model
 
     torch.set_num_threads(args.threads)
-    base = resolve_model("smollm2")
+    base = resolve_model(args.model)
     tok = AutoTokenizer.from_pretrained(base)
     n_layers = AutoConfig.from_pretrained(base).num_hidden_layers
     ks = (1, 8) if args.quick else (1, 2, 4, 8, 16)
@@ -150,7 +153,8 @@ def score_section(args: argparse.Namespace) -> dict[str, Any]:
             adapters = make_adapters(base, Path(tmp), kind, max(ks), tok, n_layers)
             # --quick: plain LoRA (the reference, not a target; K = 8 is its slowest point) timed once
             repeats = 1 if args.quick and kind == "lora" else args.repeats
-            got = time_scoring(base, adapters, ks, items, kind_modes[kind], repeats, args.clock)
+            got = time_scoring(base, adapters, ks, items, kind_modes[kind], repeats, args.clock, args.device,
+                               args.batch_size)
             for (mode, k), seconds in sorted(got.items()):
                 times[mode][kind][k] = seconds
                 print(f"score {mode:6s} {kind:5s} K={k:2d}: {seconds:7.2f} s {args.clock} "
@@ -158,6 +162,7 @@ def score_section(args: argparse.Namespace) -> dict[str, Any]:
     ratios = {f"{kind}{'' if m == 'cloze' else '_' + m}_k8_over_k1": round(times[m][kind][8] / times[m][kind][1], 2)
               for kind in KINDS for m in kind_modes[kind]}
     return {"score": {"items": len(items), "ks": list(ks), "threads": args.threads, "clock": args.clock,
+                      "model": args.model, "device": args.device, "batch_size": args.batch_size,
                       "seconds": {m: {kind: {str(k): round(s, 3) for k, s in t.items()} for kind, t in v.items()}
                                   for m, v in times.items()}},
             **ratios}
@@ -186,6 +191,11 @@ def main() -> None:
     ap.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
                     help="time to compare: process CPU time (default; steady under other load) or wall time")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--model", default="smollm2",
+                    help="score section: a registered name or a folder (experiments/random_model.py)")
+    ap.add_argument("--device", default="cpu", help="score section: cpu | cuda (use --clock wall on a GPU)")
+    ap.add_argument("--batch-size", type=int, default=32,
+                    help="score section: the engine's rows per batch (on a GPU, enough for all K x items rows)")
     ap.add_argument("--out", default=str(ROOT / "experiments" / "results" / "bench_shared_prefix.json"))
     args = ap.parse_args()
     args.repeats = args.repeats or (2 if args.quick else 3)

@@ -133,7 +133,9 @@ def test_stop_string_cuts_text_and_stops(engine):
     assert sample.text == full.text[: full.text.find(stop)]
     assert sample.finish_reason == "stop"
     assert sample.n_tokens < 12 and len(sample.token_logprobs) == sample.n_tokens
-    assert sample.token_logprobs == full.token_logprobs[: sample.n_tokens]
+    # CPU: bit for bit. CUDA picks kernels by batch shape (one row here, many above).
+    tol = 0.0 if engine.device == "cpu" else 1e-5
+    assert sample.token_logprobs == pytest.approx(full.token_logprobs[: sample.n_tokens], abs=tol, rel=0)
 
 
 def test_eos_stops_and_ignore_eos_keeps_going(tiny_model, tiny_adapters):
@@ -215,7 +217,7 @@ def test_choice_probs_sum_to_one_and_mixed_equals_alone(engine, make):
 def naive_logprobs(engine, adapter, context_ids, cont_ids):
     """Full forward of context + continuation, no cache, no padding: logprob of each continuation token."""
     model = engine.model
-    ids = torch.tensor([context_ids + cont_ids])
+    ids = torch.tensor([context_ids + cont_ids], device=engine.device)
     with torch.inference_mode():
         if adapter is None:
             with model.disable_adapter():

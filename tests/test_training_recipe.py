@@ -279,3 +279,33 @@ def test_bucketed_width_keeps_the_loss(base, examples):
         a, b = answer_logprobs(model, exact), answer_logprobs(model, wide)
         assert torch.allclose(a, b, atol=1e-5)
         assert abs(float(answer_loss(model, exact)) - float(answer_loss(model, wide))) <= 1e-5
+
+
+def test_training_on_cuda_runs_deterministic_algorithms_and_restores_the_callers(monkeypatch):
+    """A resumed run must equal an uninterrupted one bit for bit, on CUDA too (loop.cuda_determinism)."""
+    import os
+
+    from ensemble.training.loop import cuda_determinism
+
+    seen = []
+
+    @cuda_determinism()
+    def step(fail: bool) -> None:
+        seen.append((torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+                     os.environ.get("CUBLAS_WORKSPACE_CONFIG")))
+        if fail:
+            raise KeyboardInterrupt
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    step(False)  # no GPU: nothing changes
+    assert seen == [(False, False, None)]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    try:
+        step(False)
+        with pytest.raises(KeyboardInterrupt):
+            step(True)
+        assert seen[1:] == [(True, False, ":4096:8")] * 2
+        assert not torch.are_deterministic_algorithms_enabled()  # the caller's setting, after a failure too
+    finally:
+        os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -116,6 +117,37 @@ def training_attention(model: Any, cfg: TrainConfig, device: str) -> Iterator[No
         yield
     finally:
         config._attn_implementation = before
+
+
+@contextlib.contextmanager
+def cuda_determinism() -> Iterator[None]:
+    """On CUDA, train with torch's deterministic algorithms; restore the caller's settings after.
+
+    Why: a run resumed after kill -9 must give the adapters an uninterrupted run gives, bit
+    for bit. On CPU it does as it is; on CUDA, atomics in some backward kernels (the
+    memory-efficient attention's, for one) sum in a different order on every call, and
+    Adam turns those last-bit differences into visible ones within a few steps. cuBLAS also
+    needs a fixed workspace (CUBLAS_WORKSPACE_CONFIG, read when its handle is made: a
+    training process sets it before its first matmul). Not ``warn_only``: with it, torch
+    only warns that the memory-efficient attention's backward is non-deterministic and
+    keeps it; without it, that kernel runs its deterministic variant. Measured on an H100
+    (experiments/device_check.sh): warn_only left both resume tests off by a few bits;
+    strict mode made them bit-identical, and no op of the training step raised."""
+    import torch
+
+    if not torch.cuda.is_available():
+        yield
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+              torch.backends.cudnn.benchmark)
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.backends.cudnn.benchmark = before[2]
 
 
 def total_steps(n_train: int, cfg: TrainConfig) -> int:

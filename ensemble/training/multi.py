@@ -61,6 +61,7 @@ from ensemble.training.loop import (
     autocast_for,
     batch_order,
     bound_heap,
+    cuda_determinism,
     total_steps,
     training_attention,
 )
@@ -194,6 +195,7 @@ def _step_losses(model: Any, states: Sequence[State], batch: dict[str, Any], seq
     return {s.adapter: losses[s.adapter] for s in active}
 
 
+@cuda_determinism()
 def train_group(base_path: str | Path, members: Sequence[Member], pool: Sequence[Example], cfg: TrainConfig,
                 out_dir: str | Path, *, group: str = "shared", progress: Progress | None = None,
                 on_step: Callable[[int], None] | None = None, share: bool = True,

@@ -52,6 +52,7 @@ from ensemble.training.loop import (  # noqa: F401
     autocast_for,
     batch_order,
     bound_heap,
+    cuda_determinism,
     fit_hf,
     fit_loop,
     frozen_weights_in_bf16,
@@ -119,6 +120,7 @@ def save_adapter(model: Any, out_dir: str | Path, name: str) -> Path:
     return final
 
 
+@cuda_determinism()
 def train_variant(base_path: str | Path, variant: Variant, examples: Sequence[Example],
                   heldout: Sequence[Example], cfg: TrainConfig, out_dir: str | Path, *,
                   progress: Progress | None = None) -> VariantResult:
