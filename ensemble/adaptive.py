@@ -117,11 +117,13 @@ def next_cells(items: Sequence[Item], order: Sequence[tuple[str, int]], weights:
     round skips them (a cache of this process; a rerun finds the same from the store).
     """
     out: list[Cell] = []
+    number = {v: i for i, v in enumerate(dict.fromkeys(v for v, _ in order))}
+    voters = [number[v] for v, _ in order]                              # the voter of each cell, as an index
     for it in items:
         if it.id in decided:
             continue
         votes, n_classes = item_votes(it, [index.get((it.id, v, s)) for v, s in order])
-        k, done = walk_item(votes, weights, rule, n_classes)
+        k, done = walk_item(votes, weights, rule, n_classes, voters)
         if done:
             decided.add(it.id)
         else:

@@ -63,6 +63,10 @@ CANDIDATES: list[tuple[str, dict[str, float]]] = [
     *[("cisc", {"delta": d, "temperature": 0.1, "min_votes": k}) for k in (3, 5) for d in MIN_VOTES_DELTAS],
     # the `predictive` rule (commits 5592966, 68222cd at 15:43): added before the larger run was benched
     *[("predictive", {"delta": d, "prior": p}) for p in (1.0, 0.5, 0.25) for d in DELTAS],
+    # the `sticky` rule (2026-11-26, 23:50): added AFTER the n_dev=292 table above was seen, before
+    # the full-size run (481 dev / 469 test questions) was benched; stick 0 would be `predictive`.
+    *[("sticky", {"delta": d, "stick": st, "min_votes": k}) for st in (0.5, 0.8) for k in (1, 5)
+      for d in (0.01, 0.02, 0.05, 0.1, 0.2)],
 ]
 
 

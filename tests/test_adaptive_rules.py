@@ -23,19 +23,21 @@ from ensemble.voting.adaptive import (
 from ensemble.voting.dirichlet import (
     _flip_probability,
     _leader_probability,
+    _sticky,
     flip_probability,
     leader_probability,
+    sticky_flip_probability,
 )
 from ensemble.voting.tiebreak import TIE_BREAKS
 
 
 def _walk(seq: list[int], rule_name: str, params: dict[str, float] | None = None,
           conf: list[float] | None = None, n_classes: int | None = 3,
-          weights: list[float] | None = None) -> tuple[int, bool]:
+          weights: list[float] | None = None, voters: list[int] | None = None) -> tuple[int, bool]:
     """Walk one fully-known item."""
     c = conf or [float("nan")] * len(seq)
     return walk_item(lambda k: (seq[k], c[k]), weights or [1.0] * len(seq),
-                     get_stop_rule(rule_name, params), n_classes)
+                     get_stop_rule(rule_name, params), n_classes, voters)
 
 
 def _all_sequences(n: int, n_classes: int) -> np.ndarray:
@@ -285,21 +287,87 @@ def test_flip_probability_is_a_pure_function() -> None:
     assert flip_probability(np.array([4.0, 1.0, 2.0]), 7, np.ones(9), 0.5) == first  # class order: no matter
 
 
+def test_sticky_with_stick_0_is_predictive() -> None:
+    rng = np.random.default_rng(8)
+    for _ in range(20):
+        counts = rng.integers(0, 6, 3).astype(float)
+        own = rng.integers(0, 3, (4, 3)).astype(float)
+        assert sticky_flip_probability(counts, int(counts.sum()), np.ones(4), own, 1.0, 0.0) == \
+            flip_probability(counts, int(counts.sum()), np.ones(4), 1.0)
+    seq, voters = [0, 1, 0, 0, 1, 0, 0, 1, 0, 0, 1, 0], [0, 1, 2] * 4
+    for delta in (0.01, 0.1):
+        assert _walk(seq, "sticky", {"delta": delta, "stick": 0.0}, voters=voters) == \
+            _walk(seq, "predictive", {"delta": delta}, voters=voters)
+
+
+def test_sticky_flip_probability_spelled_out() -> None:
+    counts, rest = np.array([2.0, 1.0]), np.ones(3)     # A, B, A so far; each voter once more
+    heard = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])  # (voter of each vote to come) x (A, B)
+    crowd = flip_probability(counts, 3, rest, 1.0)
+    # B needs 2 of the 3 votes to come; a voter that repeats itself gives B only from voter 1.
+    # With stick 0.99 the two A voters turn to B only via p (1% each, then ~40%): ~0.8%.
+    assert sticky_flip_probability(counts, 3, rest, heard, 1.0, 0.99) == pytest.approx(0.008, abs=0.005)
+    assert sticky_flip_probability(counts, 3, rest, heard, 1.0, 0.99) < \
+        sticky_flip_probability(counts, 3, rest, heard, 1.0, 0.5) < crowd
+    # voters not heard yet are drawn from p whatever stick says
+    assert sticky_flip_probability(counts, 3, rest, np.zeros((3, 2)), 1.0, 0.99) == crowd
+    # voters 0 and 2 said A once and B once and repeat each half the time; with voter 1's B,
+    # one B from either of them makes the tie: 1 - 0.5 * 0.5
+    mixed = np.array([[1.0, 1.0], [0.0, 1.0], [1.0, 1.0]])
+    assert sticky_flip_probability(counts, 3, rest, mixed, 1.0, 0.999) == pytest.approx(0.75, abs=0.03)
+    # a tie now, or nothing to come: as flip_probability
+    assert sticky_flip_probability(np.array([1.0, 1.0]), 2, np.ones(1), np.ones((1, 2)), 1.0, 0.5) == 1.0
+    assert sticky_flip_probability(counts, 3, np.zeros(0), np.zeros((0, 2)), 1.0, 0.5) == 0.0
+    # class order does not matter, own's columns move with the counts'
+    assert sticky_flip_probability(counts[::-1].copy(), 3, rest, heard[:, ::-1].copy(), 1.0, 0.7) == \
+        sticky_flip_probability(counts, 3, rest, heard, 1.0, 0.7)
+    first = sticky_flip_probability(np.array([4.0, 2.0, 1.0]), 7, np.ones(5), np.eye(3)[[0, 1, 2, 0, 0]], 0.5, 0.6)
+    _sticky.cache_clear()
+    assert sticky_flip_probability(np.array([4.0, 2.0, 1.0]), 7, np.ones(5), np.eye(3)[[0, 1, 2, 0, 0]],
+                                   0.5, 0.6) == first
+
+
+def test_sticky_stops_sooner_on_self_consistent_voters_never_on_a_tie() -> None:
+    voters = [0, 1, 2, 3, 4] * 4                        # 5 voters x 4 samples, sample 0 of each first
+    consistent = [0, 0, 0, 1, 0] * 4                    # every voter repeats its first answer
+    # min_votes 5: hear every voter once (after two A votes, two sticky voters and a p that
+    # leans to A already make a flip unlikely: stick is a strong assumption)
+    sticky, _ = _walk(consistent, "sticky", {"delta": 0.05, "stick": 0.8, "min_votes": 5}, n_classes=2,
+                      voters=voters)
+    crowd, _ = _walk(consistent, "predictive", {"delta": 0.05, "min_votes": 5}, n_classes=2, voters=voters)
+    assert sticky == 5 < crowd
+    assert _walk(consistent, "sticky", {"delta": 0.05, "stick": 0.8}, n_classes=2, voters=voters)[0] == 2
+    for seq in _all_sequences(6, 2).tolist():
+        k, decided = _walk(seq, "sticky", {"delta": 0.2, "stick": 0.9}, n_classes=2, voters=[0, 1, 2] * 2)
+        counted = [x for x in seq[:k] if x != ABSTAIN]
+        assert decided and (k == len(seq) or counted.count(0) != counted.count(1))
+
+
+def test_replay_tells_voters_apart_for_sticky() -> None:
+    labels = np.tile(np.array([0, 0, 1])[None, :, None], (4, 1, 3))  # 4 items, 3 voters x 3 samples
+    m = from_arrays(labels, ["A", "B"])
+    order = default_order(3, 3)
+    sticky = replay(m, order, get_stop_rule("sticky", {"delta": 0.1, "stick": 0.9, "min_votes": 3}))
+    crowd = replay(m, order, get_stop_rule("predictive", {"delta": 0.1, "min_votes": 3}))
+    assert sticky.sum(axis=(1, 2)).tolist() == [3] * 4  # one round: every voter heard once
+    assert crowd.sum() > sticky.sum()
+
+
 # -- resume and determinism ----------------------------------------------------------
-@pytest.mark.parametrize("rule", ["exact", "dirichlet", "cisc", "predictive"])
+@pytest.mark.parametrize("rule", ["exact", "dirichlet", "cisc", "predictive", "sticky"])
 def test_a_resumed_walk_asks_what_an_uninterrupted_one_asks(rule: str) -> None:
     rng = np.random.default_rng(3)
     for _ in range(30):
         seq = rng.choice([ABSTAIN, 0, 0, 0, 1, 2], size=12).tolist()
         conf = rng.uniform(0.2, 1.0, 12).tolist()
-        stop_at, decided = _walk(seq, rule, conf=conf)
+        stop_at, decided = _walk(seq, rule, conf=conf, voters=[0, 1, 2, 3] * 3)
         assert decided
         for known in range(13):  # a run killed after `known` answers, then resumed
             def stored(k: int, known: int = known, seq: list[int] = seq,
                        conf: list[float] = conf) -> tuple[int, float] | None:
                 return (seq[k], conf[k]) if k < known else None
 
-            got = walk_item(stored, [1.0] * 12, get_stop_rule(rule), 3)
+            got = walk_item(stored, [1.0] * 12, get_stop_rule(rule), 3, [0, 1, 2, 3] * 3)
             assert got == ((stop_at, True) if known >= stop_at else (known, False))
 
 
@@ -315,7 +383,7 @@ def test_decisions_do_not_depend_on_the_cache() -> None:
 
 # -- errors --------------------------------------------------------------------------
 def test_registry_lists_the_rules() -> None:
-    assert {"none", "exact", "dirichlet", "cisc", "predictive"} <= set(STOP_RULES)
+    assert {"none", "exact", "dirichlet", "cisc", "predictive", "sticky"} <= set(STOP_RULES)
 
 
 @pytest.mark.parametrize("name, params, match", [
@@ -330,6 +398,8 @@ def test_registry_lists_the_rules() -> None:
     ("dirichlet", {"min_votes": True}, r"parameter 'min_votes' is True"),
     ("predictive", {"delta": 0}, r"stop rule 'predictive': parameter 'delta' is 0; use a probability"),
     ("predictiv", None, r"Unknown stop rule 'predictiv'. Did you mean 'predictive'\?"),
+    ("sticky", {"stick": 1}, r"stop rule 'sticky': parameter 'stick' is 1; use a probability in \[0, 1\)"),
+    ("sticky", {"stik": 0.5}, r"stop rule 'sticky': Unknown parameter 'stik'. Did you mean 'stick'\?"),
 ])
 def test_bad_rules_and_params_name_the_fix(name: str, params: dict[str, object] | None, match: str) -> None:
     with pytest.raises(EnsembleError, match=match):

@@ -165,6 +165,7 @@ def test_rows_match_replay_of_the_full_run_cloze(tmp_path):
     (True, "dirichlet", {"delta": 0.1}, "none"),  # open answers: classes = answers seen so far + 1
     (False, "cisc", {"delta": 0.1, "temperature": 0.5}, "none"),  # confidence-weighted counts
     (False, "predictive", {"delta": 0.05}, "dev"),  # weighted race, posterior on votes
+    (False, "sticky", {"delta": 0.05, "stick": 0.7}, "none"),  # the live run tells voters apart as replay does
 ])
 def test_rows_match_replay_of_the_full_run_generate(tmp_path, open_answers, rule, params, weights):
     kw = {"mode": "generate", "samples": 3, "open_answers": open_answers}

@@ -18,6 +18,13 @@ registered by name in ``STOP_RULES`` with their parameters:
                  question asked in probability (delta -> 0 approaches ``exact``). It
                  targets what adaptive voting must keep, the full vote's decision.
                  Params: delta (0.05), prior (1.0), min_votes (1).
+* ``sticky``     ``predictive``, knowing that a voter repeats itself: a vote to come from
+                 a voter already heard on the item repeats one of its own votes there with
+                 probability ``stick``, else is drawn as in ``predictive`` (stick 0 is
+                 ``predictive``). Samples of one fine-tuned voter agree more with each
+                 other than with other voters, so once every voter has answered, the
+                 split so far predicts the final vote better than exchangeable draws do.
+                 Params: delta (0.05), prior (1.0), stick (0.5), min_votes (1).
 * ``cisc``       the same test on confidence-weighted counts (CISC): each counted vote
                  weighs softmax(confidence / temperature), scaled so the weights sum to
                  the number of counted votes. Params: delta (0.05), temperature (0.1),
@@ -45,6 +52,7 @@ from ensemble.voting.dirichlet import (
     flip_probability,
     leader_probability,
     rescale,
+    sticky_flip_probability,
 )
 
 
@@ -57,6 +65,8 @@ class VotesSoFar:
     weights: np.ndarray      # (n,) float64 >= 0: each asked vote's weight (1.0 for majority)
     remaining: np.ndarray    # (m,) float64 >= 0: weights of the votes not yet asked
     n_classes: int           # classes the item can take (options; open answers: seen + 1)
+    voters: np.ndarray | None = None            # (n,) voter of each asked vote; None: unknown
+    remaining_voters: np.ndarray | None = None  # (m,) voter of each vote not yet asked
 
     @property
     def counted(self) -> np.ndarray:
@@ -135,6 +145,24 @@ def _predictive(delta: float, prior: float, min_votes: float) -> StopRule:
     return stop
 
 
+def _sticky(delta: float, prior: float, stick: float, min_votes: float) -> StopRule:
+    def stop(votes: VotesSoFar) -> bool:
+        if len(votes.labels) < min_votes:
+            return False
+        counts = class_counts(votes.labels, votes.weights, votes.n_classes)
+        keep = votes.remaining > 0
+        rest = votes.remaining[keep]
+        own = np.zeros((len(rest), len(counts)))                      # (m, k) each voter's votes so far
+        if votes.voters is not None and votes.remaining_voters is not None:
+            c = votes.counted
+            seen = np.unique(votes.labels[c])                          # class_counts' column order
+            for j, v in enumerate(votes.remaining_voters[keep]):
+                mine = c & (votes.voters == v)
+                np.add.at(own[j], np.searchsorted(seen, votes.labels[mine]), 1.0)  # repeats count
+        return sticky_flip_probability(counts, int(votes.counted.sum()), rest, own, prior, stick) <= delta
+    return stop
+
+
 def _cisc(delta: float, temperature: float, min_votes: float) -> StopRule:
     def counts(votes: VotesSoFar) -> np.ndarray:
         c = votes.counted
@@ -154,6 +182,11 @@ STOP_RULES.add("dirichlet", RuleSpec(_dirichlet, {
 STOP_RULES.add("predictive", RuleSpec(_predictive, {
     "delta": _DELTA,
     "prior": Param(1.0, lambda x: x > 0, "use a positive pseudo-count, e.g. 1.0"),
+    "min_votes": _MIN_VOTES}))
+STOP_RULES.add("sticky", RuleSpec(_sticky, {
+    "delta": _DELTA,
+    "prior": Param(1.0, lambda x: x > 0, "use a positive pseudo-count, e.g. 1.0"),
+    "stick": Param(0.5, lambda x: 0 <= x < 1, "use a probability in [0, 1), e.g. 0.5"),
     "min_votes": _MIN_VOTES}))
 STOP_RULES.add("cisc", RuleSpec(_cisc, {
     "delta": _DELTA,
@@ -198,15 +231,17 @@ def _check_weights(weights: np.ndarray, where: str) -> None:
 
 
 def walk_item(votes: Callable[[int], tuple[int, float] | None], weights: Sequence[float], rule: StopRule,
-              n_classes: int | None) -> tuple[int, bool]:
+              n_classes: int | None, voters: Sequence[int] | None = None) -> tuple[int, bool]:
     """How far down one item's asking order to go: (k, decided).
 
     ``votes(k)``: (class code, confidence or NaN) of the k-th cell if known, else None.
     ``weights[k]``: that cell's weight. Returns (k, True) when the rule stops after k
     votes (or k = len(weights): everyone was asked), (k, False) when cell k must be
     asked next. ``n_classes`` None: open answers, the distinct answers seen + 1.
+    ``voters[k]``: the voter of cell k (for rules that tell voters apart), or None.
     """
     w = np.asarray(weights, dtype=np.float64)
+    who = None if voters is None else np.asarray(voters, dtype=np.int64)
     _check_weights(w, "walk_item")
     labels: list[int] = []
     conf: list[float] = []
@@ -214,7 +249,8 @@ def walk_item(votes: Callable[[int], tuple[int, float] | None], weights: Sequenc
         seen = np.array(labels, dtype=np.int32)
         k_classes = n_classes if n_classes is not None else len(set(labels) - {ABSTAIN}) + 1
         so_far = VotesSoFar(labels=seen, confidence=np.array(conf, dtype=np.float64), weights=w[:k],
-                            remaining=w[k:], n_classes=k_classes)
+                            remaining=w[k:], n_classes=k_classes, voters=None if who is None else who[:k],
+                            remaining_voters=None if who is None else who[k:])
         if rule(so_far):
             return k, True
         vote = votes(k)
@@ -254,11 +290,12 @@ def replay(matrix: VoteMatrix, order: Sequence[tuple[int, int]], rule: StopRule,
     if n_classes is None:
         n_classes = [None] * I if matrix.valid is None else [int(n) for n in matrix.valid.sum(axis=1)]
     asked = np.zeros((I, V, S), dtype=bool)
+    cell_voters = cells[:, 0].tolist()
     for i in range(I):
         def known(j: int, i: int = i) -> tuple[int, float]:                  # every cell is known
             return int(labels[i, j]), float(conf[i, j])
 
-        k, _ = walk_item(known, cell_w[i], rule, n_classes[i])
+        k, _ = walk_item(known, cell_w[i], rule, n_classes[i], cell_voters)
         asked[i, cells[:k, 0], cells[:k, 1]] = True
     return asked
 

@@ -43,11 +43,13 @@ _U_X = _DRAWS.random((N_DRAWS, 256))                                     # (N, r
 
 @lru_cache(maxsize=64)
 def _uniforms(what: int, width: int) -> np.ndarray:
-    """(N_DRAWS, width) fixed uniforms: ``what`` 0 for p's classes, 1 for the votes to come.
-    Slices of the arrays above when they are wide enough; beyond them (over 64 classes or 256
-    votes to come) uniforms seeded by (what, width), so any size works and stays reproducible."""
-    base = _U_P if what == 0 else _U_X
-    if width <= base.shape[1]:
+    """(N_DRAWS, width) fixed uniforms: ``what`` 0 for p's classes, 1 for the votes to come,
+    2 and 3 for the ``sticky`` rule's repeat-or-not coin and which own vote is repeated.
+    Slices of the arrays above when they are wide enough; otherwise (over 64 classes or 256
+    votes to come, or what >= 2) uniforms seeded by (what, width), so any size works and
+    stays reproducible."""
+    base = {0: _U_P, 1: _U_X}.get(what)
+    if base is not None and width <= base.shape[1]:
         return base[:, :width]
     out: np.ndarray = np.random.default_rng([what, width]).random((N_DRAWS, width))
     return out
@@ -152,4 +154,53 @@ def _flip_probability(counts: tuple[float, ...], n_votes: int, remaining: tuple[
     return float(np.mean(final[:, 0] - rival <= margin))
 
 
-__all__ = ["N_DRAWS", "N_GRID", "cisc_weights", "class_counts", "flip_probability", "leader_probability", "rescale"]
+def sticky_flip_probability(counts: np.ndarray, n_votes: int, remaining: np.ndarray, own: np.ndarray,
+                            prior: float, stick: float) -> float:
+    """``flip_probability`` for votes to come from voters already heard on this item.
+
+    A voter's samples agree with each other more than with the crowd. So each vote to come
+    whose voter has voted here already repeats one of that voter's own votes (uniformly)
+    with probability ``stick``, else it is drawn from p as in ``flip_probability``; a vote
+    from a voter not heard yet is always drawn from p. ``own`` (m, k): for each vote to
+    come, its voter's votes so far per class of ``counts`` (a zero row: not heard yet).
+    stick 0 is ``flip_probability``. Deterministic: fixed draws, as there.
+    """
+    if not remaining.size or len(counts) < 2:
+        return 0.0
+    order = np.argsort(-counts, kind="stable")
+    if counts[order[0]] - counts[order[1]] <= TIE_ATOL + TIE_RTOL * abs(counts[order[0]]):
+        return 1.0
+    # leader first, then the others by count; own's columns follow the same permutation
+    rest = order[1:][np.argsort(counts[order[1:]], kind="stable")]
+    perm = np.concatenate([order[:1], rest])
+    own_key = tuple(tuple(float(x) for x in row) for row in own[:, perm])
+    return _sticky(tuple(float(c) for c in counts[perm]), int(n_votes), tuple(float(w) for w in remaining),
+                   own_key, float(prior), float(stick))
+
+
+@lru_cache(maxsize=1 << 16)
+def _sticky(counts: tuple[float, ...], n_votes: int, remaining: tuple[float, ...],
+            own: tuple[tuple[float, ...], ...], prior: float, stick: float) -> float:
+    from scipy.special import gammaincinv  # on first use
+
+    k, m = len(counts), len(remaining)
+    now = np.array(counts)                                                # (k,) leader first
+    alpha = rescale(now, n_votes) + prior
+    g = gammaincinv(alpha[None, :], _uniforms(0, k))                      # (N, k) Gamma(alpha) draws
+    cum = np.cumsum(g / g.sum(axis=1, keepdims=True), axis=1)             # (N, k) CDF of each p
+    from_p = (_uniforms(1, m)[:, :, None] > cum[:, None, :]).sum(axis=2)  # (N, m) a draw from p
+    own_arr = np.array(own).reshape(m, k)                                 # (m, k) each voter's votes so far
+    heard = own_arr.sum(axis=1) > 0                                       # (m,)
+    own_cum = np.cumsum(own_arr / np.maximum(own_arr.sum(axis=1, keepdims=True), 1), axis=1)  # (m, k)
+    from_own = (_uniforms(3, m)[:, :, None] > own_cum[None, :, :]).sum(axis=2)  # (N, m) one of its own
+    repeat = (_uniforms(2, m) < stick) & heard[None, :]                   # (N, m)
+    x = np.minimum(np.where(repeat, from_own, from_p), k - 1)            # rounding at the CDFs' top
+    final = np.tile(now, (N_DRAWS, 1))                                    # (N, k) counts after every vote
+    np.add.at(final, (np.repeat(np.arange(N_DRAWS), m), x.ravel()), np.tile(remaining, N_DRAWS))
+    rival = final[:, 1:].max(axis=1)
+    margin = 2 * (TIE_ATOL + TIE_RTOL * final[:, 0])
+    return float(np.mean(final[:, 0] - rival <= margin))
+
+
+__all__ = ["N_DRAWS", "N_GRID", "cisc_weights", "class_counts", "flip_probability", "leader_probability", "rescale",
+           "sticky_flip_probability"]
