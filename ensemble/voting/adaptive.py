@@ -18,14 +18,10 @@ registered by name in ``STOP_RULES`` with their parameters:
                  question asked in probability (delta -> 0 approaches ``exact``). It
                  targets what adaptive voting must keep, the full vote's decision.
                  Params: delta (0.05), prior (1.0), min_votes (1).
-* ``sticky``     ``predictive``, knowing that a voter repeats itself: a vote to come from
-                 a voter already heard on the item repeats one of its own votes there with
-                 probability ``stick``, else is drawn as in ``predictive`` (stick 0 is
-                 ``predictive``). Samples of one fine-tuned voter agree more with each
-                 other than with other voters; ``predictive`` draws them as if they did
-                 not. (Measured on the bundled benchmark, 5 voters x 4 samples: its calls
-                 saved vs decisions changed matched ``predictive``'s and ``cisc``'s; it
-                 did not beat them. See README, adaptive voting.)
+* ``sticky``     ``predictive`` where a vote to come from a voter already heard on the item
+                 repeats one of that voter's votes with probability ``stick`` (0: ``predictive``),
+                 as one voter's samples agree more with each other than with other voters.
+                 Measured no better than ``predictive`` / ``cisc`` (README).
                  Params: delta (0.05), prior (1.0), stick (0.5), min_votes (1).
 * ``cisc``       the same test on confidence-weighted counts (CISC): each counted vote
                  weighs softmax(confidence / temperature), scaled so the weights sum to
@@ -53,6 +49,7 @@ from ensemble.voting.dirichlet import (
     class_counts,
     flip_probability,
     leader_probability,
+    own_counts,
     rescale,
     sticky_flip_probability,
 )
@@ -153,15 +150,9 @@ def _sticky(delta: float, prior: float, stick: float, min_votes: float) -> StopR
             return False
         counts = class_counts(votes.labels, votes.weights, votes.n_classes)
         keep = votes.remaining > 0
-        rest = votes.remaining[keep]
-        own = np.zeros((len(rest), len(counts)))                      # (m, k) each voter's votes so far
-        if votes.voters is not None and votes.remaining_voters is not None:
-            c = votes.counted
-            seen = np.unique(votes.labels[c])                          # class_counts' column order
-            for j, v in enumerate(votes.remaining_voters[keep]):
-                mine = c & (votes.voters == v)
-                np.add.at(own[j], np.searchsorted(seen, votes.labels[mine]), 1.0)  # repeats count
-        return sticky_flip_probability(counts, int(votes.counted.sum()), rest, own, prior, stick) <= delta
+        own = own_counts(votes.labels, votes.counted, len(counts), votes.voters, votes.remaining_voters, keep)
+        return sticky_flip_probability(counts, int(votes.counted.sum()), votes.remaining[keep], own, prior,
+                                       stick) <= delta
     return stop
 
 
@@ -239,11 +230,9 @@ def walk_item(votes: Callable[[int], tuple[int, float] | None], weights: Sequenc
     ``votes(k)``: (class code, confidence or NaN) of the k-th cell if known, else None.
     ``weights[k]``: that cell's weight. Returns (k, True) when the rule stops after k
     votes (or k = len(weights): everyone was asked), (k, False) when cell k must be
-    asked next. ``n_classes`` None: open answers, the distinct answers seen + 1.
-    ``voters[k]``: the voter of cell k (for rules that tell voters apart), or None.
-    """
-    w = np.asarray(weights, dtype=np.float64)
-    who = None if voters is None else np.asarray(voters, dtype=np.int64)
+    asked next. ``n_classes`` None: open answers, the distinct answers seen + 1. ``voters[k]``:
+    the voter of cell k (for rules that tell voters apart), or None."""
+    w, who = np.asarray(weights, dtype=np.float64), None if voters is None else np.asarray(voters, dtype=np.int64)
     _check_weights(w, "walk_item")
     labels: list[int] = []
     conf: list[float] = []

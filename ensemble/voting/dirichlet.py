@@ -154,6 +154,22 @@ def _flip_probability(counts: tuple[float, ...], n_votes: int, remaining: tuple[
     return float(np.mean(final[:, 0] - rival <= margin))
 
 
+def own_counts(labels: np.ndarray, counted: np.ndarray, k: int, voters: np.ndarray | None,
+               remaining_voters: np.ndarray | None, keep: np.ndarray) -> np.ndarray:
+    """(m, k) ``own`` for ``sticky_flip_probability``: for each vote to come that counts
+    (``keep`` (m0,) of the remaining votes, m of them), its voter's counted votes so far per
+    class, in ``class_counts``' column order. ``voters`` (n,) of the votes asked and
+    ``remaining_voters`` (m0,) of those to come; either None: voters unknown, all zero."""
+    own = np.zeros((int(keep.sum()), k))
+    if voters is None or remaining_voters is None:
+        return own
+    seen = np.unique(labels[counted])                                     # class_counts' columns
+    for j, v in enumerate(remaining_voters[keep]):
+        mine = counted & (voters == v)
+        np.add.at(own[j], np.searchsorted(seen, labels[mine]), 1.0)     # a repeated class counts twice
+    return own
+
+
 def sticky_flip_probability(counts: np.ndarray, n_votes: int, remaining: np.ndarray, own: np.ndarray,
                             prior: float, stick: float) -> float:
     """``flip_probability`` for votes to come from voters already heard on this item.
@@ -202,5 +218,5 @@ def _sticky(counts: tuple[float, ...], n_votes: int, remaining: tuple[float, ...
     return float(np.mean(final[:, 0] - rival <= margin))
 
 
-__all__ = ["N_DRAWS", "N_GRID", "cisc_weights", "class_counts", "flip_probability", "leader_probability", "rescale",
-           "sticky_flip_probability"]
+__all__ = ["N_DRAWS", "N_GRID", "cisc_weights", "class_counts", "flip_probability", "leader_probability",
+           "own_counts", "rescale", "sticky_flip_probability"]
