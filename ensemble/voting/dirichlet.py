@@ -128,24 +128,45 @@ def flip_probability(counts: np.ndarray, n_votes: int, remaining: np.ndarray, pr
     1.0 when the top two counts tie now; 0.0 with no vote to come."""
     if not remaining.size or len(counts) < 2:
         return 0.0
+    perm = _ranking(counts)
+    if perm is None:
+        return 1.0
+    # the probability depends on the counts only as a multiset: one cache entry per ranking
+    return _flip_probability(tuple(float(c) for c in counts[perm]), int(n_votes),
+                             tuple(float(w) for w in remaining), float(prior))
+
+
+def _ranking(counts: np.ndarray) -> np.ndarray | None:
+    """(k,) the leader's index, then the others' by ascending count; None when the top two tie."""
     order = np.argsort(-counts, kind="stable")
     if counts[order[0]] - counts[order[1]] <= TIE_ATOL + TIE_RTOL * abs(counts[order[0]]):
-        return 1.0
-    # leader first, then the others: the probability depends on the counts only as a multiset
-    ranked = (float(counts[order[0]]),) + tuple(sorted(float(c) for c in counts[order[1:]]))
-    return _flip_probability(ranked, int(n_votes), tuple(float(w) for w in remaining), float(prior))
+        return None
+    return np.concatenate([order[:1], order[1:][np.argsort(counts[order[1:]], kind="stable")]])
 
 
 @lru_cache(maxsize=1 << 16)
 def _flip_probability(counts: tuple[float, ...], n_votes: int, remaining: tuple[float, ...], prior: float) -> float:
+    now = np.array(counts)                                                # (k,) leader first
+    return _flip_share(now, _draws_from_p(now, n_votes, len(remaining), prior), remaining)
+
+
+def _draws_from_p(now: np.ndarray, n_votes: int, m: int, prior: float) -> np.ndarray:
+    """(N, m) the class of each of m votes to come, each drawn from its own p ~ Dirichlet(alpha)
+    (one p per draw), alpha = ``now`` (k,) rescaled to ``n_votes`` votes + prior."""
     from scipy.special import gammaincinv  # on first use
 
-    k, m = len(counts), len(remaining)
-    now = np.array(counts)                                                # (k,) leader first
+    k = len(now)
     alpha = rescale(now, n_votes) + prior                                 # (k,) evidence in votes, not weights
-    g = gammaincinv(alpha[None, :], _uniforms(0, k))                          # (N, k) Gamma(alpha) draws
+    g = gammaincinv(alpha[None, :], _uniforms(0, k))                      # (N, k) Gamma(alpha) draws
     cum = np.cumsum(g / g.sum(axis=1, keepdims=True), axis=1)             # (N, k) CDF of each p
-    x = (_uniforms(1, m)[:, :, None] > cum[:, None, :]).sum(axis=2)                 # (N, m) class of each vote to come
+    x: np.ndarray = (_uniforms(1, m)[:, :, None] > cum[:, None, :]).sum(axis=2)  # (N, m)
+    return x
+
+
+def _flip_share(now: np.ndarray, x: np.ndarray, remaining: tuple[float, ...]) -> float:
+    """The share of the N draws in which the votes to come, of classes ``x`` (N, m) and
+    weights ``remaining`` (m,), leave the leader (class 0 of ``now``) tied or behind."""
+    k, m = len(now), len(remaining)
     x = np.minimum(x, k - 1)                                              # rounding at the CDF's top
     final = np.tile(now, (N_DRAWS, 1))                                    # (N, k) counts after every vote
     np.add.at(final, (np.repeat(np.arange(N_DRAWS), m), x.ravel()), np.tile(remaining, N_DRAWS))
@@ -183,12 +204,10 @@ def sticky_flip_probability(counts: np.ndarray, n_votes: int, remaining: np.ndar
     """
     if not remaining.size or len(counts) < 2:
         return 0.0
-    order = np.argsort(-counts, kind="stable")
-    if counts[order[0]] - counts[order[1]] <= TIE_ATOL + TIE_RTOL * abs(counts[order[0]]):
+    perm = _ranking(counts)
+    if perm is None:
         return 1.0
-    # leader first, then the others by count; own's columns follow the same permutation
-    rest = order[1:][np.argsort(counts[order[1:]], kind="stable")]
-    perm = np.concatenate([order[:1], rest])
+    # own's columns follow the counts' permutation
     own_key = tuple(tuple(float(x) for x in row) for row in own[:, perm])
     return _sticky(tuple(float(c) for c in counts[perm]), int(n_votes), tuple(float(w) for w in remaining),
                    own_key, float(prior), float(stick))
@@ -197,25 +216,15 @@ def sticky_flip_probability(counts: np.ndarray, n_votes: int, remaining: np.ndar
 @lru_cache(maxsize=1 << 16)
 def _sticky(counts: tuple[float, ...], n_votes: int, remaining: tuple[float, ...],
             own: tuple[tuple[float, ...], ...], prior: float, stick: float) -> float:
-    from scipy.special import gammaincinv  # on first use
-
     k, m = len(counts), len(remaining)
     now = np.array(counts)                                                # (k,) leader first
-    alpha = rescale(now, n_votes) + prior
-    g = gammaincinv(alpha[None, :], _uniforms(0, k))                      # (N, k) Gamma(alpha) draws
-    cum = np.cumsum(g / g.sum(axis=1, keepdims=True), axis=1)             # (N, k) CDF of each p
-    from_p = (_uniforms(1, m)[:, :, None] > cum[:, None, :]).sum(axis=2)  # (N, m) a draw from p
+    from_p = _draws_from_p(now, n_votes, m, prior)                        # (N, m) a draw from p
     own_arr = np.array(own).reshape(m, k)                                 # (m, k) each voter's votes so far
     heard = own_arr.sum(axis=1) > 0                                       # (m,)
     own_cum = np.cumsum(own_arr / np.maximum(own_arr.sum(axis=1, keepdims=True), 1), axis=1)  # (m, k)
     from_own = (_uniforms(3, m)[:, :, None] > own_cum[None, :, :]).sum(axis=2)  # (N, m) one of its own
     repeat = (_uniforms(2, m) < stick) & heard[None, :]                   # (N, m)
-    x = np.minimum(np.where(repeat, from_own, from_p), k - 1)            # rounding at the CDFs' top
-    final = np.tile(now, (N_DRAWS, 1))                                    # (N, k) counts after every vote
-    np.add.at(final, (np.repeat(np.arange(N_DRAWS), m), x.ravel()), np.tile(remaining, N_DRAWS))
-    rival = final[:, 1:].max(axis=1)
-    margin = 2 * (TIE_ATOL + TIE_RTOL * final[:, 0])
-    return float(np.mean(final[:, 0] - rival <= margin))
+    return _flip_share(now, np.where(repeat, from_own, from_p), remaining)
 
 
 __all__ = ["N_DRAWS", "N_GRID", "cisc_weights", "class_counts", "flip_probability", "leader_probability",
