@@ -30,7 +30,10 @@ def tiny_overrides(tmp_path: Path, tiny_model: Path) -> list[str]:
 def test_shipped_config_trains_alora_voters_on_shared_batches_and_has_a_baseline():
     cfg = load_config(find_config("quickstart.yaml"))
     assert cfg.train.shared_batches
-    assert {v.flavour for v in expand_grid(cfg.train.grid, cfg.prompt)} == {"alora"}
+    voters = expand_grid(cfg.train.grid, cfg.prompt)
+    assert {v.flavour for v in voters} == {"alora"}
+    # online bagging on every training row (chosen on dev over disjoint shards)
+    assert {(v.split, v.bagging) for v in voters} == {("full", "poisson")} and len(voters) == 5
     single = baseline_config(cfg)
     (variant,) = expand_grid(single.train.grid, single.prompt)
     assert (variant.flavour, variant.split, variant.name) == ("lora", "full", cfg.baseline.name)

@@ -318,6 +318,14 @@ def test_config_errors_name_the_field_and_the_fix():
         GridConfig(layers=("bottom:2",))
     with pytest.raises(ConfigError, match=r"field 'train.shared_batches' is True; shared batches run in the lean loop"):
         TrainConfig(shared_batches=True, trainer="hf")
+    # Online bagging weights the rows of shared batches; one variant at a time would ignore it.
+    with pytest.raises(ConfigError, match=r"field 'train.shared_batches' is False; bagging: poisson \(train.grid\) "
+                                          r"weights the rows of shared batches; set shared_batches: true, or use "
+                                          r"split: bootstrap"):
+        TrainConfig(grid=GridConfig(bagging="poisson"))
+    with pytest.raises(ConfigError, match=r"bagging: poisson \(v2\) weights the rows"):
+        TrainConfig(grid=GridConfig(variants=(VariantConfig(name="v1"), VariantConfig(name="v2", bagging="poisson"))))
+    assert TrainConfig(shared_batches=True, grid=GridConfig(bagging="poisson")).shared_batches
     with pytest.raises(ConfigError, match=r"field 'train.max_batch_tokens' is -1; use 0 \(whole batches\)"):
         TrainConfig(max_batch_tokens=-1)
     names = [v.name for v in expand_grid(GridConfig(layers=("all", "top:2"), flavours=("lora", "alora")), "mc")]

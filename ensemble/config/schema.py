@@ -179,6 +179,10 @@ class TrainConfig:
         check(self.checkpoint_every >= 0, "train.checkpoint_every", self.checkpoint_every, "use 0 (never) or more")
         check(not self.shared_batches or self.trainer == "loop", "train.shared_batches", self.shared_batches,
               "shared batches run in the lean loop; set trainer: loop or shared_batches: false")
+        bagged = [v.name or "a variant" for v in self.grid.variants if v.bagging == "poisson"]
+        check(self.shared_batches or (self.grid.bagging == "none" and not bagged), "train.shared_batches", False,
+              f"bagging: poisson ({'train.grid' if self.grid.bagging != 'none' else ', '.join(bagged)}) weights the "
+              "rows of shared batches; set shared_batches: true, or use split: bootstrap for a resample per variant")
 
 
 @dataclass(frozen=True)
