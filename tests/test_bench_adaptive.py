@@ -8,6 +8,7 @@ import sys
 import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
@@ -18,6 +19,7 @@ import bench_adaptive
 
 from ensemble.data.benchmark import ensure_benchmark
 from ensemble.data.formats import read_items
+from ensemble.predictions.matrix import ABSTAIN
 
 VOTERS = ("a", "b", "c")
 SKILL = {"a": 0.8, "b": 0.6, "c": 0.5}
@@ -106,3 +108,37 @@ def test_live_config_limits_the_test_problems(run_dir: Path, tmp_path: Path) -> 
     assert list(cfg.voters) == list(dict.fromkeys(c.split("#")[0] for c in setting["order"]))
     no_limit = load_config(adaptive_live.live_config(base, setting, tmp_path / "live2"))
     assert not no_limit.data.limit
+
+
+def test_learned_stop_features_and_stopping_point_are_spelled_out() -> None:
+    import adaptive_learned
+
+    labels = np.array([0, 0, 1, ABSTAIN])
+    conf = np.array([0.9, 0.8, 0.5, np.nan])
+    X = adaptive_learned.prefix_features(labels, conf, n_classes=3)
+    assert X.shape == (3, 11)
+    # after 2 votes (both for class 0), 2 to come: lead/rem, lead/K, top/k, rem/K, third share,
+    # leader's mean confidence, others', weighted lead/rem, first voter backs the leader,
+    # exact bound (2 > 2: no), log(1 + k)
+    np.testing.assert_allclose(X[1], [1.0, 0.5, 1.0, 0.5, 0.0, 0.85, 0.0, 0.85, 1.0, 0.0, np.log(3)])
+    # after 3 votes (0, 0, 1), 1 to come: lead 1 is not > 1 vote to come, so no exact bound yet
+    np.testing.assert_allclose(X[2][[0, 2, 6, 9]], [1.0, 2 / 3, 0.5, 0.0])
+    proba = np.array([[0.5, 0.99, 0.2], [0.1, 0.2, 0.3]])
+    assert adaptive_learned.stops(proba, 0.98).tolist() == [2, 4]  # item 2: never sure, every vote asked
+
+
+def test_learned_stop_rule_is_chosen_on_cross_fitted_dev(run_dir: Path, tmp_path: Path) -> None:
+    import adaptive_learned
+
+    out = tmp_path / "learned.json"
+    assert adaptive_learned.main(["--generate", str(run_dir), "--max-loss", "0.05", "--out", str(out),
+                                  "--bench", str(tmp_path / "absent.json")]) == 0
+    result = json.loads(out.read_text())
+    assert result["n_dev"] > 0 and "registered_chosen" not in result
+    for name in ("logistic", "boosted_trees"):
+        chosen, table = result[name]["chosen"], result[name]["candidates"]
+        assert len(table) == len(adaptive_learned.THRESHOLDS) + 1  # + never stopping
+        assert table[0]["test"]["calls_saved"] == 0.0
+        admissible = [r for r in table if r["dev"]["changed_decisions"] <= 0.05 * r["dev"]["n_items"]]
+        assert chosen["dev"]["calls_saved"] == max(r["dev"]["calls_saved"] for r in admissible)
+        assert 0.0 <= chosen["calls_saved"] < 1.0
