@@ -36,7 +36,8 @@ def baseline_config(cfg: Config) -> Config:
         raise EnsembleError(f"{cfg.source or 'config'}: no 'baseline' section; add baseline: {{max_steps: N}} "
                             "for the equal-budget single LoRA")
     variant = VariantConfig(name=b.name, seed=b.seed, rank=b.rank, target_modules=b.target_modules)
-    train = replace(cfg.train, max_steps=b.max_steps, shared_batches=False, grid=GridConfig(variants=(variant,)))
+    train = replace(cfg.train, max_steps=b.max_steps, shared_batches=False, grid=GridConfig(variants=(variant,)),
+                    max_batch_tokens=cfg.train.max_batch_tokens if b.max_batch_tokens is None else b.max_batch_tokens)
     run = replace(cfg.run, splits=("test",), methods=("majority",), method_options={}, submission=None,
                   submission_method="majority", weights_from="dev", include_base=False)
     return replace(cfg, out=str(Path(cfg.out) / BASELINE_DIR), voters={}, train=train, run=run, baseline=None)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from ensemble.cli.jobs import find_config
-from ensemble.config.loader import load_config
+from ensemble.config.loader import ConfigError, load_config
 from ensemble.errors import EnsembleError
 from ensemble.isolate import IN_PROCESS_ENV
 from ensemble.quickstart import RESULT_FILE, baseline_config
@@ -40,6 +40,16 @@ def test_shipped_config_trains_alora_voters_on_shared_batches_and_has_a_baseline
     assert single.train.max_steps == cfg.baseline.max_steps and not single.train.shared_batches
     assert single.out == str(Path(cfg.out) / "baseline") and single.run.splits == ("test",)
     assert single.run.submission is None and single.voters == {}
+
+
+def test_baseline_max_batch_tokens_overrides_the_train_sections_or_inherits_it():
+    cfg = load_config(find_config("quickstart.yaml"))
+    assert (cfg.train.max_batch_tokens, baseline_config(cfg).train.max_batch_tokens) == (128, 384)
+    inherited = load_config(find_config("quickstart.yaml"), ["baseline.max_batch_tokens=null"])
+    assert baseline_config(inherited).train.max_batch_tokens == 128
+    with pytest.raises(ConfigError, match=r"field 'baseline.max_batch_tokens' is -1; use 0 \(whole batches\), "
+                                          r"a token count such as 384, or leave it out"):
+        load_config(find_config("quickstart.yaml"), ["baseline.max_batch_tokens=-1"])
 
 
 def test_baseline_config_needs_the_section(tmp_path, tiny_model):

@@ -253,9 +253,12 @@ class BaselineConfig:
     seed: int = 0
     rank: int = 16
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    max_batch_tokens: int | None = None  # memory knob (same update); None: the train section's
 
     def __post_init__(self) -> None:
         check(self.max_steps > 0, "baseline.max_steps", self.max_steps, "use a positive step count")
+        check(self.max_batch_tokens is None or self.max_batch_tokens >= 0, "baseline.max_batch_tokens",
+              self.max_batch_tokens, "use 0 (whole batches), a token count such as 384, or leave it out")
         check(self.rank > 0, "baseline.rank", self.rank, "use a positive LoRA rank such as 16")
 
 
