@@ -110,3 +110,11 @@ def test_quickstart_prints_the_equal_budget_comparison_from_report_data(tmp_path
     assert f"single LoRA: single-lora, 3 steps {one['accuracy']:.3f} [{one['ci'][0]:.3f}, {one['ci'][1]:.3f}]" in text
     assert f"{ens['seconds']['train']:.0f} {ens['seconds']['score']:.0f} {ens['seconds']['total']:.0f}" in text
     assert f"McNemar exact p = {test['p_value']:.3g}" in text
+
+
+def test_study_config_trains_the_quickstarts_voters():
+    """experiments/study.py --reuse runs/quickstart skips training only if the recipes match."""
+    study, quick = load_config(find_config("study.yaml")), load_config(find_config("quickstart.yaml"))
+    assert study.train == quick.train and study.prompt == quick.prompt
+    assert study.data.benchmark.n_train == quick.data.benchmark.n_train
+    assert study.data.benchmark.seed == quick.data.benchmark.seed

@@ -156,7 +156,8 @@ class TrainConfig:
     trainer: Literal["loop", "hf"] = "loop"
     # Padded tokens per forward pass with gradients (the lean loop cuts a batch into passes
     # and sums their gradients: same update, activations for this many tokens at a time;
-    # SmolLM2 keeps ~1.7 MB per token). 0 = the whole batch in one pass.
+    # SmolLM2 keeps ~1.7 MB per token; an aLoRA suffix token, which attends to the whole
+    # cached prompt, ~2.8 MB). 0 = the whole batch in one pass.
     max_batch_tokens: int = 384
     # Train the grid's variants in one process on shared batches (training.multi): the
     # part that does not depend on the voter (aLoRA: the prompt's KV cache; top:N: the
