@@ -11,7 +11,10 @@ section's recipe) for every (steps, seed), each in its own folder under ``--root
 a finished one is skipped through its manifest and predictions store), scores it on the test
 split, and reports per step count the mean, standard deviation, min and max test accuracy;
 with ``--ensemble RUN`` also that run's dev-chosen ensemble accuracy (its report.json) and how
-many single seeds it beats. Writes experiments/results/single_seeds.json.
+many single seeds it beats. ``--ensemble-offsets 10,20`` also retrains the config's ensemble
+with every voter's seed shifted by each offset (same data, steps, recipe; its own folder) and
+reports the spread of its dev-chosen accuracy, the --ensemble run counting as offset 0.
+Writes experiments/results/single_seeds.json.
 """
 from __future__ import annotations
 
@@ -52,6 +55,32 @@ def single(config: Path, overrides: list[str], root: Path, steps: int, seed: int
             "wall_s": round(time.time() - t0, 1)}
 
 
+def ensemble_seed(config: Path, overrides: list[str], root: Path, offset: int) -> dict[str, Any]:
+    """The config's ensemble again with every voter's seed + ``offset`` (same data, steps and
+    recipe): its dev-chosen method's test accuracy, so the ensemble's own seed spread is known."""
+    from ensemble.pipeline import run
+    from ensemble.training import train_grid
+
+    cfg = load_config(config, overrides)
+    grid = cfg.train.grid
+    grid = replace(grid, seeds=tuple(s + offset for s in grid.seeds),
+                   variants=tuple(replace(v, seed=v.seed + offset) for v in grid.variants))
+    cfg = replace(cfg, out=str(root / f"ensemble-offset{offset}"), train=replace(cfg.train, grid=grid),
+                  run=replace(cfg.run, submission=None), baseline=None)
+    t0 = time.time()
+    train_grid(cfg)
+    chosen = run(cfg).report.selected_on_dev
+    if not chosen:
+        raise EnsembleError(f"{config}: the ensemble's run chose no method on dev; keep run.splits: [dev, test]")
+    return {"seed_offset": offset, "method": chosen["method"], "accuracy": chosen["eval_accuracy"],
+            "dev_accuracy": chosen["dev_accuracy"], "wall_s": round(time.time() - t0, 1)}
+
+
+def spread(acc: list[float]) -> dict[str, Any]:
+    return {"n": len(acc), "mean": statistics.fmean(acc), "sd": statistics.stdev(acc) if len(acc) > 1 else None,
+            "min": min(acc), "max": max(acc)}
+
+
 def summary(rows: list[dict[str, Any]], ensemble: float | None) -> list[dict[str, Any]]:
     out = []
     for steps in sorted({r["steps"] for r in rows}):
@@ -73,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", default="92", help="comma-separated baseline step counts")
     ap.add_argument("--root", type=Path, default=Path("runs/single_seeds"))
     ap.add_argument("--ensemble", type=Path, help="a finished quickstart run folder, for its dev-chosen accuracy")
+    ap.add_argument("--ensemble-offsets", default="",
+                    help="also retrain the config's ensemble with every voter's seed + each offset (e.g. 10,20,30)")
     ap.add_argument("--out", type=Path, default=RESULTS / "single_seeds.json")
     args = ap.parse_args(argv)
     config = args.config or find_config("quickstart.yaml")
@@ -89,9 +120,15 @@ def main(argv: list[str] | None = None) -> int:
         for seed in seeds:
             rows.append(single(config, args.set, args.root, n, seed))
             print(json.dumps(rows[-1]), flush=True)
+    ensembles = [ensemble_seed(config, args.set, args.root, int(o)) for o in args.ensemble_offsets.split(",") if o]
+    for e in ensembles:
+        print(json.dumps(e), flush=True)
     result: dict[str, Any] = {"command": "python experiments/single_seeds.py " + " ".join(sys.argv[1:] if argv is None else argv),
               "config": str(config), "ensemble": ensemble, "runs": rows,
-              "summary": summary(rows, ensemble["accuracy"] if ensemble else None)}
+              "summary": summary(rows, ensemble["accuracy"] if ensemble else None), "ensemble_seeds": ensembles}
+    if ensembles:  # the --ensemble run counts as offset 0
+        result["ensemble_spread"] = spread([e["accuracy"] for e in ensembles]
+                                           + ([ensemble["accuracy"]] if ensemble else []))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     for s in result["summary"]:
@@ -102,6 +139,11 @@ def main(argv: list[str] | None = None) -> int:
             line += (f"; ensemble ({ensemble['method']}) {100 * ensemble['accuracy']:.1f}% beats "
                      f"{s['ensemble_beats']} of {s['seeds']}, {s['ensemble_minus_mean_points']:+.1f} pts vs the mean")
         print(line)
+    if ensembles:
+        e = result["ensemble_spread"]
+        sd = "-" if e["sd"] is None else f"{100 * e['sd']:.1f}"
+        print(f"ensemble over {e['n']} seed sets: mean {100 * e['mean']:.1f}%, sd {sd}, "
+              f"range {100 * e['min']:.1f}-{100 * e['max']:.1f}")
     return 0
 
 

@@ -56,3 +56,18 @@ def test_ensemble_run_without_a_dev_choice_is_refused(tmp_path: Path) -> None:
     (tmp_path / "report.json").write_text(json.dumps({"methods": {}}))
     with pytest.raises(EnsembleError, match=r"report.json: no method chosen on dev; run it with a dev split"):
         single_seeds.main(["--ensemble", str(tmp_path), "--out", str(tmp_path / "x.json")])
+
+
+def test_ensemble_offsets_retrain_the_ensemble_with_shifted_seeds(tmp_path: Path, tiny_model: Path) -> None:
+    out = tmp_path / "seeds.json"
+    args = [*_tiny(tmp_path, tiny_model), "--set", "train.max_steps=2", "--seeds", "0", "--steps", "2",
+            "--root", str(tmp_path / "root"), "--ensemble-offsets", "10", "--out", str(out)]
+    assert single_seeds.main(args) == 0
+    result = json.loads(out.read_text())
+    (e,) = result["ensemble_seeds"]
+    assert e["seed_offset"] == 10 and 0 <= e["accuracy"] <= 1 and e["method"]
+    assert result["ensemble_spread"]["n"] == 1 and result["ensemble_spread"]["sd"] is None
+    manifest = json.loads((tmp_path / "root" / "ensemble-offset10" / "manifest.json").read_text())
+    seeds = {name: v["settings"]["seed"] for name, v in manifest["variants"].items()}
+    assert seeds == {"v1-r8-attn": 11, "v2-r16-attn": 12, "v3-r8-mlp": 13, "v4-r4-attn": 14, "v5-r8-all": 15}
+    assert not (tmp_path / "root" / "ensemble-offset10" / "baseline").exists()  # the ensemble only
