@@ -47,17 +47,28 @@ THRESHOLDS = (0.95, 0.97, 0.98, 0.99, 0.995, 0.998, 0.999)
 FOLDS = 5
 
 
+def prefix_leaders(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """(K-1,) the leading class after k = 1..K-1 votes (lowest code on a tie; ABSTAIN while no
+    vote counts), labels (K,) in asking order."""
+    out = np.full(len(labels) - 1, ABSTAIN)
+    for k in range(1, len(labels)):
+        ok = labels[:k] != ABSTAIN
+        if ok.any():
+            out[k - 1] = int(np.argmax(np.bincount(labels[:k][ok], minlength=n_classes)))
+    return out
+
+
 def prefix_features(labels: np.ndarray, conf: np.ndarray, n_classes: int) -> np.ndarray:
     """(K-1, F) features after k = 1..K-1 votes of one item (labels, conf: (K,) in asking order)."""
     K, out = len(labels), []
-    for k in range(1, K):
+    for k, lead in zip(range(1, K), prefix_leaders(labels, n_classes)):
         lab, cf, rem = labels[:k], np.nan_to_num(conf[:k]), K - k
         ok = lab != ABSTAIN
         counts = np.bincount(lab[ok], minlength=n_classes).astype(float)
         weighted = np.bincount(lab[ok], weights=cf[ok], minlength=n_classes)
         top, runner_up = np.sort(counts)[::-1][:2] if n_classes > 1 else (counts[0], 0.0)
         w_top, w_runner_up = np.sort(weighted)[::-1][:2] if n_classes > 1 else (weighted[0], 0.0)
-        lead = int(np.argmax(counts))
+        lead = max(int(lead), 0)  # no counted vote yet: class 0, as argmax of all-zero counts
         mine, others = cf[ok & (lab == lead)], cf[ok & (lab != lead)]
         out.append([(top - runner_up) / rem, (top - runner_up) / K, top / k, rem / K,
                     (ok.sum() - top - runner_up) / k, mine.mean() if len(mine) else 0.0,
@@ -72,12 +83,8 @@ def dataset(m: VoteMatrix, order: list[tuple[int, int]], full: np.ndarray) -> tu
     labels, conf = m.labels[:, cells[:, 0], cells[:, 1]], m.confidence[:, cells[:, 0], cells[:, 1]]  # type: ignore[index]
     n_classes = m.valid.sum(axis=1) if m.valid is not None else labels.max(axis=1) + 2
     X = np.stack([prefix_features(labels[i], conf[i], int(n_classes[i])) for i in range(len(labels))])
-    y = np.zeros(X.shape[:2], dtype=int)
-    for i in range(len(labels)):
-        for k in range(1, labels.shape[1]):
-            ok = labels[i, :k] != ABSTAIN
-            counts = np.bincount(labels[i, :k][ok], minlength=int(n_classes[i]))
-            y[i, k - 1] = int(ok.any() and np.argmax(counts) == full[i])
+    leaders = np.stack([prefix_leaders(labels[i], int(n_classes[i])) for i in range(len(labels))])  # (I, K-1)
+    y = ((leaders == full[:, None]) & (leaders != ABSTAIN)).astype(int)
     return X, y
 
 

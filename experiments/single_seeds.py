@@ -77,6 +77,7 @@ def ensemble_seed(config: Path, overrides: list[str], root: Path, offset: int) -
 
 
 def spread(acc: list[float]) -> dict[str, Any]:
+    """n, mean, sample sd (None for one value), min and max of some accuracies."""
     return {"n": len(acc), "mean": statistics.fmean(acc), "sd": statistics.stdev(acc) if len(acc) > 1 else None,
             "min": min(acc), "max": max(acc)}
 
@@ -85,13 +86,18 @@ def summary(rows: list[dict[str, Any]], ensemble: float | None) -> list[dict[str
     out = []
     for steps in sorted({r["steps"] for r in rows}):
         acc = [r["accuracy"] for r in rows if r["steps"] == steps]
-        s: dict[str, Any] = {"steps": steps, "seeds": len(acc), "mean": statistics.fmean(acc),
-                             "sd": statistics.stdev(acc) if len(acc) > 1 else None, "min": min(acc), "max": max(acc)}
+        sp = spread(acc)
+        s: dict[str, Any] = {"steps": steps, "seeds": sp.pop("n"), **sp}
         if ensemble is not None:
             s["ensemble_beats"] = sum(a < ensemble for a in acc)
             s["ensemble_minus_mean_points"] = 100 * (ensemble - s["mean"])
         out.append(s)
     return out
+
+
+def _spread_text(s: dict[str, Any]) -> str:
+    sd = "-" if s["sd"] is None else f"{100 * s['sd']:.1f}"
+    return f"mean {100 * s['mean']:.1f}%, sd {sd}, range {100 * s['min']:.1f}-{100 * s['max']:.1f}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,18 +138,14 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     for s in result["summary"]:
-        sd = "-" if s["sd"] is None else f"{100 * s['sd']:.1f}"
-        line = (f"{s['steps']} steps, {s['seeds']} seeds: mean {100 * s['mean']:.1f}%, sd {sd}, "
-                f"range {100 * s['min']:.1f}-{100 * s['max']:.1f}")
+        line = f"{s['steps']} steps, {s['seeds']} seeds: {_spread_text(s)}"
         if ensemble is not None:
             line += (f"; ensemble ({ensemble['method']}) {100 * ensemble['accuracy']:.1f}% beats "
                      f"{s['ensemble_beats']} of {s['seeds']}, {s['ensemble_minus_mean_points']:+.1f} pts vs the mean")
         print(line)
     if ensembles:
         e = result["ensemble_spread"]
-        sd = "-" if e["sd"] is None else f"{100 * e['sd']:.1f}"
-        print(f"ensemble over {e['n']} seed sets: mean {100 * e['mean']:.1f}%, sd {sd}, "
-              f"range {100 * e['min']:.1f}-{100 * e['max']:.1f}")
+        print(f"ensemble over {e['n']} seed sets: {_spread_text(e)}")
     return 0
 
 
