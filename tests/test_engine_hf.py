@@ -113,6 +113,31 @@ def test_seeded_sampling_is_reproducible_and_independent_of_the_batch(tiny_model
     assert as_tuple(engine.generate([sampled("v2", PROMPTS[1], seed=12)])[0]) != as_tuple(alone)
 
 
+def test_samples_of_a_request_share_one_prefill(tiny_model, tiny_adapters, engine, mode, monkeypatch):
+    reqs = [sampled(a, p, seed=3, n=4) for p in PROMPTS[:2] for a in VOTERS]  # 8 requests, 32 rows
+    prefills: list[int] = []
+    forward = engine._forward
+
+    def spy(adapters, **kw):
+        if kw["input_ids"].shape[1] > 1:
+            prefills.append(kw["input_ids"].shape[0])
+        return forward(adapters, **kw)
+
+    monkeypatch.setattr(engine, "_forward", spy)
+    shared = engine.generate(reqs)
+    assert sum(prefills) == 8  # one prompt row per request, not one per sample ("separate": 4 batches)
+    plain = build(tiny_model, tiny_adapters, batch_size=32, lora_batching=mode, share_prefix=False)
+    monkeypatch.setattr(plain, "_forward", spy)
+    prefills.clear()
+    unshared = plain.generate(reqs)
+    assert sum(prefills) == 32
+    for a, b in zip(shared, unshared):
+        assert [s.text for s in a.samples] == [s.text for s in b.samples]
+        for s, t in zip(a.samples, b.samples):
+            assert s.token_logprobs == pytest.approx(t.token_logprobs, abs=1e-5)
+    assert len({s.text for o in shared for s in o.samples}) > len(reqs)  # the samples differ
+
+
 def test_n_samples_distinct_and_greedy_copies(engine):
     out = engine.generate([sampled("v3", PROMPTS[0], seed=1, n=4)])[0]
     assert len(out.samples) == 4

@@ -118,3 +118,18 @@ def test_quickstart_memory_reads_the_phase_rules_and_sums_the_process_tree():
     finally:
         child.kill()
         child.wait()
+
+
+def test_bench_samples_on_the_tiny_model(tiny_model, tmp_path, monkeypatch, one_thread):
+    """experiments/bench_samples.py end to end: both paths draw the same samples, and the
+    speedup is the per-sample-prefill time over the shared time."""
+    report = experiment(monkeypatch, "bench_samples", "--model", tiny_model, "--ns", "1,3", "--questions", 2,
+                        "--voters", 2, "--new-tokens", 3, "--repeats", 1, "--dtype", "float32",
+                        "--out", tmp_path / "bs.json")
+    assert [r["n"] for r in report["results"]] == [1, 3]
+    assert [r["rows"] for r in report["results"]] == [4, 12]  # questions x voters x n
+    assert all(r["texts_differ"] == 0 for r in report["results"])
+    for r in report["results"]:
+        # (the times in the json are rounded to ms: a few % on the tiny model's)
+        assert r["speedup"] == pytest.approx(r["per_sample_prefill_s"] / r["shared_s"], rel=0.1)
+    assert set(report["summary"]) == {"n1_speedup", "n3_speedup"}

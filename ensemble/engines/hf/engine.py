@@ -27,7 +27,8 @@ Options (``EngineSpec.options``):
   ignore_eos  keep generating after EOS (benchmarks with a fixed token count)
   lora_batching  "stacked" (default) | "peft" | "separate", see above
   share_prefix   true (default): aLoRA and top-layer voters run a question's
-              voter-independent part once (``sharing``); false: once per voter row
+              voter-independent part once (``sharing``), and the n samples of one
+              generate request share one prompt prefill; false: once per row
 
 Latency: each row gets its batch's wall time divided by the batch's rows; a
 request's ``latency_s`` is the sum over its rows (its ``n`` samples / one question).
@@ -104,8 +105,9 @@ class HFEngine:
                 log.warning("adapters cannot share a batch (%s); using lora_batching='separate'", exc)
                 lora_batching = "separate"
         self.lora_batching = lora_batching
+        self.share_prefix = bool(share_prefix)  # also: the n samples of a request share one prefill
         self._shared = SharedVoters(model, loaded_kinds(model, self._adapters), self._stacked,
-                                    share=bool(share_prefix)) if self._adapters else None
+                                    share=self.share_prefix) if self._adapters else None
         contiguous_lm_head(model)
         gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         gen_eos = gen_eos if isinstance(gen_eos, list) else [gen_eos]
@@ -158,7 +160,7 @@ class HFEngine:
                                   eos_ids=self.eos_ids, detok=detok, ignore_eos=self.ignore_eos)
         self._run_batches(rows_plain, lambda batch: decode_batch(
             self._forward, batch, pad_id=self.pad_id, eos_ids=self.eos_ids, detok=detok,
-            device=self.device, ignore_eos=self.ignore_eos))
+            device=self.device, ignore_eos=self.ignore_eos, share=self.share_prefix))
         per_req: list[list[GenRow]] = [[] for _ in requests]
         for i, row in zip(owner, rows):
             per_req[i].append(row)

@@ -42,13 +42,27 @@ class GenRow:
 
 
 def decode_batch(forward: Forward, rows: Sequence[GenRow], *, pad_id: int, eos_ids: set[int],
-                 detok: Callable[[list[int]], str], device: str, ignore_eos: bool = False) -> None:
-    """Decode ``rows`` together in place (tokens, logprobs, text, finish_reason)."""
-    ids, mask = left_pad([r.ids for r in rows], pad_id, device)  # (B, L) each
+                 detok: Callable[[list[int]], str], device: str, ignore_eos: bool = False,
+                 share: bool = True) -> None:
+    """Decode ``rows`` together in place (tokens, logprobs, text, finish_reason).
+
+    ``share``: rows with the same prompt and adapter (the n samples of one request) are
+    prefilled once and their KV cache is copied to each row; the prompt is most of the
+    work when replies are short (a 100-token prompt, ~10 new tokens). ``share=False``
+    prefills every row (the reference path)."""
+    first: dict[tuple[str, tuple[int, ...]], int] = {}
+    src = [first.setdefault((r.adapter, tuple(r.ids)), len(first)) if share else i for i, r in enumerate(rows)]
+    uniq = [(r.adapter, r.ids) for r in rows] if not share else [(a, list(ids)) for a, ids in first]
+    ids, mask = left_pad([u[1] for u in uniq], pad_id, device)  # (U, L) each: one row per distinct prompt
     pos = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: real tokens start at position 0
-    out = forward([r.adapter for r in rows], input_ids=ids, attention_mask=mask, position_ids=pos,
+    out = forward([u[0] for u in uniq], input_ids=ids, attention_mask=mask, position_ids=pos,
                   use_cache=True, logits_to_keep=1)
-    decode_from(forward, rows, out.logits[:, -1, :], out.cache, mask, pos[:, -1:], eos_ids=eos_ids,
+    logits, cache = out.logits[:, -1, :], out.cache  # (U, V)
+    if len(uniq) < len(rows):  # copy each prompt's state to its rows: (U, ...) -> (B, ...)
+        index = torch.tensor(src, device=device)
+        cache.batch_select_indices(index)
+        logits, mask, pos = logits[index], mask[index], pos[index]
+    decode_from(forward, rows, logits, cache, mask, pos[:, -1:], eos_ids=eos_ids,
                 detok=detok, device=device, ignore_eos=ignore_eos)
 
 
