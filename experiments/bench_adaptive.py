@@ -1,11 +1,16 @@
 """Adaptive voting (issue 11): how many calls and generated tokens do the stop rules save,
 and what does it cost in accuracy? Offline replay of full runs, many policies side by side.
 
-    # 1. full predictions (every voter, every sample) in generate mode, ~60 wall-minutes:
+    # 1. full predictions (every voter, every sample) in generate mode, 5 voters x 4 samples:
     mkdir -p runs/adaptive_generate && cp -r runs/quickstart/adapters runs/adaptive_generate/
     vote run experiments/configs/adaptive_generate.yaml
     # 2. replay every policy on them, and on the quickstart's cloze run:
-    python experiments/bench_adaptive.py --generate runs/adaptive_generate --cloze runs/quickstart
+    python experiments/bench_adaptive.py --generate runs/adaptive_generate --cloze runs/quickstart \
+        --out experiments/results/adaptive_s4
+    # the same voters x 8 samples (35 wall-minutes on 2 cores), then the chosen policy live:
+    vote run experiments/configs/adaptive_generate8.yaml
+    python experiments/bench_adaptive.py --generate runs/adaptive_generate8 --live \
+        --config experiments/configs/adaptive_generate8.yaml --live-out runs/adaptive_live8
 
 Method. A run folder gives the full vote matrix (its predictions.jsonl with the gold and
 options of its data/dev.jsonl and data/test.jsonl). Voters are asked best dev accuracy
@@ -27,7 +32,7 @@ json keeps that choice for comparison.
 
 Calls: cells asked (one request per voter per sample). Tokens: the generated tokens of the
 asked cells (the rows' ``n_tokens``); cloze scoring generates none (null).
-Writes experiments/results/adaptive.json and adaptive.md.
+Writes experiments/results/adaptive.json and adaptive.md (--out).
 """
 from __future__ import annotations
 
