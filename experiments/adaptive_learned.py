@@ -1,6 +1,6 @@
 """Adaptive voting (issue 11): does a LEARNED stop rule save more calls than the registered ones?
 
-    python experiments/bench_adaptive.py --generate runs/adaptive_generate --out experiments/results/adaptive_s4
+    python experiments/bench_adaptive.py --generate runs/adaptive_generate ...   # first: adaptive.json
     python experiments/adaptive_learned.py --generate runs/adaptive_generate   # 5 voters x 4 samples
 
 A classifier reads what a stop rule sees after k of an item's K votes (same asking order as
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--generate", type=Path, required=True, help="a full generate-mode run folder")
     ap.add_argument("--max-loss", type=float, default=TARGET["max_accuracy_loss"])
-    ap.add_argument("--bench", type=Path, default=RESULTS / "adaptive_s4.json",
+    ap.add_argument("--bench", type=Path, default=RESULTS / "adaptive.json",
                     help="bench_adaptive's json of the same --generate run, for its choice")
     ap.add_argument("--out", type=Path, default=RESULTS / "adaptive_learned.json")
     args = ap.parse_args(argv)

@@ -5,12 +5,11 @@ and what does it cost in accuracy? Offline replay of full runs, many policies si
     mkdir -p runs/adaptive_generate && cp -r runs/quickstart/adapters runs/adaptive_generate/
     vote run experiments/configs/adaptive_generate.yaml
     # 2. replay every policy on them, and on the quickstart's cloze run:
-    python experiments/bench_adaptive.py --generate runs/adaptive_generate --cloze runs/quickstart \
-        --out experiments/results/adaptive_s4
+    python experiments/bench_adaptive.py --generate runs/adaptive_generate --cloze runs/quickstart
     # the same voters x 8 samples (35 wall-minutes on 2 cores), then the chosen policy live:
     vote run experiments/configs/adaptive_generate8.yaml
-    python experiments/bench_adaptive.py --generate runs/adaptive_generate8 --live \
-        --config experiments/configs/adaptive_generate8.yaml --live-out runs/adaptive_live8
+    python experiments/bench_adaptive.py --generate runs/adaptive_generate8 --out experiments/results/adaptive_s8 \
+        --live --config experiments/configs/adaptive_generate8.yaml --live-out runs/adaptive_live8
 
 Method. A run folder gives the full vote matrix (its predictions.jsonl with the gold and
 options of its data/dev.jsonl and data/test.jsonl). Voters are asked best dev accuracy
