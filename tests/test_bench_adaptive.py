@@ -142,3 +142,26 @@ def test_learned_stop_rule_is_chosen_on_cross_fitted_dev(run_dir: Path, tmp_path
         admissible = [r for r in table if r["dev"]["changed_decisions"] <= 0.05 * r["dev"]["n_items"]]
         assert chosen["dev"]["calls_saved"] == max(r["dev"]["calls_saved"] for r in admissible)
         assert 0.0 <= chosen["calls_saved"] < 1.0
+
+
+def test_halves_vote_each_half_of_the_samples_on_its_own(run_dir: Path, tmp_path: Path) -> None:
+    import adaptive_halves
+
+    from ensemble.predictions.rows import build_matrix
+
+    # samples 0-1 vs 2-3 of voters a, b: i1 A,A | B,B; i2 B throughout; i3 B,B | A,A
+    says = {"i1": "AABB", "i2": "BBBB", "i3": "BBAA"}
+    rows = [{"item": i, "voter": v, "sample": s, "answer": seq[s]} for i, seq in says.items() for v in "ab"
+            for s in range(4)]
+    m = build_matrix(rows, gold={"i1": "A", "i2": "B", "i3": "A"})
+    got = adaptive_halves.halves(m, np.ones(3, dtype=bool))
+    assert (got["samples_per_half"], got["decisions_differ"]) == (2, 2)
+    assert got["accuracy_first"] == pytest.approx(2 / 3) and got["accuracy_second"] == pytest.approx(2 / 3)
+    one = build_matrix([{"item": "i1", "voter": "a", "sample": 0, "answer": "A"}], gold={"i1": "A"})
+    with pytest.raises(SystemExit, match="1 sample per voter; it needs at least 2"):
+        adaptive_halves.halves(one, np.ones(1, dtype=bool))
+    out = tmp_path / "halves.json"
+    assert adaptive_halves.main(["--generate", str(run_dir), "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["n_test"] == len(read_items(run_dir / "data" / "test.jsonl"))
+    assert result["samples_per_half"] == SAMPLES // 2 and 0 <= result["decisions_differ"] <= result["n_test"]

@@ -1,0 +1,72 @@
+"""How far apart are two full votes over independent draws? (the live run's noise floor)
+
+    python experiments/adaptive_halves.py --generate runs/adaptive_generate8
+
+bench_adaptive's live run draws its own samples, so its accuracy is compared with a full
+vote over *other* draws of the same voters. This script measures how much that alone moves
+the test accuracy: it splits a full generate-mode run's samples into two halves (samples
+0..S/2-1 and S/2..S-1: two independent runs with S/2 samples each), takes the ``majority``
+decision of each half on the test items, and reports both accuracies, how many decisions
+differ, and McNemar's exact test between them. Test items = not dev, with gold (as in
+bench_adaptive). Writes experiments/results/adaptive_halves.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from bench_adaptive import load_run
+
+from ensemble.evaluation.metrics import paired_test
+from ensemble.predictions.matrix import VoteMatrix
+from ensemble.voting import vote
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def samples_of(m: VoteMatrix, samples: list[int]) -> VoteMatrix:
+    """The matrix restricted to the given sample indices (every voter, every item)."""
+    return replace(m, labels=m.labels[:, :, samples],
+                   confidence=None if m.confidence is None else m.confidence[:, :, samples],
+                   probs=None if m.probs is None else m.probs[:, :, samples],
+                   asked=None if m.asked is None else m.asked[:, :, samples])
+
+
+def halves(m: VoteMatrix, test: np.ndarray) -> dict[str, Any]:
+    """Majority of samples 0..S/2-1 vs majority of S/2..S-1 on the (I,) bool ``test`` items."""
+    if m.n_samples < 2:
+        raise SystemExit(f"adaptive_halves: the run has {m.n_samples} sample per voter; it needs at least 2")
+    half = m.n_samples // 2
+    first = vote(samples_of(m, list(range(half))), "majority").labels[test]
+    second = vote(samples_of(m, list(range(half, 2 * half))), "majority").labels[test]
+    gold = m.gold[test]  # type: ignore[index]
+    test_ = paired_test(gold, first, second)
+    return {"n_test": int(test.sum()), "samples_per_half": half,
+            "accuracy_first": float(np.mean(first == gold)), "accuracy_second": float(np.mean(second == gold)),
+            "decisions_differ": int((first != second).sum()), "p_value": test_["p_value"],
+            "delta": test_["delta"], "delta_ci": test_["delta_ci"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--generate", type=Path, required=True, help="a full generate-mode run folder")
+    ap.add_argument("--out", type=Path, default=RESULTS / "adaptive_halves.json")
+    args = ap.parse_args(argv)
+    m, dev, _ = load_run(args.generate)
+    result = {"command": "python experiments/adaptive_halves.py " + " ".join(sys.argv[1:] if argv is None else argv),
+              "source": str(args.generate), **halves(m, ~dev & m.has_gold())}
+    print(f"{result['n_test']} test items, {result['samples_per_half']} samples per half: accuracy "
+          f"{result['accuracy_first']:.3f} vs {result['accuracy_second']:.3f}, {result['decisions_differ']} decisions "
+          f"differ (McNemar p={result['p_value']:.3g})")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
