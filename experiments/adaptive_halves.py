@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,21 +28,13 @@ from ensemble.voting import vote
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def samples_of(m: VoteMatrix, samples: list[int]) -> VoteMatrix:
-    """The matrix restricted to the given sample indices (every voter, every item)."""
-    return replace(m, labels=m.labels[:, :, samples],
-                   confidence=None if m.confidence is None else m.confidence[:, :, samples],
-                   probs=None if m.probs is None else m.probs[:, :, samples],
-                   asked=None if m.asked is None else m.asked[:, :, samples])
-
-
 def halves(m: VoteMatrix, test: np.ndarray) -> dict[str, Any]:
     """Majority of samples 0..S/2-1 vs majority of S/2..S-1 on the (I,) bool ``test`` items."""
     if m.n_samples < 2:
         raise SystemExit(f"adaptive_halves: the run has {m.n_samples} sample per voter; it needs at least 2")
     half = m.n_samples // 2
-    first = vote(samples_of(m, list(range(half))), "majority").labels[test]
-    second = vote(samples_of(m, list(range(half, 2 * half))), "majority").labels[test]
+    first = vote(m.select_samples(range(half)), "majority").labels[test]
+    second = vote(m.select_samples(range(half, 2 * half)), "majority").labels[test]
     gold = m.gold[test]  # type: ignore[index]
     test_ = paired_test(gold, first, second)
     return {"n_test": int(test.sum()), "samples_per_half": half,

@@ -40,6 +40,17 @@ def test_build_matrix_encodes_sorted_classes_and_abstains(tmp_path):
     assert m.probs is None
 
 
+def test_select_samples_keeps_those_samples_of_every_voter(tmp_path):
+    m = build_matrix(read_rows(write_jsonl(tmp_path / "p.jsonl", ROWS)), adaptive=True)
+    second = m.select_samples([1])
+    np.testing.assert_array_equal(second.labels, [[[-1], [-1]], [[-1], [2]]])
+    assert second.confidence[1, 1, 0] == 0.5 and np.isnan(second.confidence[0, 0, 0])
+    np.testing.assert_array_equal(second.asked, [[[False], [False]], [[False], [True]]])
+    swapped = m.select_samples([1, 0])
+    np.testing.assert_array_equal(swapped.labels, m.labels[:, :, ::-1])
+    assert swapped.items == m.items and swapped.voters == m.voters
+
+
 def test_label_codes_do_not_depend_on_row_order(tmp_path):
     a = build_matrix(read_rows(write_jsonl(tmp_path / "a.jsonl", ROWS)))
     b = build_matrix(read_rows(write_jsonl(tmp_path / "b.jsonl", ROWS[::-1])))

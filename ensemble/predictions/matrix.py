@@ -159,6 +159,17 @@ class VoteMatrix:
             asked=None if self.asked is None else self.asked[:, idx],
         )
 
+    def select_samples(self, samples: Sequence[int]) -> VoteMatrix:
+        """Keep these sample indices of every voter, in this order."""
+        idx = np.array(samples, dtype=np.intp)
+        return replace(
+            self,
+            labels=self.labels[:, :, idx],
+            confidence=None if self.confidence is None else self.confidence[:, :, idx],
+            probs=None if self.probs is None else self.probs[:, :, idx],
+            asked=None if self.asked is None else self.asked[:, :, idx],
+        )
+
     def decode(self, codes: Iterable[int]) -> list[str | None]:
         return self.encoder.decode(codes)
 

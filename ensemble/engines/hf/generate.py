@@ -50,15 +50,21 @@ def decode_batch(forward: Forward, rows: Sequence[GenRow], *, pad_id: int, eos_i
     prefilled once and their KV cache is copied to each row; the prompt is most of the
     work when replies are short (a 100-token prompt, ~10 new tokens). ``share=False``
     prefills every row (the reference path)."""
-    first: dict[tuple[str, tuple[int, ...]], int] = {}
-    src = [first.setdefault((r.adapter, tuple(r.ids)), len(first)) if share else i for i, r in enumerate(rows)]
-    uniq = [(r.adapter, r.ids) for r in rows] if not share else [(a, list(ids)) for a, ids in first]
-    ids, mask = left_pad([u[1] for u in uniq], pad_id, device)  # (U, L) each: one row per distinct prompt
+    heads: list[GenRow] = []  # the rows that are prefilled: one per distinct (adapter, prompt)
+    src: list[int] = []  # (B,) each row's head
+    seen: dict[Any, int] = {}
+    for j, r in enumerate(rows):
+        key = (r.adapter, tuple(r.ids)) if share else j
+        if key not in seen:
+            seen[key] = len(heads)
+            heads.append(r)
+        src.append(seen[key])
+    ids, mask = left_pad([h.ids for h in heads], pad_id, device)  # (U, L) each
     pos = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: real tokens start at position 0
-    out = forward([u[0] for u in uniq], input_ids=ids, attention_mask=mask, position_ids=pos,
+    out = forward([h.adapter for h in heads], input_ids=ids, attention_mask=mask, position_ids=pos,
                   use_cache=True, logits_to_keep=1)
     logits, cache = out.logits[:, -1, :], out.cache  # (U, V)
-    if len(uniq) < len(rows):  # copy each prompt's state to its rows: (U, ...) -> (B, ...)
+    if len(heads) < len(rows):  # copy each prompt's state to its rows: (U, ...) -> (B, ...)
         index = torch.tensor(src, device=device)
         cache.batch_select_indices(index)
         logits, mask, pos = logits[index], mask[index], pos[index]
