@@ -161,3 +161,37 @@ def test_tried_lists_every_k_in_words_and_each_arms_voters() -> None:
         "lora K=3: K x baseline A's scoring loop alone exceeds the budget",
         ("voters of top/l10: seeds 0..K-1, rank 16, attention projections, LoRA on the top 10 layers, Poisson(1) "
          "online bagging of all training problems")]
+
+
+def test_seed_ceiling_votes_copies_of_baseline_a(tmp_path: Path) -> None:
+    """experiments/seed_ceiling.py: seeds 1, 2 of A's recipe beside the tiny study's A (seed 0),
+    each timed into its own ledger; the vote is chosen on dev; a rerun retrains nothing; and
+    ``--a320`` given the same study compares the vote with A itself (the same numbers twice)."""
+    import seed_ceiling
+
+    root, results = tmp_path / "root", tmp_path / "results"
+    equal_budget.main(["--tiny", "--root", str(root), "--results", str(results), "--kinds", ""])
+    argv = ["--tiny", "--root", str(root), "--results", str(results), "--seeds", "1,2"]
+    out = seed_ceiling.main(argv)
+    assert out is not None and out["k"] == 3 and set(out["seed_accuracies"]) == {"seed0", "seed1", "seed2"}
+    base = json.loads((results / "equal_budget.json").read_text())["baseline"]
+    assert out["baseline"]["accuracy"] == base["accuracy"]  # seed 0 is the study's own A
+    adapters = [(root / f / "adapters").rglob("adapter_model.safetensors") for f in ("single", "single-seed1")]
+    first, second = (next(a).read_bytes() for a in adapters)
+    assert first != second  # another seed, another LoRA
+    for s in (1, 2):
+        ledger = json.loads((root / f"single-seed{s}" / "budget.json").read_text())
+        assert ledger["train"]["done"] and ledger["score"]["done"]
+        assert out["cpu_seconds"][f"seed{s}"] == pytest.approx(ledger["train"]["cpu"] + ledger["score"]["cpu"], abs=0.06)
+    e = out["ensemble"]
+    assert e["method"] in equal_budget.METHODS and e["ci"][0] <= e["accuracy"] <= e["ci"][1]
+    assert 0 <= e["p_vs_baseline"] <= 1
+    (two,) = out["by_k"]  # seeds 0, 1 alone: the same dev-chosen protocol on fewer voters
+    assert two["k"] == 2 and two["method"] in equal_budget.METHODS and 0 <= two["p_vs_baseline"] <= 1
+    text = (results / "seed_ceiling.md").read_text()
+    assert "vote of the 3 seeds" in text and "vote of seeds 0..1" in text
+    ledger1 = (root / "single-seed1" / "budget.json").read_text()
+    again = seed_ceiling.main([*argv, "--a320", str(root)])
+    assert (root / "single-seed1" / "budget.json").read_text() == ledger1
+    assert again is not None and again["a320"]["accuracy"] == pytest.approx(out["baseline"]["accuracy"], abs=1e-4)
+    assert again["a320"]["ensemble_delta_points"] == pytest.approx(e["delta_vs_baseline_points"], abs=0.01)
