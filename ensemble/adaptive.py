@@ -172,12 +172,14 @@ class Asker:
             return ask(engine, self.cfg, [(it, v) for it, v, _ in cells], self.voters, self.template,
                        self.extractor)
         adapter = {name: (None if path is None else name) for name, path in self.voters.items()}
-        # One request per sample, seeded by (item, voter, sample): a sample is the same whichever
-        # other samples were asked, in whatever batch.
+        # One request per sample: sample s of the (item, voter) request a full run sends, with
+        # the full run's seed. The HF engine draws exactly the full run's sample s, whichever other
+        # samples were asked, in whatever batch; other engines a reproducible draw of their own
+        # (SamplingSettings.first_sample).
         reqs = [GenRequest(adapter=adapter[v], messages=render_messages(self.template, it), key=(it, v),
                            sampling=SamplingSettings(n=1, temperature=r.temperature, top_p=r.top_p,
                                                      max_new_tokens=r.max_new_tokens, stop=tuple(r.stop),
-                                                     seed=request_seed(r.seed, it.id, f"{v}#{s}")))
+                                                     seed=request_seed(r.seed, it.id, v), first_sample=s))
                 for it, v, s in cells]
         rows = []
         for out, (_, _, s) in zip(engine.generate(reqs), cells):

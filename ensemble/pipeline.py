@@ -88,11 +88,16 @@ def resolve_voters(cfg: Config) -> dict[str, str | None]:
 def run_settings(cfg: Config, model: str) -> dict[str, Any]:
     """What the stored rows depend on: changing any of these invalidates the store."""
     r = cfg.run
+    adaptive = to_dict(r.adaptive)  # which cells were asked
+    if adaptive is not None and r.mode == "generate":
+        # One request per sample, drawing the full run's sample (SamplingSettings.first_sample).
+        # Stores of the earlier per-sample seeds lack this mark, so they are refused, not mixed.
+        adaptive = {**adaptive, "sample_seeds": "first_sample"}
     return {"model": model, "prompt": to_dict(cfg.prompt), "mode": r.mode, "samples": r.samples,
             "temperature": r.temperature, "top_p": r.top_p, "max_new_tokens": r.max_new_tokens,
             "seed": r.seed, "stop": list(r.stop), "extractor": to_dict(r.extractor), "dtype": r.dtype,
             "benchmark": to_dict(cfg.data.benchmark),  # regenerated items reuse ids: old rows must go
-            "adaptive": to_dict(r.adaptive)}  # which cells were asked (generate: one seeded request per sample)
+            "adaptive": adaptive}
 
 
 def request_seed(seed: int, item_id: str, voter: str) -> int:

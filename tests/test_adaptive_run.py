@@ -90,7 +90,7 @@ class SkilledEngine(FakeEngine):
             n_opts = source.count("option ")  # the prompt lists the item's options (none: open answer)
             samples = []
             for j in range(r.sampling.n):
-                seed = (r.sampling.seed, j)
+                seed = (r.sampling.seed, r.sampling.first_sample + j)  # as the HF engine seeds sample rows
                 if n_opts:
                     text = f"The answer is {'ABCD'[self._pick(r.adapter, source, n_opts, seed)]}"
                 else:
@@ -202,14 +202,18 @@ def check_live_equals_replay(live: Any, full: Any, rule: str, params: dict[str, 
     assert live.calls["saved"] == live.calls["possible"] - live.calls["made"]
 
 
-def test_rule_none_gives_the_plain_runs_answers(tmp_path):
-    plain = run(load_config(write_config(tmp_path, "plain", adaptive=None)), engine=SkilledEngine())
-    every = run(load_config(write_config(tmp_path, "every", adaptive="{rule: none, order: given}")),
+@pytest.mark.parametrize("mode, samples", [("cloze", 1), ("generate", 3)])
+def test_rule_none_gives_the_plain_runs_answers(tmp_path, mode, samples):
+    """Generate mode too: an adaptive run asks sample s alone, with the plain run's seed and
+    ``first_sample=s``, so it gets the plain run's sample s (the fake seeds samples as HF does)."""
+    kw = {"mode": mode, "samples": samples}
+    plain = run(load_config(write_config(tmp_path, "plain", adaptive=None, **kw)), engine=SkilledEngine())
+    every = run(load_config(write_config(tmp_path, "every", adaptive="{rule: none, order: given}", **kw)),
                 engine=SkilledEngine())
     assert stored(tmp_path / "plain") == stored(tmp_path / "every")
     m = aligned(every.matrix, plain.matrix.items, plain.matrix.voters)
     np.testing.assert_array_equal(m.labels, plain.matrix.labels)
-    assert every.calls == {**every.calls, "saved": 0, "made": 12 * 5 + 30 * 5} and plain.calls is None
+    assert every.calls == {**every.calls, "saved": 0, "made": (12 * 5 + 30 * 5) * samples} and plain.calls is None
     assert every.report.to_dict()["methods"]["majority"]["accuracy"] == \
         plain.report.to_dict()["methods"]["majority"]["accuracy"]
 
@@ -285,6 +289,20 @@ def test_vote_eval_reads_an_adaptive_store_as_not_asked(tmp_path):
     assert load_predictions(copy).asked is None
 
 
+def test_a_generate_store_of_the_earlier_per_sample_seeds_is_refused(tmp_path):
+    """Before 2026-11-27 adaptive runs seeded each sample as a request of its own; such a store
+    (its meta lacks the ``sample_seeds`` mark) must not be resumed with the new draws."""
+    cfg = write_config(tmp_path, "out", adaptive="{rule: exact}", mode="generate", samples=2)
+    run(load_config(cfg), engine=SkilledEngine())
+    meta = tmp_path / "out" / "predictions.jsonl.meta.json"
+    settings = json.loads(meta.read_text())
+    assert settings["adaptive"]["sample_seeds"] == "first_sample"
+    del settings["adaptive"]["sample_seeds"]
+    meta.write_text(json.dumps(settings))
+    with pytest.raises(EnsembleError, match=r"made with other settings \(adaptive: .*sample_seeds.*--restart"):
+        run(load_config(cfg), engine=SkilledEngine())
+
+
 def test_changing_the_rule_refuses_the_store(tmp_path):
     run(load_config(write_config(tmp_path, "out", adaptive="{rule: exact}")), engine=SkilledEngine())
     with pytest.raises(EnsembleError, match=r"made with other settings \(adaptive: .*exact.*dirichlet"):
@@ -335,6 +353,24 @@ def test_tiny_model_cloze_live_equals_replay(tmp_path, tiny_model, tiny_adapters
                       get_stop_rule("dirichlet", {"delta": 0.3}))
     np.testing.assert_array_equal(aligned(live.matrix, test, order).asked, expected)
     assert live.calls["saved"] > 0
+
+
+def test_tiny_model_generate_adaptive_draws_the_full_runs_samples(tmp_path, tiny_model, tiny_adapters):
+    """The real HF engine: every sample an adaptive run asks is the plain full run's sample, text
+    for text (one request per sample, other batches, seeded by first_sample)."""
+    from test_run import write_config as tiny_config
+
+    sampling = "  mode: generate\n  samples: 3\n  temperature: 1.0\n  max_new_tokens: 6\n  probe: false\n"
+    plain = run(load_config(tiny_config(tmp_path, tiny_model, tiny_adapters, tmp_path / "plain", n=6,
+                                        run_extra=sampling)))
+    texts = {(r["item"], r["voter"], r["sample"]): r["text"]
+             for r in map(json.loads, (tmp_path / "plain" / "predictions.jsonl").read_text().splitlines())}
+    assert len(set(texts.values())) > len(texts) // 2  # sampled: the draws differ
+    live = run(load_config(tiny_config(tmp_path, tiny_model, tiny_adapters, tmp_path / "live", n=6,
+                                       run_extra=sampling + "  adaptive: {rule: none, order: given}\n")))
+    rows = [json.loads(x) for x in (tmp_path / "live" / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == len(texts) == live.calls["made"] and plain.matrix.n_samples == 3
+    assert {(r["item"], r["voter"], r["sample"]): r["text"] for r in rows} == texts
 
 
 def test_item_votes_codes_options_and_open_answers():

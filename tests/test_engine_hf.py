@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -136,6 +137,23 @@ def test_samples_of_a_request_share_one_prefill(tiny_model, tiny_adapters, engin
         for s, t in zip(a.samples, b.samples):
             assert s.token_logprobs == pytest.approx(t.token_logprobs, abs=1e-5)
     assert len({s.text for o in shared for s in o.samples}) > len(reqs)  # the samples differ
+
+
+def test_first_sample_draws_that_sample_of_the_n_sample_request(engine):
+    """A request for n=1, first_sample=j is sample j of the n-sample request with the same seed,
+    in any batch (what an adaptive run relies on to draw the full run's samples)."""
+    full = engine.generate([sampled("v2", PROMPTS[1], seed=7, n=4)])[0]
+    ones = [GenRequest(adapter="v2", prompt=PROMPTS[1], sampling=SamplingSettings(
+        n=1, temperature=1.0, top_p=0.9, max_new_tokens=8, seed=7, first_sample=j)) for j in (3, 0, 2, 1)]
+    picked = engine.generate([sampled("v1", PROMPTS[0], seed=2)] + ones)[1:]
+    rows = [(s.text, s.n_tokens, s.finish_reason) for s in full.samples]
+    assert [as_tuple(o)[0] for o in picked] == [rows[j] for j in (3, 0, 2, 1)]
+    for o, j in zip(picked, (3, 0, 2, 1)):  # other batch shapes: the same draws, logprobs to float rounding
+        assert o.samples[0].token_logprobs == pytest.approx(full.samples[j].token_logprobs, abs=1e-5)
+    tail = GenRequest(adapter="v2", prompt=PROMPTS[1], sampling=replace(ones[0].sampling, n=2, first_sample=2))
+    assert as_tuple(engine.generate([tail])[0]) == rows[2:]
+    with pytest.raises(EnsembleError, match=r"sampling settings: first_sample -1 \(>= 0\)"):
+        engine.generate([GenRequest(adapter="v2", prompt="x", sampling=SamplingSettings(first_sample=-1))])
 
 
 def test_n_samples_distinct_and_greedy_copies(engine):

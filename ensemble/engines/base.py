@@ -16,6 +16,7 @@ they are registered by name in ``ENGINES`` and built with ``build_engine``.
 """
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -28,7 +29,14 @@ Message = dict[str, str]  # {"role": "system"|"user"|"assistant", "content": str
 @dataclass(frozen=True)
 class SamplingSettings:
     """Decoding settings. ``temperature == 0`` means greedy (then ``n`` must be 1... or
-    identical samples). ``seed`` makes sampled outputs reproducible per request."""
+    identical samples). ``seed`` makes sampled outputs reproducible per request.
+
+    ``first_sample``: the request's samples are samples ``first_sample, first_sample + 1, ...``
+    of the stream its ``seed`` starts. The HF engine seeds every sample on its own, so a request
+    for ``n=1, first_sample=j`` draws exactly sample j of the ``n``-sample request with the same
+    seed (an adaptive run asks samples one at a time and gets the full run's draws). Engines
+    that seed a request as a whole (vLLM, OpenAI-compatible servers) cannot pick a sample out of
+    a stream: they send ``sampling_seed(s)``, reproducible but other draws."""
 
     n: int = 1
     temperature: float = 0.0
@@ -38,6 +46,17 @@ class SamplingSettings:
     stop: tuple[str, ...] = ()
     logprobs: bool = True
     top_logprobs: int = 0  # also report the k most likely tokens of each step (OpenAI: 0..20)
+    first_sample: int = 0  # this request's samples start at this index of its seed's stream
+
+
+def sampling_seed(s: SamplingSettings) -> int | None:
+    """The seed for an engine that seeds a request as a whole: the request's own seed when
+    its samples start the stream, else one derived from (seed, first_sample) (32 bits, as
+    ``pipeline.request_seed``'s)."""
+    if s.seed is None or s.first_sample == 0:
+        return s.seed
+    digest = hashlib.sha256(f"{s.seed}#{s.first_sample}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
 
 
 @dataclass(frozen=True)

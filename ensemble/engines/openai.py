@@ -50,6 +50,7 @@ from ensemble.engines.base import (
     GenOutput,
     GenRequest,
     Sample,
+    sampling_seed,
     softmax,
 )
 from ensemble.engines.openai_tokens import NoTokenizeRoute, TokenScorer
@@ -180,7 +181,7 @@ class OpenAIEngine:
         args: dict[str, Any] = {"model": model, "n": s.n // greedy_copies, "temperature": s.temperature,
                                 "top_p": s.top_p, "max_tokens": s.max_new_tokens}
         if s.seed is not None:
-            args["seed"] = s.seed
+            args["seed"] = sampling_seed(s)
         if s.stop:
             args["stop"] = list(s.stop)
         start = time.perf_counter()

@@ -37,6 +37,7 @@ from ensemble.engines.base import (
     GenOutput,
     GenRequest,
     Sample,
+    sampling_seed,
     softmax,
 )
 from ensemble.engines.vllm_lora import (  # noqa: F401  (re-exported: the public names live here)
@@ -167,7 +168,7 @@ class VLLMEngine:
         s = r.sampling
         check_temperature(s.temperature)
         return self._params(n=1 if s.temperature == 0 else s.n, temperature=s.temperature, top_p=s.top_p,
-                            seed=s.seed, max_tokens=s.max_new_tokens, stop=list(s.stop) or None,
+                            seed=sampling_seed(s), max_tokens=s.max_new_tokens, stop=list(s.stop) or None,
                             logprobs=1 if s.logprobs else None)
 
     # --- score_choices -------------------------------------------------------------------------

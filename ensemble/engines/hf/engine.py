@@ -151,7 +151,7 @@ class HFEngine:
             _check_sampling(s)
             seed = s.seed if s.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
             for j in range(1 if s.temperature == 0 else s.n):  # greedy: one row, copied n times
-                rows.append(GenRow(ids, adapter, s, seed=(seed * 1_000_003 + j) % 2**63))
+                rows.append(GenRow(ids, adapter, s, seed=(seed * 1_000_003 + s.first_sample + j) % 2**63))
                 owner.append(i)
         detok: Callable[[list[int]], str] = lambda t: self.tokenizer.decode(t, skip_special_tokens=True)
         shared, rows_plain = self._split_rows(rows)
@@ -271,7 +271,8 @@ def _check_sampling(s: SamplingSettings) -> None:
         ("n", s.n, s.n >= 1, ">= 1"), ("temperature", s.temperature, s.temperature >= 0, ">= 0"),
         ("top_p", s.top_p, 0 < s.top_p <= 1, "in (0, 1]"),
         ("max_new_tokens", s.max_new_tokens, s.max_new_tokens >= 1, ">= 1"),
-        ("top_logprobs", s.top_logprobs, 0 <= s.top_logprobs <= 20, "in [0, 20]")] if not ok]
+        ("top_logprobs", s.top_logprobs, 0 <= s.top_logprobs <= 20, "in [0, 20]"),
+        ("first_sample", s.first_sample, s.first_sample >= 0, ">= 0")] if not ok]
     if bad:
         raise EnsembleError(f"sampling settings: {'; '.join(bad)}: fix these values")
 
