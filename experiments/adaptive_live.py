@@ -6,10 +6,12 @@ The live run is the full run's config with ``run.splits: [test]`` and ``run.adap
 = the chosen rule and parameters, ``order: given`` with the voters listed in the order
 the replay used (best dev accuracy first, from the full run's dev votes, so the live run
 need not ask the dev items again) and ``weights: none``. In generate mode the live run
-asks each sample as its own seeded request, so its samples are new draws, not the full
-run's (which asked a voter's samples as one request): live and replay agree in
-distribution, not vote for vote. Its accuracy is compared with the full run's decision
-on the same items (McNemar, ensemble.evaluation.metrics.paired_test).
+asks each sample as its own request with the full run's seed and ``first_sample`` (since
+2026-11-27; before, each sample had a seed of its own and the draws were new): on the HF
+engine its samples are the full run's, and ``same_draws`` counts the asked samples whose text
+is the full run's (bf16 batches of other shapes may still round a logit differently). Its
+accuracy is compared with the full run's decision on the same items (McNemar,
+ensemble.evaluation.metrics.paired_test).
 """
 from __future__ import annotations
 
@@ -76,10 +78,12 @@ def run_live(base: Path, full_run: Path, full_matrix: VoteMatrix, setting: dict[
     rows = [r for r in read_rows(out / "predictions.jsonl") if r["item"] in set(items)]
     full_rows = [r for r in read_rows(full_run / "predictions.jsonl") if r["item"] in set(items)]
     tokens, full_tokens = sum(r.get("n_tokens", 0) for r in rows), sum(r.get("n_tokens", 0) for r in full_rows)
+    full_text = {(r["item"], r["voter"], r["sample"]): r.get("text") for r in full_rows}
+    same = sum(full_text.get((r["item"], r["voter"], r["sample"])) == r.get("text") for r in rows)
     possible = len(items) * len(cfg.voters) * cfg.run.samples
     return {"config": str(out / "config.yaml"), "policy": setting["chosen"]["policy"], "n_items": len(items),
             "calls_made": len(rows), "calls_possible": possible,
-            "calls_saved": 1 - len(rows) / possible if possible else 0.0,
+            "calls_saved": 1 - len(rows) / possible if possible else 0.0, "same_draws": same,
             "run_calls": result.calls and {k: result.calls[k] for k in ("made", "possible", "saved_fraction")},
             "tokens_made": tokens, "tokens_full_run": full_tokens,
             "tokens_saved": 1 - tokens / full_tokens if full_tokens else None,

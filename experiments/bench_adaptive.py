@@ -207,7 +207,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--live-limit", type=int, default=None,
                     help="live run on only the first N test problems (data.limit; ~1.7 questions each)")
     ap.add_argument("--out", type=Path, default=RESULTS / "adaptive")
+    ap.add_argument("--reuse", type=Path, default=None,
+                    help="an earlier json of the same runs: take its policies' replay from it, replay nothing again")
     args = ap.parse_args(argv)
+    earlier = json.loads(args.reuse.read_text()) if args.reuse else {}
     result: dict[str, Any] = {"command": "python experiments/bench_adaptive.py " + " ".join(sys.argv[1:]
                                                                                            if argv is None else argv),
                               "target": TARGET}
@@ -215,11 +218,16 @@ def main(argv: list[str] | None = None) -> int:
     for name, run in (("generate", args.generate), ("cloze", args.cloze)):
         if run is None:
             continue
+        if name in earlier and earlier[name]["source"] != str(run):
+            ap.error(f"--reuse {args.reuse}: its {name} run is {earlier[name]['source']}, not {run}")
         t0 = time.process_time()
         m, dev, tokens = load_run(run)
         matrices[name] = (m, dev, tokens)
-        result[name] = {"source": str(run), **bench(m, dev, tokens, args.max_loss),
-                        "cpu_s": round(time.process_time() - t0, 1)}
+        if name in earlier:
+            result[name] = earlier[name]
+        else:
+            result[name] = {"source": str(run), **bench(m, dev, tokens, args.max_loss),
+                            "cpu_s": round(time.process_time() - t0, 1)}
         print_summary(name, result[name], TARGET)
     main_setting = result.get("generate") or result.get("cloze")
     if main_setting is None:
@@ -236,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[live] {live['policy']} on {live['n_items']} test items: calls {live['calls_made']}/"
               f"{live['calls_possible']} (saved {pct(live['calls_saved'])}; replay {pct(live['replay']['calls_saved'])}), "
               f"tokens saved {pct(live['tokens_saved'])}, accuracy {live['accuracy_adaptive']:.3f} vs full run "
-              f"{live['accuracy_full']:.3f} (McNemar p={live['p_value']:.3g}); {live['cpu_s']} CPU-s, {live['wall_s']} s")
+              f"{live['accuracy_full']:.3f} (McNemar p={live['p_value']:.3g}); {live['same_draws']} of "
+              f"{live['calls_made']} samples the full run's; {live['cpu_s']} CPU-s, {live['wall_s']} s")
     c = main_setting["chosen"]
     result.update({k: c[k] for k in ("policy", "calls_saved", "tokens_saved", "accuracy_full",
                                      "accuracy_adaptive", "p_value")})

@@ -70,6 +70,26 @@ def test_output_contract_and_dev_criterion(run_dir: Path, tmp_path: Path) -> Non
     assert "bootstrap CI" in out.with_suffix(".md").read_text()
 
 
+def test_reuse_takes_the_replay_from_an_earlier_json(run_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    first = tmp_path / "first"
+    assert bench_adaptive.main(["--generate", str(run_dir), "--max-loss", "0.05", "--out", str(first)]) == 0
+    earlier = json.loads(first.with_suffix(".json").read_text())
+
+    def no_replay(*args: object, **kw: object) -> None:
+        raise AssertionError("--reuse replays nothing again")
+    monkeypatch.setattr(bench_adaptive, "bench", no_replay)
+    again = tmp_path / "again"
+    assert bench_adaptive.main(["--generate", str(run_dir), "--max-loss", "0.05", "--out", str(again),
+                                "--reuse", str(first.with_suffix(".json"))]) == 0
+    reused = json.loads(again.with_suffix(".json").read_text())
+    assert reused["generate"] == earlier["generate"] and reused["policy"] == earlier["policy"]
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    with pytest.raises(SystemExit):  # another run folder than the json's: refused
+        bench_adaptive.main(["--generate", str(other), "--reuse", str(first.with_suffix(".json")),
+                             "--out", str(tmp_path / "x")])
+
+
 def test_min_votes_policies_ask_at_least_that_many(run_dir: Path) -> None:
     m, dev, _tokens = bench_adaptive.load_run(run_dir)
     order = bench_adaptive.asking_order(bench_adaptive.voter_order(m, dev), m.n_samples)
