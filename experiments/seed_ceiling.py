@@ -36,9 +36,10 @@ import numpy as np
 import torch
 
 from ensemble.data.benchmark import ensure_benchmark
-from ensemble.data.formats import read_gold
+from ensemble.data.formats import read_gold, read_items
 from ensemble.evaluation.metrics import voter_decisions
-from ensemble.predictions.rows import load_predictions
+from ensemble.predictions.matrix import VoteMatrix
+from ensemble.predictions.rows import build_matrix, load_predictions, read_rows
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -59,9 +60,16 @@ def _gold(root: Path) -> dict[str, str]:
     return {**read_gold(root / "data" / "dev.jsonl"), **read_gold(root / "data" / "test.jsonl")}
 
 
+def seeds_matrix(root: Path, seeds: list[int]) -> VoteMatrix:
+    """The seeds' stored votes as one matrix (voter ``seed<s>``), each item's option letters its
+    valid classes, as ``vote run`` builds it (temperature scaling spreads mass over those only)."""
+    rows = [{**r, "voter": f"seed{s}"} for s in seeds for r in read_rows(seed_folder(root, s) / "predictions.jsonl")]
+    options = {it.id: it.letters for split in ("dev", "test") for it in read_items(root / "data" / f"{split}.jsonl")}
+    return build_matrix(rows, gold=_gold(root), options=options)
+
+
 def build(root: Path, seeds: list[int], a320: Path | None) -> dict[str, Any]:
-    specs = [f"seed{s}={seed_folder(root, s) / 'predictions.jsonl'}" for s in seeds]
-    m = load_predictions(specs, gold=_gold(root))
+    m = seeds_matrix(root, seeds)
     dev_ids = [i for i in m.items if i.startswith("dev_")]
     rep, method, tie, dev_acc = report.choose_on_dev(m, dev_ids, eb.METHODS)
     mask = rep.eval_mask

@@ -176,6 +176,7 @@ def test_seed_ceiling_votes_copies_of_baseline_a(tmp_path: Path) -> None:
     assert out is not None and out["k"] == 3 and set(out["seed_accuracies"]) == {"seed0", "seed1", "seed2"}
     base = json.loads((results / "equal_budget.json").read_text())["baseline"]
     assert out["baseline"]["accuracy"] == base["accuracy"]  # seed 0 is the study's own A
+    assert out["baseline"]["ece"] == pytest.approx(base["ece"])  # the same valid classes, the same temperature
     adapters = [(root / f / "adapters").rglob("adapter_model.safetensors") for f in ("single", "single-seed1")]
     first, second = (next(a).read_bytes() for a in adapters)
     assert first != second  # another seed, another LoRA
