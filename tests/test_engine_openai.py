@@ -225,14 +225,13 @@ def test_generate_parses_standard_responses(stub_engine):
     assert chat_out.samples[0].text == " B" and chat_out.samples[0].token_logprobs == (-0.2,)
 
 
-def test_first_sample_folds_into_the_seed_sent(stub_engine):
-    from ensemble.engines.base import sampling_seed
-
+def test_first_sample_is_sent_as_seed_plus_first_sample(stub_engine):
+    """A vLLM server seeds child i of an n-sample request with seed + i: sample 2 alone is seed 6."""
     stub, remote = stub_engine
     s = SamplingSettings(n=1, temperature=0.5, seed=4, max_new_tokens=3, first_sample=2)
     remote.generate([GenRequest(adapter="a", prompt="1+1=", sampling=s)])
     body = next(b for p, b in stub.bodies if p == "/v1/completions")
-    assert body["seed"] == sampling_seed(s) != 4
+    assert body["seed"] == 6
 
 
 def test_greedy_n_asks_once(stub_engine):

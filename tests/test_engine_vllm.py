@@ -278,19 +278,18 @@ def test_seeded_sampling_is_reproducible(fake_vllm, adapters):
     assert engine.generate([req])[0].samples == engine.generate([req])[0].samples
 
 
-def test_first_sample_folds_into_the_request_seed(fake_vllm, adapters):
-    """vLLM seeds a request as a whole: a request that starts later in the sample stream sends
-    a seed derived from (seed, first_sample); the first samples keep the request's seed."""
-    from ensemble.engines.base import sampling_seed
-
+def test_first_sample_draws_that_sample_of_the_n_sample_request(fake_vllm, adapters):
+    """vLLM V1 seeds child i of an n-sample request with seed + i (the fake does too), so an
+    n=1 request sent with seed + first_sample is sample first_sample of the full request."""
     engine = build(adapters)
-    reqs = [GenRequest(adapter="a", prompt="x", sampling=SamplingSettings(temperature=1.0, seed=5, first_sample=j))
-            for j in (0, 1, 2)]
-    engine.generate(reqs)
-    seeds = [p.seed for p in fake_vllm.LLM.instances[-1].calls[0]["params"]]
-    assert seeds[0] == 5 and len(set(seeds)) == 3 and seeds == [sampling_seed(r.sampling) for r in reqs]
-    assert sampling_seed(SamplingSettings(seed=None, first_sample=3)) is None  # unseeded stays unseeded
-    assert 0 <= seeds[1] < 2**32
+    full = engine.generate([GenRequest(adapter="a", prompt="x", sampling=SamplingSettings(n=4, temperature=1.0,
+                                                                                          seed=5))])[0]
+    ones = [GenRequest(adapter="a", prompt="x", sampling=SamplingSettings(temperature=1.0, seed=5, first_sample=j))
+            for j in (2, 0, 3)]
+    outs = engine.generate(ones)
+    assert [p.seed for p in fake_vllm.LLM.instances[-1].calls[-1]["params"]] == [7, 5, 8]
+    assert [o.samples[0].text for o in outs] == [full.samples[j].text for j in (2, 0, 3)]
+    assert len({s.text for s in full.samples}) > 1  # the samples differ, so the match means something
 
 
 def test_no_logprobs_requested(fake_vllm, adapters):

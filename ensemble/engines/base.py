@@ -16,7 +16,6 @@ they are registered by name in ``ENGINES`` and built with ``build_engine``.
 """
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -34,9 +33,8 @@ class SamplingSettings:
     ``first_sample``: the request's samples are samples ``first_sample, first_sample + 1, ...``
     of the stream its ``seed`` starts. The HF engine seeds every sample on its own, so a request
     for ``n=1, first_sample=j`` draws exactly sample j of the ``n``-sample request with the same
-    seed (an adaptive run asks samples one at a time and gets the full run's draws). Engines
-    that seed a request as a whole (vLLM, OpenAI-compatible servers) cannot pick a sample out of
-    a stream: they send ``sampling_seed(s)``, reproducible but other draws."""
+    seed (an adaptive run asks samples one at a time and gets the full run's draws). vLLM and
+    OpenAI-compatible servers take one seed per request: they send ``sampling_seed(s)``."""
 
     n: int = 1
     temperature: float = 0.0
@@ -50,13 +48,12 @@ class SamplingSettings:
 
 
 def sampling_seed(s: SamplingSettings) -> int | None:
-    """The seed for an engine that seeds a request as a whole: the request's own seed when
-    its samples start the stream, else one derived from (seed, first_sample) (32 bits, as
-    ``pipeline.request_seed``'s)."""
-    if s.seed is None or s.first_sample == 0:
-        return s.seed
-    digest = hashlib.sha256(f"{s.seed}#{s.first_sample}".encode()).digest()
-    return int.from_bytes(digest[:4], "little")
+    """The one seed sent to vLLM or an OpenAI-compatible server: ``seed + first_sample``.
+    vLLM (V1) runs an n-sample request as n child requests and seeds child i with
+    ``seed + i`` (vllm/v1/engine/parallel_sampling.py, ``ParentRequest._get_child_sampling_params``),
+    so on vLLM, and on a vLLM server, this draws the full request's sample ``first_sample``
+    too (to the numerics of other batches). Other servers promise nothing beyond "seeded"."""
+    return None if s.seed is None else s.seed + s.first_sample
 
 
 @dataclass(frozen=True)

@@ -101,7 +101,9 @@ class LLM:
 
     def _sample(self, index: int, ids: list[int], p: SamplingParams, name: str | None,
                 lr: LoRARequest | None) -> CompletionOutput:
-        rng = random.Random(None if p.seed is None else p.seed * 1009 + index)
+        # vLLM V1 runs an n-sample request as n children, child i seeded seed + i
+        # (v1/engine/parallel_sampling.py, ParentRequest._get_child_sampling_params)
+        rng = random.Random(None if p.seed is None else p.seed + index)
         context, out, lps = list(ids), [], []
         finish, stop_reason, text = "length", None, ""
         for _ in range(p.max_tokens or 16):
