@@ -30,7 +30,7 @@ def _codes(m: VoteMatrix, answers: dict[str, str | None]) -> np.ndarray:
     return np.array([index.get(answers.get(i) or "", ABSTAIN) for i in m.items], dtype=np.int32)
 
 
-def _answers(m: VoteMatrix, labels: np.ndarray) -> dict[str, str | None]:
+def answers_by_item(m: VoteMatrix, labels: np.ndarray) -> dict[str, str | None]:
     return {i: (m.classes[c] if c != ABSTAIN else None) for i, c in zip(m.items, labels.tolist())}
 
 
@@ -44,12 +44,12 @@ def _per_kind(m: VoteMatrix, labels: np.ndarray, mask: np.ndarray, kinds: dict[s
     return out
 
 
-def _vs_a(m: VoteMatrix, mask: np.ndarray, labels: np.ndarray, a_answers: dict[str, str | None]) -> dict[str, Any]:
+def vs_baseline(m: VoteMatrix, mask: np.ndarray, labels: np.ndarray, a_answers: dict[str, str | None]) -> dict[str, Any]:
     gold = m.gold[mask]
     return paired_test(gold, labels[mask], _codes(m, a_answers)[mask])
 
 
-def _ece(row: dict[str, Any]) -> dict[str, Any]:
+def ece_fields(row: dict[str, Any]) -> dict[str, Any]:
     """A report row's ECE after temperature scaling fitted on dev (``ece``; the raw one when the
     row has no dev to fit on), the raw ECE (``ece_raw``) and the temperature ``t``."""
     t = row.get("temperature") or {}
@@ -63,12 +63,12 @@ def baseline(a_ledger: Any, result: Any, kinds: dict[str, str]) -> tuple[dict[st
     labels = voter_decisions(m)[voter].labels
     row = rep.voters[voter]
     mask = rep.eval_mask
-    return ({"voter": voter, "accuracy": row["accuracy"], "ci": row.get("accuracy_ci"), **_ece(row),
+    return ({"voter": voter, "accuracy": row["accuracy"], "ci": row.get("accuracy_ci"), **ece_fields(row),
              "brier": row.get("brier"), "dev_accuracy": row.get("dev_accuracy"),
              "seconds": round(a_ledger.seconds("cpu"), 1), "wall_seconds": round(a_ledger.seconds("wall"), 1),
              "seconds_train": a_ledger.get("train")["cpu"], "seconds_score": a_ledger.get("score")["cpu"],
              "per_kind_accuracy": _per_kind(m, labels, mask, kinds), "n_test": int(mask.sum())},
-            _answers(m, labels))
+            answers_by_item(m, labels))
 
 
 def choose_on_dev(m: VoteMatrix, dev_ids: list[str], methods: list[str]) -> tuple[Any, str, str, dict[str, Any]]:
@@ -101,14 +101,14 @@ def ensemble_row(arm: dict[str, Any], a: dict[str, Any], a_answers: dict[str, st
     rep, method, tie, dev_acc = choose_on_dev(m, dev_ids, methods)
     row, mask = rep.methods[method], rep.eval_mask
     labels = rep.decisions[method].labels
-    test = _vs_a(m, mask, labels, a_answers)
+    test = vs_baseline(m, mask, labels, a_answers)
     b = rep.diagnostics["best_voter"]
     b_labels = voter_decisions(m)[b].labels
-    b_test = _vs_a(m, mask, b_labels, a_answers)
+    b_test = vs_baseline(m, mask, b_labels, a_answers)
     train, score = ledger["train"], ledger["score"]
     total = train["cpu"] + score["cpu"]
     delta = 100 * (row["accuracy"] - a["accuracy"])
-    ece = _ece(row)
+    ece = ece_fields(row)
     ece_lower = ece["ece"] is not None and a["ece"] is not None and ece["ece"] < a["ece"]
     return {
         "kind": arm["kind"], "k": plan["k"], "steps_per_voter": plan["steps"], "method": method, "tie_break": tie,
@@ -119,7 +119,7 @@ def ensemble_row(arm: dict[str, Any], a: dict[str, Any], a_answers: dict[str, st
         "delta_ci": test["delta_ci"], "dev_accuracy": dev_acc[f"{method}/{tie}"], "dev_accuracies": dev_acc,
         "target_met": bool(delta >= TARGET["points"] and test["p_value"] < TARGET["p"] and ece_lower),
         "single_selected_on_dev": {"voter": b, "accuracy": rep.voters[b]["accuracy"],
-                                   "ci": rep.voters[b].get("accuracy_ci"), **_ece(rep.voters[b]),
+                                   "ci": rep.voters[b].get("accuracy_ci"), **ece_fields(rep.voters[b]),
                                    "dev_accuracy": rep.voters[b].get("dev_accuracy"),
                                    "p_vs_baseline": b_test["p_value"], "delta_vs_baseline": b_test["delta"]},
         "voter_accuracies": {v: r["accuracy"] for v, r in rep.voters.items()},

@@ -75,9 +75,9 @@ def build(root: Path, seeds: list[int], a320: Path | None) -> dict[str, Any]:
     mask = rep.eval_mask
     singles = voter_decisions(m)
     a_labels = singles[m.voters[0]].labels
-    a_answers = report._answers(m, a_labels)
+    a_answers = report.answers_by_item(m, a_labels)
     row = rep.methods[method]
-    test = report._vs_a(m, mask, rep.decisions[method].labels, a_answers)
+    test = report.vs_baseline(m, mask, rep.decisions[method].labels, a_answers)
     seeds_acc = {v: rep.voters[v]["accuracy"] for v in m.voters}
     out: dict[str, Any] = {
         "command": "python experiments/seed_ceiling.py " + " ".join(sys.argv[1:]),
@@ -86,9 +86,9 @@ def build(root: Path, seeds: list[int], a320: Path | None) -> dict[str, Any]:
         "seed_mean": round(statistics.mean(seeds_acc.values()), 4),
         "seed_sd": round(statistics.stdev(seeds_acc.values()), 4) if len(seeds) > 1 else None,
         "baseline": {"voter": m.voters[0], "accuracy": rep.voters[m.voters[0]]["accuracy"],
-                     **report._ece(rep.voters[m.voters[0]])},
+                     **report.ece_fields(rep.voters[m.voters[0]])},
         "ensemble": {"method": method, "tie_break": tie, "accuracy": row["accuracy"], "ci": row.get("accuracy_ci"),
-                     **report._ece(row), "delta_vs_baseline_points": round(100 * (row["accuracy"] -
+                     **report.ece_fields(row), "delta_vs_baseline_points": round(100 * (row["accuracy"] -
                                                                                    rep.voters[m.voters[0]]["accuracy"]), 2),
                      "delta_ci": test["delta_ci"], "p_vs_baseline": test["p_value"],
                      "dev_accuracy": dev_acc[f"{method}/{tie}"]},
@@ -101,15 +101,15 @@ def build(root: Path, seeds: list[int], a320: Path | None) -> dict[str, Any]:
     for k in range(2, len(seeds)):
         sub = m.select_voters(list(range(k)))
         r, name, t, _ = report.choose_on_dev(sub, dev_ids, eb.METHODS)
-        vs = report._vs_a(sub, mask, r.decisions[name].labels, a_answers)
+        vs = report.vs_baseline(sub, mask, r.decisions[name].labels, a_answers)
         out["by_k"].append({"k": k, "method": name, "tie_break": t, "accuracy": r.methods[name]["accuracy"],
                             "delta_vs_baseline_points": round(100 * vs["delta"], 2), "p_vs_baseline": vs["p_value"]})
     if a320 is not None:
         long = load_predictions([f"a320={a320 / 'single' / 'predictions.jsonl'}"], gold=_gold(a320))
         if sorted(long.items) != sorted(m.items):
             raise SystemExit(f"--a320 {a320}: its items are not this study's items")
-        long_answers = report._answers(long, voter_decisions(long)["a320"].labels)
-        vs = report._vs_a(m, mask, rep.decisions[method].labels, long_answers)
+        long_answers = report.answers_by_item(long, voter_decisions(long)["a320"].labels)
+        vs = report.vs_baseline(m, mask, rep.decisions[method].labels, long_answers)
         right = np.array([long_answers[i] == m.classes[g] for i, g in zip(m.items, m.gold)])[mask]
         out["a320"] = {"accuracy": round(float(right.mean()), 4), "cpu_seconds": round(plan.Ledger(a320 / "single").seconds(), 1),
                        "ensemble_delta_points": round(100 * vs["delta"], 2), "ensemble_delta_ci": vs["delta_ci"],
