@@ -133,3 +133,21 @@ def test_bench_samples_on_the_tiny_model(tiny_model, tmp_path, monkeypatch, one_
         # (the times in the json are rounded to ms: a few % on the tiny model's)
         assert r["speedup"] == pytest.approx(r["per_sample_prefill_s"] / r["shared_s"], rel=0.1)
     assert set(report["summary"]) == {"n1_speedup", "n3_speedup"}
+
+
+def test_adaptive_exact_on_the_tiny_model(tiny_model, tiny_adapters, tmp_path, monkeypatch, one_thread):
+    """experiments/adaptive_exact.py end to end: a full and an adaptive run of the same config
+    per dtype, every cell asked by both; in float32 every sample is the same text."""
+    from test_run import write_config
+
+    cfg = write_config(tmp_path, tiny_model, tiny_adapters, tmp_path / "base", n=8, run_extra=(
+        "  mode: generate\n  temperature: 1.0\n  max_new_tokens: 5\n  probe: false\n"))
+    report = experiment(monkeypatch, "adaptive_exact", "--config", cfg, "--limit", 3, "--samples", 2,
+                        "--root", tmp_path / "runs", "--out", tmp_path / "ae.json")
+    f32 = report["float32"]
+    assert f32["samples"] == 3 * 3 * 2 and f32["differ"] == 0 and f32["same"] == f32["samples"]
+    assert report["bfloat16"]["samples"] == f32["samples"]
+    for dtype in ("float32", "bfloat16"):
+        assert (tmp_path / "runs" / f"{dtype}-adaptive" / "predictions.jsonl.meta.json").exists()
+        meta = json.loads((tmp_path / "runs" / f"{dtype}-adaptive" / "predictions.jsonl.meta.json").read_text())
+        assert meta["adaptive"]["rule"] == "none" and meta["dtype"] == dtype
