@@ -173,9 +173,9 @@ class Asker:
                        self.extractor)
         adapter = {name: (None if path is None else name) for name, path in self.voters.items()}
         # One request per sample: sample s of the (item, voter) request a full run sends, with
-        # the full run's seed. The HF engine draws exactly the full run's sample s, whichever other
-        # samples were asked, in whatever batch; other engines a reproducible draw of their own
-        # (SamplingSettings.first_sample).
+        # the full run's seed and first_sample = s, so it is the full run's sample s whichever
+        # other samples were asked, in whatever batch (HF exactly in float32; vLLM seeds child s
+        # of a request seed + s, see SamplingSettings.first_sample).
         reqs = [GenRequest(adapter=adapter[v], messages=render_messages(self.template, it), key=(it, v),
                            sampling=SamplingSettings(n=1, temperature=r.temperature, top_p=r.top_p,
                                                      max_new_tokens=r.max_new_tokens, stop=tuple(r.stop),

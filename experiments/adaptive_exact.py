@@ -22,35 +22,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
+from adaptive_live import sample_texts, split_config
 
-from ensemble.config.loader import load_config, load_yaml
+from ensemble.config.loader import load_config
 from ensemble.pipeline import run
+from ensemble.predictions.rows import read_rows
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DTYPES = ("float32", "bfloat16")
 
 
-def write_config(base: Path, root: Path, dtype: str, adaptive: bool, limit: int, samples: int) -> Path:
-    data = load_yaml(base)
-    name = f"{dtype}-{'adaptive' if adaptive else 'full'}"
-    data["out"] = str(root / name)
-    data["data"] = {**data["data"], "limit": limit}
-    data["run"] = {**data["run"], "samples": samples, "dtype": dtype, "splits": ["test"], "methods": ["majority"]}
-    data["run"].pop("submission", None)
-    if adaptive:
-        data["run"]["adaptive"] = {"rule": "none", "order": "given", "weights": "none"}
-    else:
-        data["run"].pop("adaptive", None)
-    root.mkdir(parents=True, exist_ok=True)
-    path = root / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
-
-
-def texts(out: Path) -> dict[tuple[str, str, int], str | None]:
-    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines() if line.strip()]
-    return {(r["item"], r["voter"], int(r["sample"])): r.get("text") for r in rows}
+def config_for(base: Path, root: Path, dtype: str, adaptive: bool, limit: int, samples: int) -> Path:
+    """The full (or every-cell adaptive) run of ``base`` in ``dtype``, in ``root/<dtype>-<full|adaptive>``."""
+    every = {"rule": "none", "order": "given", "weights": "none"} if adaptive else None
+    return split_config(base, root / f"{dtype}-{'adaptive' if adaptive else 'full'}",
+                        {"samples": samples, "dtype": dtype, "adaptive": every}, limit)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -66,11 +52,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for dtype in DTYPES:
         got, seconds = {}, {}
         for adaptive in (False, True):
-            cfg = load_config(write_config(args.config, args.root, dtype, adaptive, args.limit, args.samples))
+            cfg = load_config(config_for(args.config, args.root, dtype, adaptive, args.limit, args.samples))
             t0 = time.perf_counter()
             run(cfg)
             seconds["adaptive" if adaptive else "full"] = round(time.perf_counter() - t0, 1)
-            got[adaptive] = texts(Path(cfg.out))
+            got[adaptive] = sample_texts(read_rows(Path(cfg.out) / "predictions.jsonl"))
         full, live = got[False], got[True]
         if set(full) != set(live):
             raise SystemExit(f"{dtype}: the two runs asked different cells ({len(full)} vs {len(live)})")

@@ -2,9 +2,9 @@
 
     python experiments/adaptive_halves.py --generate runs/adaptive_generate8
 
-bench_adaptive's live run draws its own samples, so its accuracy is compared with a full
-vote over *other* draws of the same voters. This script measures how much that alone moves
-the test accuracy: it splits a full generate-mode run's samples into two halves (samples
+A live adaptive run whose samples are not the full run's (before ``first_sample``, or where
+bf16 rounds a draw apart) is compared with a full vote over other draws of the same voters.
+This script measures how much independent draws alone move the test accuracy: it splits a full generate-mode run's samples into two halves (samples
 0..S/2-1 and S/2..S-1: two independent runs with S/2 samples each), takes the ``majority``
 decision of each half on the test items, and reports both accuracies, how many decisions
 differ, and McNemar's exact test between them. Test items = not dev, with gold (as in

@@ -16,6 +16,7 @@ ensemble.evaluation.metrics.paired_test).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,28 +26,41 @@ import yaml
 from ensemble.config.loader import load_config, load_yaml
 from ensemble.evaluation.metrics import paired_test
 from ensemble.predictions.matrix import VoteMatrix
-from ensemble.predictions.rows import read_rows
+from ensemble.predictions.rows import Row, read_rows
 from ensemble.voting import vote
+
+
+def split_config(base: Path, out: Path, run: dict[str, Any], limit: int | None = None,
+                voters: list[str] | None = None) -> Path:
+    """``base`` rewritten to answer the test split alone into ``out`` (majority, no submission),
+    with ``run`` merged into its run section (a ``None`` value removes that key), ``limit`` test
+    problems (``data.limit``) and ``voters`` (those, in that order); written to ``out``/config.yaml."""
+    data = load_yaml(base)
+    if limit is not None:
+        data["data"] = {**data["data"], "limit": limit}
+    if voters is not None:
+        data["voters"] = {v: data["voters"][v] for v in voters}
+    data["out"] = str(out)
+    merged = {**data["run"], "splits": ["test"], "methods": ["majority"], "submission": None, **run}
+    data["run"] = {k: v for k, v in merged.items() if v is not None}
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "config.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
 
 
 def live_config(base: Path, setting: dict[str, Any], out: Path, limit: int | None = None) -> Path:
     """Write the live run's config (see the module docstring) to ``out``/config.yaml;
     ``limit``: only the first that many test problems (``data.limit``)."""
-    data = load_yaml(base)
-    if limit is not None:
-        data["data"] = {**data["data"], "limit": limit}
-    order = list(dict.fromkeys(cell.split("#")[0] for cell in setting["order"]))
-    data["voters"] = {v: data["voters"][v] for v in order}
-    data["out"] = str(out)
     chosen = setting["chosen"]
-    data["run"] = {**data["run"], "splits": ["test"], "methods": ["majority"],
-                   "adaptive": {"rule": chosen["rule"], "params": chosen["params"], "order": "given",
-                                "weights": "none"}}
-    data["run"].pop("submission", None)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "config.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
+    adaptive = {"rule": chosen["rule"], "params": chosen["params"], "order": "given", "weights": "none"}
+    order = list(dict.fromkeys(cell.split("#")[0] for cell in setting["order"]))
+    return split_config(base, out, {"adaptive": adaptive}, limit, order)
+
+
+def sample_texts(rows: Sequence[Row]) -> dict[tuple[str, str, int], str | None]:
+    """(item, voter, sample) -> the generated text of each prediction row."""
+    return {(r["item"], r["voter"], int(r["sample"])): r.get("text") for r in rows}
 
 
 def _by_item(m: VoteMatrix, labels: np.ndarray) -> dict[str, str | None]:
@@ -78,8 +92,8 @@ def run_live(base: Path, full_run: Path, full_matrix: VoteMatrix, setting: dict[
     rows = [r for r in read_rows(out / "predictions.jsonl") if r["item"] in set(items)]
     full_rows = [r for r in read_rows(full_run / "predictions.jsonl") if r["item"] in set(items)]
     tokens, full_tokens = sum(r.get("n_tokens", 0) for r in rows), sum(r.get("n_tokens", 0) for r in full_rows)
-    full_text = {(r["item"], r["voter"], r["sample"]): r.get("text") for r in full_rows}
-    same = sum(full_text.get((r["item"], r["voter"], r["sample"])) == r.get("text") for r in rows)
+    full_text, live_text = sample_texts(full_rows), sample_texts(rows)
+    same = sum(full_text.get(k) == text for k, text in live_text.items())
     possible = len(items) * len(cfg.voters) * cfg.run.samples
     return {"config": str(out / "config.yaml"), "policy": setting["chosen"]["policy"], "n_items": len(items),
             "calls_made": len(rows), "calls_possible": possible,

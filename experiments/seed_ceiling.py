@@ -110,7 +110,7 @@ def build(root: Path, seeds: list[int], a320: Path | None) -> dict[str, Any]:
             raise SystemExit(f"--a320 {a320}: its items are not this study's items")
         long_answers = report.answers_by_item(long, voter_decisions(long)["a320"].labels)
         vs = report.vs_baseline(m, mask, rep.decisions[method].labels, long_answers)
-        right = np.array([long_answers[i] == m.classes[g] for i, g in zip(m.items, m.gold)])[mask]
+        right = np.array([long_answers[i] == m.classes[g] for i, g, keep in zip(m.items, m.gold, mask) if keep])
         out["a320"] = {"accuracy": round(float(right.mean()), 4), "cpu_seconds": round(plan.Ledger(a320 / "single").seconds(), 1),
                        "ensemble_delta_points": round(100 * vs["delta"], 2), "ensemble_delta_ci": vs["delta_ci"],
                        "ensemble_p": vs["p_value"]}
